@@ -1,0 +1,36 @@
+"""The one error hierarchy of fusekit.
+
+Every error fusekit raises on purpose derives from :class:`FusekitError`. The CLI maps
+each class to an exit code in one place (``fusekit.cli.EXIT_CODES``); library callers
+catch the classes. Messages are one line and name the file, node, option or pass.
+"""
+
+from __future__ import annotations
+
+
+class FusekitError(Exception):
+    """Base of every error fusekit raises on purpose."""
+
+
+class InputError(FusekitError):
+    """Bad option, missing/corrupt/unsafe model, or an invalid graph given by the user."""
+
+
+class FindingsError(FusekitError):
+    """The run worked but found what the user asked to fail on (e.g. a --verify mismatch)."""
+
+
+class VerificationError(FindingsError):
+    """The optimized model's outputs differ from the original's beyond the tolerance."""
+
+
+class PassError(FusekitError):
+    """A pass crashed or left an invalid graph: a bug in that pass (named in the message)."""
+
+
+class BackendMissingError(FusekitError):
+    """No TensorRT backend (``tensorrt`` or ``tensorrt_rtx``) can be imported."""
+
+
+class TensorRTError(FusekitError):
+    """TensorRT rejected the model: parse or build failure."""

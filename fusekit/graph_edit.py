@@ -1,0 +1,134 @@
+"""Small, shared graph edits for passes: read constants, rewire uses, bypass nodes.
+
+Every rewrite that removes a node goes through :func:`replace_uses` / :func:`bypass`, so
+graph outputs keep their names whatever a pass does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that computes ``tensor``, or None for inputs and constants."""
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def constant_array(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or ``Constant`` node output), else None.
+
+    Lazy (file-backed) values are read without being cached on the tensor, so reading a
+    weight does not make the exporter copy it later.
+    """
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        values = tensor._values
+        return values.load() if isinstance(values, LazyValues) else values
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and "value" in node.attrs:
+        return constant_array(node.attrs["value"])
+    return None
+
+
+def is_constant(tensor: gs.Tensor | None) -> bool:
+    if isinstance(tensor, gs.Constant):
+        return True
+    node = producer(tensor) if tensor is not None else None
+    return node is not None and node.op == "Constant" and "value" in node.attrs
+
+
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape if every dim is a known non-negative integer, else None."""
+    shape = tensor.shape
+    if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def is_graph_io(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs) or any(t is tensor for t in graph.inputs)
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
+    """Make every consumer of ``old`` read ``new`` instead; keep graph output names.
+
+    If ``old`` is a graph output, ``new``'s producer is made to write ``old`` directly
+    (and ``new``'s other consumers read ``old``). Returns False, changing nothing, when
+    that is impossible: ``new`` is a graph input, a constant or itself a graph output.
+    """
+    if not can_replace(graph, old, new):
+        return False
+    if any(t is old for t in graph.outputs):
+        source = producer(new)
+        old_source = producer(old)
+        if old_source is not None:
+            old_source.outputs = [t for t in old_source.outputs if t is not old]
+        rewire_consumers(new, old)
+        source.outputs = [old if t is new else t for t in source.outputs]
+        if old.dtype is None:
+            old.dtype = new.dtype
+        if old.shape is None:
+            old.shape = new.shape
+        return True
+    rewire_consumers(old, new)
+    return True
+
+
+def rewire_consumers(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every consumer of ``old`` read ``new`` (graph outputs are not touched)."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+
+
+def can_replace(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
+    """Whether :func:`replace_uses` can succeed (it can unless old is a graph output that
+    ``new`` cannot be renamed to)."""
+    if not any(t is old for t in graph.outputs):
+        return True
+    return producer(new) is not None and not is_graph_io(graph, new) and not isinstance(new, gs.Constant)
+
+
+def bypass(graph: gs.Graph, node: gs.Node, keep_input: int = 0) -> bool:
+    """Remove a node whose only used output equals its input ``keep_input``.
+
+    Returns False (graph unchanged) when the node must stay: it connects a graph input
+    or constant straight to a graph output.
+    """
+    out = node.outputs[0]
+    if not replace_uses(graph, out, node.inputs[keep_input]):
+        return False
+    remove(node)
+    return True
+
+
+def remove(node: gs.Node) -> None:
+    """Detach a node; the manager's cleanup drops it from the graph."""
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def fresh_name(graph: gs.Graph, base: str) -> str:
+    """A tensor/node name used nowhere in ``graph`` (deterministic across runs)."""
+    taken = graph.__dict__.get("_fusekit_names")
+    if taken is None:
+        taken = set(graph.tensors()) | {n.name for n in graph.nodes}
+        graph.__dict__["_fusekit_names"] = taken
+    name, suffix = base, 0
+    while name in taken:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    taken.add(name)
+    return name
+
+
+def make_constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
+    return gs.Constant(fresh_name(graph, base), np.ascontiguousarray(values))
+
+
+def live_consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    """Consumers that are still in the graph (detached nodes have no outputs)."""
+    return [n for n in tensor.outputs if n.outputs]

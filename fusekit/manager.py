@@ -1,0 +1,108 @@
+"""Run a pipeline of passes to a fixed point, with per-pass statistics.
+
+The pipeline is sorted by (stage, priority, name), never by discovery order. After a
+pass changes the graph, the manager cleans up dead nodes and re-sorts topologically,
+then attributes removed nodes to that pass. The loop stops when a whole round changes
+nothing, or after ``max_iterations`` rounds (and says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import onnx_graphsurgeon as gs
+
+from fusekit.errors import FusekitError, PassError
+from fusekit.pass_infra import Pass, PassContext, TraceEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassStats:
+    """What one pass did over the whole run."""
+
+    name: str
+    package: str
+    runs: int = 0
+    rewrites: int = 0
+    nodes_removed: int = 0
+    nodes_added: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineResult:
+    stats: list[PassStats]
+    iterations: int
+    converged: bool
+    events: list[TraceEvent] = field(default_factory=list)
+
+
+def sort_pipeline(passes: Sequence[Pass]) -> list[Pass]:
+    return sorted(passes, key=lambda p: (p.stage, p.priority, p.name))
+
+
+class PassManager:
+    """Runs passes to a fixed point. ``check`` (debug mode) validates after every pass."""
+
+    def __init__(self, passes: Sequence[Pass], *, packages: dict[str, str] | None = None,
+                 max_iterations: int = 10, check: Callable[[gs.Graph, str], None] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.passes = sort_pipeline(passes)
+        self.packages = packages or {}
+        self.max_iterations = max_iterations
+        self.check = check
+        self.progress = progress
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PipelineResult:
+        stats = {p.name: PassStats(p.name, self.packages.get(p.name, "")) for p in self.passes}
+        graph.toposort()
+        for iteration in range(1, self.max_iterations + 1):
+            changed = False
+            for p in self.passes:
+                if self.progress:
+                    self.progress(f"round {iteration}: {p.name}")
+                changed |= self._run_one(p, graph, ctx, stats[p.name])
+            if not changed:
+                return PipelineResult(list(stats.values()), iteration, True, ctx.events)
+        log.warning("pipeline did not converge after %d rounds; the model is still valid",
+                    self.max_iterations)
+        return PipelineResult(list(stats.values()), self.max_iterations, False, ctx.events)
+
+    def _run_one(self, p: Pass, graph: gs.Graph, ctx: PassContext, stat: PassStats) -> bool:
+        before = {id(n): n for n in graph.nodes}
+        ctx.current_pass = p.name
+        recorded = len(ctx.events)
+        start = time.perf_counter()
+        try:
+            if self.check:
+                p.requires(graph)
+            rewrites = p.run(graph, ctx)
+            if rewrites:
+                graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            if self.check:
+                p.ensures(graph)
+        except FusekitError:
+            raise
+        except Exception as exc:
+            origin = f" (from {stat.package})" if stat.package else ""
+            raise PassError(f"pass {p.name}{origin} failed: {type(exc).__name__}: {exc}") from exc
+        stat.seconds += time.perf_counter() - start
+        stat.runs += 1
+        if not rewrites:
+            return False
+        stat.rewrites += rewrites
+        after = {id(n) for n in graph.nodes}
+        removed = [n for key, n in before.items() if key not in after]
+        stat.nodes_removed += len(removed)
+        stat.nodes_added += len(after - before.keys())
+        explained = {e.node for e in ctx.events[recorded:]}
+        ctx.events.extend(TraceEvent(n.name, n.op, p.name, "removed: its outputs became unused")
+                          for n in removed if n.name not in explained)
+        if self.check:
+            self.check(graph, p.name)
+        return True

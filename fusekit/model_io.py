@@ -1,0 +1,344 @@
+"""Load ONNX models into an editable onnx-graphsurgeon graph and save them back.
+
+Loading never copies initializer bytes: in-file tensors stay in their ``TensorProto``
+until a pass asks for them, and external-data tensors are memory-mapped on demand.
+External data paths are checked to stay inside the model's folder (untrusted models).
+Saving is atomic (temp file + rename) and writes external data when the model needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from fusekit.errors import InputError
+
+log = logging.getLogger(__name__)
+# onnx-graphsurgeon prints its own warnings to stdout; fusekit reports problems itself.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+PROTOBUF_LIMIT = 2**31 - 1
+# Models whose weights pass this size are saved with external data by default.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Tensors smaller than this stay inside the .onnx file when external data is written.
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+_MODEL_FIELDS_GS_DROPS = ("doc_string", "domain", "model_version")
+
+
+class MappedValues(LazyValues):
+    """Values of an external-data tensor, memory-mapped from its file when loaded."""
+
+    def __init__(self, tensor: onnx.TensorProto, path: Path) -> None:
+        super().__init__(tensor)
+        self.path = path
+        info = ExternalDataInfo(tensor)
+        self.offset = info.offset or 0
+        self.length = info.length or self.nbytes
+
+    def load(self) -> np.ndarray:
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
+        if np_dtype.kind in "OV" or self.tensor.data_type in _PACKED_TYPES:
+            return onnx.numpy_helper.to_array(_inline_copy(self.tensor, self.read_bytes()))
+        array = np.memmap(self.path, dtype=np_dtype, mode="r", offset=self.offset,
+                          shape=tuple(self.shape))
+        return array.view(np.ndarray) if array.ndim else np.array(array)
+
+    def read_bytes(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.length)
+
+    def copy_to(self, out: BinaryIO) -> None:
+        """Stream the tensor's bytes into ``out`` without holding them all in memory."""
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            step = 64 << 20
+            for start in range(self.offset, self.offset + self.length, step):
+                out.write(m[start:min(start + step, self.offset + self.length)])
+
+
+_PACKED_TYPES = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+@dataclass
+class LoadedModel:
+    """An editable graph plus what onnx-graphsurgeon does not carry (the model's shell)."""
+
+    graph: gs.Graph
+    shell: onnx.ModelProto  # the source model without its graph: metadata, opsets, docs
+    path: Path | None = None
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
+    """Load a model file or ``ModelProto`` into an editable graph.
+
+    A ``ModelProto`` given by the caller is never modified: its graph is imported by
+    reference and written tensors are replaced, not edited, by passes.
+    """
+    if isinstance(source, onnx.ModelProto):
+        model, path = source, None
+        check_is_onnx(model, "<ModelProto>")
+    else:
+        path = Path(source)
+        model = read_model_file(path)
+    shell = _shell_of(model)
+    graph = gs.import_onnx(model)
+    if path is not None:
+        _map_external_tensors(graph, path.parent, model_name=str(path))
+    name_unnamed_nodes(graph)
+    return LoadedModel(graph=graph, shell=shell, path=path)
+
+
+def read_model_file(path: Path) -> onnx.ModelProto:
+    """Parse a model file (without its external data), or raise a one-line InputError."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InputError(f"{path}: not a valid ONNX file (truncated or corrupt protobuf: {exc})") from None
+    check_is_onnx(model, str(path))
+    return model
+
+
+def check_is_onnx(model: onnx.ModelProto, where: str) -> None:
+    """Reject protobufs that parsed but are not ONNX models, and unsupported opsets."""
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+        raise InputError(f"{where}: not an ONNX model (no graph, IR version or opset import)")
+    max_opset = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and not 1 <= opset.version <= max_opset:
+            raise InputError(
+                f"{where}: unsupported opset {opset.version} (this onnx {onnx.__version__} "
+                f"supports 1..{max_opset})")
+    if model.ir_version > onnx.IR_VERSION:
+        raise InputError(f"{where}: unsupported IR version {model.ir_version} "
+                         f"(this onnx supports up to {onnx.IR_VERSION})")
+
+
+def _shell_of(model: onnx.ModelProto) -> onnx.ModelProto:
+    shell = onnx.ModelProto()
+    for field in _MODEL_FIELDS_GS_DROPS:
+        setattr(shell, field, getattr(model, field))
+    shell.metadata_props.extend(model.metadata_props)
+    shell.opset_import.extend(model.opset_import)
+    return shell
+
+
+def _map_external_tensors(graph: gs.Graph, base_dir: Path, model_name: str) -> None:
+    """Swap each external-data initializer's lazy values for a memory map of its file."""
+    base = base_dir.resolve()
+    for tensor in graph.tensors().values():
+        values = getattr(tensor, "_values", None)
+        if not isinstance(values, LazyValues) or not onnx.external_data_helper.uses_external_data(values.tensor):
+            continue
+        proto = values.tensor
+        path = resolve_external_path(proto, base, model_name)
+        mapped = MappedValues(proto, path)
+        if mapped.offset + mapped.length > path.stat().st_size:
+            raise InputError(f"{model_name}: external data of tensor {proto.name!r} runs past the end "
+                             f"of {path.name} (truncated file?)")
+        _set_location(proto, str(path), mapped.offset, mapped.length)
+        tensor._values = mapped
+
+
+def resolve_external_path(proto: onnx.TensorProto, base: Path, model_name: str) -> Path:
+    """The absolute file of an external tensor, refusing paths that leave the model's folder."""
+    location = ExternalDataInfo(proto).location
+    if not location:
+        raise InputError(f"{model_name}: tensor {proto.name!r} has external data with no location")
+    candidate = Path(location)
+    if candidate.is_absolute():
+        # Only locations fusekit itself made absolute (after checking them) are accepted.
+        resolved = candidate.resolve()
+    else:
+        resolved = (base / candidate).resolve()
+        if base not in resolved.parents:
+            raise InputError(f"{model_name}: tensor {proto.name!r} points outside the model folder "
+                             f"({location!r}); refusing to read it")
+    if not resolved.is_file():
+        raise InputError(f"{model_name}: external data file {location!r} of tensor {proto.name!r} is missing")
+    return resolved
+
+
+def _set_location(proto: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del proto.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = proto.external_data.add()
+        entry.key, entry.value = key, value
+    proto.data_location = onnx.TensorProto.EXTERNAL
+
+
+def name_unnamed_nodes(graph: gs.Graph) -> None:
+    """Give every node a unique name, so reports, lint and --trace can name it."""
+    taken = {node.name for node in graph.nodes if node.name}
+    counter = 0
+    for node in graph.nodes:
+        if node.name:
+            continue
+        while f"{node.op}_{counter}" in taken:
+            counter += 1
+        node.name = f"{node.op}_{counter}"
+        taken.add(node.name)
+
+
+def to_model_proto(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProto:
+    """Export the graph and restore what onnx-graphsurgeon drops (metadata, docs, opsets)."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    for field in _MODEL_FIELDS_GS_DROPS:
+        setattr(model, field, getattr(shell, field))
+    del model.metadata_props[:]
+    model.metadata_props.extend(shell.metadata_props)
+    versions = {o.domain: o.version for o in shell.opset_import}
+    versions.update({o.domain: o.version for o in model.opset_import if o.domain not in versions})
+    versions[""] = graph.opset
+    versions.pop("ai.onnx", None)
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
+    return model
+
+
+class _StubValues(LazyValues):
+    """Stands in for a large constant during a weightless export: dims and type only."""
+
+    def __init__(self, original: LazyValues | np.ndarray, name: str) -> None:
+        dtype = onnx.helper.np_dtype_to_tensor_dtype(original.dtype) if isinstance(original, np.ndarray) \
+            else original.tensor.data_type
+        stub = onnx.TensorProto(name=name, dims=original.shape, data_type=dtype)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=WEIGHTLESS_PLACEHOLDER)
+        super().__init__(stub)
+
+
+WEIGHTLESS_PLACEHOLDER = "weightless.bin"
+# Constants at or below this size keep their bytes in a weightless export, so shape
+# inference can still fold shape arithmetic.
+WEIGHTLESS_INLINE_MAX_BYTES = 1024
+
+
+def export_weightless(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProto:
+    """Export with large constants replaced by external stubs: cheap for checks and inference.
+
+    The stubs point at ``WEIGHTLESS_PLACEHOLDER``; checkers need an (empty) file of that
+    name beside the model.
+    """
+    swapped = []
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor._values is not None:
+            values = tensor._values
+            if _values_nbytes(values) > WEIGHTLESS_INLINE_MAX_BYTES:
+                swapped.append((tensor, values))
+                tensor._values = _StubValues(values, tensor.name)
+    try:
+        return to_model_proto(graph, shell)
+    finally:
+        for tensor, values in swapped:
+            tensor._values = values
+
+
+def _values_nbytes(values: LazyValues | np.ndarray) -> int:
+    return values.nbytes if isinstance(values, (LazyValues, np.ndarray)) else 0
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Total bytes of the model's initializers, wherever they are stored."""
+    return sum(_tensor_nbytes(t) for t in model.graph.initializer)
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int:
+    if onnx.external_data_helper.uses_external_data(t):
+        info = ExternalDataInfo(t)
+        return info.length or 0
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    return t.ByteSize()
+
+
+def inline_external_data(model: onnx.ModelProto) -> None:
+    """Read every external tensor (already resolved to an absolute path) into the proto."""
+    for t in model.graph.initializer:
+        if onnx.external_data_helper.uses_external_data(t):
+            info = ExternalDataInfo(t)
+            data = MappedValues(t, Path(info.location)).read_bytes()
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = data
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
+               external_data: bool | None = None) -> list[Path]:
+    """Write ``model`` atomically; return the files written.
+
+    ``external_data=None`` writes a single file unless the weights are too large for
+    protobuf. The model proto is consumed: its tensors are converted in place.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: output folder {path.parent} does not exist")
+    if external_data is None:
+        external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    if not external_data:
+        inline_external_data(model)
+        _atomic_write(path, lambda f: f.write(model.SerializeToString()))
+        return [path]
+    data_path = path.with_name(path.name + ".data")
+    sources = {ExternalDataInfo(t).location for t in model.graph.initializer
+               if onnx.external_data_helper.uses_external_data(t)}
+    if str(data_path.resolve()) in sources:
+        raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
+    _atomic_write(data_path, lambda f: _write_tensors_external(model, f, data_path.name))
+    _atomic_write(path, lambda f: f.write(model.SerializeToString()))
+    return [path, data_path]
+
+
+def _write_tensors_external(model: onnx.ModelProto, out: BinaryIO, location: str) -> None:
+    for t in model.graph.initializer:
+        nbytes = _tensor_nbytes(t)
+        if nbytes < EXTERNAL_TENSOR_MIN_BYTES and not onnx.external_data_helper.uses_external_data(t):
+            continue
+        pad = -out.tell() % 4096  # page-aligned, so readers can memory-map each tensor
+        out.write(b"\0" * pad)
+        offset = out.tell()
+        if onnx.external_data_helper.uses_external_data(t):
+            MappedValues(t, Path(ExternalDataInfo(t).location)).copy_to(out)
+        else:
+            if not t.HasField("raw_data"):
+                t.raw_data = onnx.numpy_helper.to_array(t).tobytes()
+            out.write(t.raw_data)
+        length = out.tell() - offset
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                      "uint64_data", "string_data"):
+            t.ClearField(field)
+        _set_location(t, location, offset, length)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _inline_copy(proto: onnx.TensorProto, data: bytes) -> onnx.TensorProto:
+    copy = onnx.TensorProto(name=proto.name, dims=proto.dims, data_type=proto.data_type)
+    copy.raw_data = data
+    return copy

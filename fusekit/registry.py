@@ -1,0 +1,122 @@
+"""Find passes through the ``fusekit.passes`` entry-point group (built-in ones included).
+
+Finding is separate from loading: entry points are listed in a stable order with
+duplicates removed, then each is loaded and checked. A package that fails to import or
+exports something that is not a valid pass produces a warning naming the package and the
+entry point, and is skipped (``strict=True`` raises instead). Setting
+``FUSEKIT_DISABLE_PLUGIN_AUTOLOAD=1`` loads only fusekit's own passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Iterable
+
+from fusekit.errors import InputError
+from fusekit.pass_infra import Pass, Stage
+
+log = logging.getLogger(__name__)
+
+PASS_GROUP = "fusekit.passes"
+DISABLE_AUTOLOAD_ENV = "FUSEKIT_DISABLE_PLUGIN_AUTOLOAD"
+OWN_DISTRIBUTION = "fusekit"
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """A discovered pass: its class and where it came from."""
+
+    name: str
+    cls: type[Pass]
+    package: str
+    entry_point: str
+
+    @property
+    def summary(self) -> str:
+        doc = (self.cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+@dataclass
+class Registry:
+    passes: dict[str, PassInfo]
+    problems: list[str]
+
+    def select(self, enable: Iterable[str] | None = None, skip: Iterable[str] = ()) -> list[PassInfo]:
+        """The passes to run: ``enable`` (or every default-on pass) minus ``skip``."""
+        enable = list(enable) if enable is not None else None
+        skip = list(skip)
+        unknown = [n for n in (enable or []) + skip if n not in self.passes]
+        if unknown:
+            raise InputError(f"unknown pass {', '.join(unknown)}; known passes: {', '.join(sorted(self.passes))}")
+        chosen = enable if enable is not None else [n for n, i in self.passes.items() if i.cls.enabled_by_default]
+        return [self.passes[n] for n in chosen if n not in skip]
+
+
+def _distribution_name(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "<unknown package>"
+
+
+def list_entry_points(group: str = PASS_GROUP) -> list[tuple[str, EntryPoint]]:
+    """(package, entry point) pairs in a stable order, fusekit's own first, duplicates removed."""
+    seen: set[tuple[str, str]] = set()
+    found = []
+    for ep in entry_points(group=group):
+        key = (ep.name, ep.value)
+        if key not in seen:
+            seen.add(key)
+            found.append((_distribution_name(ep), ep))
+    found.sort(key=lambda pair: (pair[0] != OWN_DISTRIBUTION, pair[0], pair[1].name))
+    return found
+
+
+def validate_pass_class(obj: object) -> str | None:
+    """Why ``obj`` is not a usable pass class, or None."""
+    if not isinstance(obj, type) or not issubclass(obj, Pass):
+        return f"{obj!r} is not a subclass of fusekit.pass_infra.Pass"
+    if not isinstance(getattr(obj, "name", None), str) or not obj.name:
+        return f"{obj.__name__} has no name"
+    if not isinstance(getattr(obj, "stage", None), Stage):
+        return f"{obj.__name__} has no stage (one of {', '.join(s.name for s in Stage)})"
+    if not isinstance(getattr(obj, "priority", None), int):
+        return f"{obj.__name__}.priority is not an int"
+    if obj.run is Pass.run:
+        return f"{obj.__name__} does not implement run()"
+    return None
+
+
+def discover(strict: bool = False, group: str = PASS_GROUP) -> Registry:
+    """Load every pass registered under ``group``; warn about (or, strict, raise on) broken ones."""
+    autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+    passes: dict[str, PassInfo] = {}
+    problems: list[str] = []
+
+    def problem(message: str) -> None:
+        if strict:
+            raise InputError(message)
+        log.warning("%s", message)
+        problems.append(message)
+
+    for package, ep in list_entry_points(group):
+        if package != OWN_DISTRIBUTION and not autoload:
+            continue
+        where = f"package {package!r}, entry point {ep.name} = {ep.value}"
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a third-party import can raise anything
+            problem(f"skipping pass from {where}: import failed: {type(exc).__name__}: {exc}")
+            continue
+        reason = validate_pass_class(obj)
+        if reason:
+            problem(f"skipping pass from {where}: {reason}")
+            continue
+        if obj.name in passes:
+            problem(f"skipping pass from {where}: name {obj.name!r} already taken by "
+                    f"package {passes[obj.name].package!r}")
+            continue
+        passes[obj.name] = PassInfo(obj.name, obj, package, f"{ep.name} = {ep.value}")
+    return Registry(passes, problems)

@@ -1,0 +1,1 @@
+"""Built-in fusekit rewrite passes (installed as ``fusekit.passes``)."""

@@ -1,0 +1,194 @@
+"""Fold constant subgraphs into initializers.
+
+Rewrites every node whose inputs are all constants (initializers, ``Constant`` nodes or
+outputs of other folded nodes): the whole constant region is evaluated in one
+onnxruntime session (the onnx reference evaluator, node by node, where onnxruntime
+cannot run it) and each value that leaves the region becomes an initializer. A region
+value that is a graph output is kept by a ``Constant`` node of the same name.
+
+Must not fold: nondeterministic ops (``Random*``, ``Multinomial``, ``Bernoulli``), ops of
+other domains, nodes with subgraphs, sequence/optional ops, and any value larger than
+``fold_max_bytes`` (default 1 MiB) that is also larger than the node's largest constant
+input: folding never grows the model beyond that cap.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+from fusekit.graph_edit import constant_array, fresh_name, is_constant
+from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 1 << 20
+NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                              "Multinomial", "Bernoulli", "Dropout"})
+# Ops whose output may be far larger than their inputs: folded only with a known output shape.
+GENERATORS = frozenset({"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad",
+                        "OneHot", "EyeLike"})
+
+
+class FoldConstantsPass(Pass):
+    """Evaluate constant subgraphs once and store their results as initializers."""
+
+    name = "fold-constants"
+    stage = Stage.CLEANUP
+    priority = 10
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> int:
+        region, _ = self._region(graph, ctx)
+        if not region:
+            return 0
+        frontier = self._frontier(graph, region)
+        values = evaluate(graph, region, frontier)
+        cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
+        folded = 0
+        outputs = {id(t) for t in graph.outputs}
+        for tensor in frontier:
+            value = values.get(tensor.name)
+            node = tensor.inputs[0]
+            if value is None or (value.nbytes > cap and value.nbytes > _largest_input(node)):
+                continue
+            ctx.record(node, "folded into a constant")
+            if id(tensor) in outputs:
+                node.outputs = [t for t in node.outputs if t is not tensor]
+                graph.nodes.append(gs.Node("Constant", name=fresh_name(graph, node.name),
+                                           attrs={"value": gs.Constant(tensor.name, value)}, outputs=[tensor]))
+            else:
+                tensor.inputs.clear()
+                tensor.to_constant(np.ascontiguousarray(value))
+            folded += 1
+        return folded
+
+    def inspect(self, graph: gs.Graph, ctx: PassContext):
+        region, declined = self._region(graph, ctx)
+        for node in region:
+            if node.op != "Constant":
+                yield self.finding(node, Match("fold into a constant"))
+        for node, reason in declined:
+            yield self.finding(node, Decline(reason))
+
+    def _region(self, graph: gs.Graph, ctx: PassContext):
+        """Nodes computable from constants alone (in order), and (node, reason) refusals."""
+        cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
+        constant_outputs: set[int] = set()
+        region, declined = [], []
+        for node in graph.nodes:
+            inputs_constant = all(not t.name or is_constant(t) or id(t) in constant_outputs for t in node.inputs)
+            if not inputs_constant:
+                continue
+            reason = self._why_not(node, cap)
+            if reason:
+                if node.op != "Constant":
+                    declined.append((node, reason))
+                continue
+            region.append(node)
+            constant_outputs.update(id(t) for t in node.outputs)
+        return region, declined
+
+    @staticmethod
+    def _why_not(node: gs.Node, cap: int) -> str | None:
+        if (node.domain or "") not in ("", "ai.onnx"):
+            return f"op of domain {node.domain!r} is not evaluated"
+        if node.op in NONDETERMINISTIC:
+            return f"{node.op} is nondeterministic"
+        if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            return "node has a subgraph"
+        if "Sequence" in node.op or "Optional" in node.op:
+            return "sequence/optional values are not folded"
+        if node.op == "Constant" and ("value" not in node.attrs):
+            return "Constant with sparse or list value"
+        if node.op in GENERATORS:
+            size = _predicted_nbytes(node)
+            if size is None:
+                return f"{node.op} output size is unknown"
+            if size > cap and size > _largest_input(node):
+                return f"result would be {size} bytes (over fold_max_bytes={cap})"
+        return None
+
+    @staticmethod
+    def _frontier(graph: gs.Graph, region: list[gs.Node]) -> list[gs.Tensor]:
+        in_region = {id(n) for n in region}
+        outputs = {id(t) for t in graph.outputs}
+        frontier = []
+        for node in region:
+            for t in node.outputs:
+                if id(t) in outputs or any(id(c) not in in_region for c in t.outputs):
+                    if not (node.op == "Constant" and id(t) in outputs):
+                        frontier.append(t)
+        return frontier
+
+
+def _largest_input(node: gs.Node) -> int:
+    sizes = [a.nbytes for a in (constant_array(t) for t in node.inputs) if a is not None]
+    return max(sizes, default=0)
+
+
+def _predicted_nbytes(node: gs.Node) -> int | None:
+    out = node.outputs[0]
+    if out.shape is not None and all(isinstance(d, int) and d >= 0 for d in out.shape) and out.dtype is not None:
+        return int(np.prod(out.shape, dtype=np.int64)) * np.dtype(out.dtype).itemsize
+    if node.op == "ConstantOfShape":
+        shape = constant_array(node.inputs[0])
+        return None if shape is None else int(np.prod(shape, dtype=np.int64)) * 8
+    return None
+
+
+def evaluate(graph: gs.Graph, region: list[gs.Node], frontier: list[gs.Tensor]) -> dict[str, np.ndarray] | None:
+    """Values of ``frontier`` computed from the region's constant inputs."""
+    produced = {id(t) for n in region for t in n.outputs}
+    feeds: dict[str, np.ndarray] = {}
+    for node in region:
+        for t in node.inputs:
+            if t.name and id(t) not in produced and t.name not in feeds:
+                feeds[t.name] = np.asarray(constant_array(t))
+    try:
+        return _run_onnxruntime(_region_model(graph, region, frontier, feeds), feeds, frontier)
+    except Exception as exc:
+        log.debug("onnxruntime could not fold the region (%s); using the reference evaluator", exc)
+    return _run_reference(region, feeds, frontier)
+
+
+def _region_model(graph: gs.Graph, region: list[gs.Node], frontier: list[gs.Tensor],
+                  feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+    inputs = [onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+              for name, v in feeds.items()]
+    outputs = [onnx.helper.make_empty_tensor_value_info(t.name) for t in frontier]
+    g = onnx.helper.make_graph([OnnxExporter.export_node(n) for n in region], "fold", inputs, outputs)
+    return onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", graph.opset)],
+                                  ir_version=min(graph.ir_version or 8, onnx.IR_VERSION))
+
+
+def _run_onnxruntime(model, feeds, frontier) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [t.name for t in frontier]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def _run_reference(region, feeds, frontier) -> dict[str, np.ndarray]:
+    """Node by node with onnx.reference; a node that fails leaves its results unfolded."""
+    from onnx.reference import ReferenceEvaluator
+
+    values = dict(feeds)
+    for node in region:
+        names = [t.name for t in node.inputs]
+        if any(n and n not in values for n in names):
+            continue
+        try:
+            results = ReferenceEvaluator(OnnxExporter.export_node(node)).run(None, {n: values[n] for n in names if n})
+        except Exception as exc:
+            log.debug("not folding %s: %s", node.name, exc)
+            continue
+        values.update((t.name, np.asarray(r)) for t, r in zip(node.outputs, results) if t.name)
+    return {t.name: values[t.name] for t in frontier if t.name in values}

@@ -1,0 +1,1 @@
+"""TensorRT plugin substitution specs (installed as ``fusekit.plugins``)."""
