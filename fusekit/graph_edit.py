@@ -126,7 +126,7 @@ def fresh_name(graph: gs.Graph, base: str) -> str:
 
 
 def make_constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
-    return gs.Constant(fresh_name(graph, base), np.ascontiguousarray(values))
+    return gs.Constant(fresh_name(graph, base), np.require(values, requirements="C"))
 
 
 def live_consumers(tensor: gs.Tensor) -> list[gs.Node]:

@@ -62,7 +62,7 @@ class FoldConstantsPass(Pass):
                                            attrs={"value": gs.Constant(tensor.name, value)}, outputs=[tensor]))
             else:
                 tensor.inputs.clear()
-                tensor.to_constant(np.ascontiguousarray(value))
+                tensor.to_constant(np.require(value, requirements="C"))
             folded += 1
         return folded
 
