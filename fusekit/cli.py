@@ -100,7 +100,10 @@ def optimize(
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")
-        written = save_model(result.to_proto(), output, external_data=external_data)
+        try:
+            written = save_model(result.to_proto(), output, external_data=external_data)
+        except OSError as exc:
+            raise InputError(f"{output}: cannot write the optimized model: {exc.strerror or exc}") from None
     report = result.report
     if as_json:
         data = report.to_dict()

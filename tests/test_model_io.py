@@ -1,0 +1,185 @@
+"""Loading and saving: what is preserved, what is never copied or touched, external data."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from fusekit import api
+from fusekit.cli import main
+from fusekit.errors import InputError
+from fusekit.model_io import MappedValues, load_model, save_model, to_model_proto
+from fusekit.verify import session
+
+RICH = """
+<ir_version: 8, opset_import: ["" : 17, "com.acme" : 2, "local" : 1], producer_name: "tests",
+ producer_version: "1.0", domain: "ai.example", model_version: 7, doc_string: "model doc">
+g (float[N,4] x) => (float[N,4] y) <float[4] w = {1.0, 2.0, 3.0, 4.0}> {
+  t = Identity(x)
+  u = local.Double(t)
+  v = com.acme.Thing(u)
+  y = Mul(v, w)
+}
+<domain: "local", opset_import: ["" : 17]>
+Double (a) => (b) { b = Add(a, a) }
+"""
+
+
+def rich_model() -> onnx.ModelProto:
+    model = onnx.parser.parse_model(RICH)
+    onnx.helper.set_model_props(model, {"author": "me", "fusekit.profiles": "{}"})
+    model.graph.doc_string = "graph doc"
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info("u", onnx.TensorProto.FLOAT, ["N", 4]))
+    return model
+
+
+def test_roundtrip_keeps_metadata_opsets_functions_docs_and_custom_domains():
+    model = rich_model()
+    loaded = load_model(model)
+    out = to_model_proto(loaded.graph, loaded.shell)
+    assert {(p.key, p.value) for p in out.metadata_props} == {("author", "me"), ("fusekit.profiles", "{}")}
+    assert (out.doc_string, out.domain, out.model_version) == ("model doc", "ai.example", 7)
+    assert (out.producer_name, out.producer_version, out.ir_version) == ("tests", "1.0", 8)
+    assert {(o.domain, o.version) for o in out.opset_import} == {("", 17), ("com.acme", 2), ("local", 1)}
+    assert [f.name for f in out.functions] == ["Double"]
+    assert out.graph.doc_string == "graph doc"
+    assert "u" in {vi.name for vi in out.graph.value_info}
+    assert [n.op_type for n in out.graph.node] == ["Identity", "Double", "Thing", "Mul"]
+
+
+def test_optimize_never_modifies_a_model_proto_it_is_given():
+    model = rich_model()
+    before = model.SerializeToString()
+    optimized = api.optimize(model)
+    assert model.SerializeToString() == before
+    assert [n.op_type for n in optimized.graph.node] == ["Double", "Thing", "Mul"]
+    assert {(p.key, p.value) for p in optimized.metadata_props} >= {("author", "me")}
+
+
+def big_weight_model(n: int = 512) -> onnx.ModelProto:
+    w = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((n,)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["t"]), onnx.helper.make_node("MatMul", ["t", "w"], ["m"]),
+         onnx.helper.make_node("Add", ["m", "b"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", n])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", n])],
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_loading_does_not_materialize_weights(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(big_weight_model(), path)
+    loaded = load_model(path)
+    w = loaded.graph.tensors()["w"]
+    assert isinstance(w._values, LazyValues)
+    api.run(path)  # a whole run reads no weight it does not rewrite
+    assert isinstance(load_model(path).graph.tensors()["w"]._values, LazyValues)
+
+
+def save_external(model: onnx.ModelProto, path: Path, location: str = "weights.bin") -> None:
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+              size_threshold=1024)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_external_data_in_and_out_memory_mapped_and_input_untouched(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    model = big_weight_model()
+    save_external(model, src / "m.onnx")
+    before = tree_digest(src)
+    loaded = load_model(src / "m.onnx")
+    assert isinstance(loaded.graph.tensors()["w"]._values, MappedValues)
+    out = tmp_path / "out" / "m.onnx"
+    out.parent.mkdir()
+    assert main(["optimize", str(src / "m.onnx"), "-o", str(out), "--external-data", "--verify"]) == 0
+    assert tree_digest(src) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    saved = onnx.load(out, load_external_data=False)
+    assert onnx.external_data_helper.uses_external_data(next(t for t in saved.graph.initializer if t.name == "w"))
+    x = np.random.default_rng(2).standard_normal((3, 512)).astype(np.float32)
+    expected = session(big_weight_model()).run(None, {"x": x})[0]  # onnx.save made `model` external
+    np.testing.assert_allclose(session(out).run(None, {"x": x})[0], expected, rtol=1e-6)
+    # and back into a single file
+    single = tmp_path / "single.onnx"
+    assert main(["optimize", str(out), "-o", str(single), "--no-external-data"]) == 0
+    np.testing.assert_allclose(session(onnx.load(single)).run(None, {"x": x})[0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("location, message", [
+    ("../outside.bin", "points outside the model folder"),
+    ("missing.bin", "is missing"),
+])
+def test_unsafe_or_missing_external_data_is_refused(tmp_path, location, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    save_external(big_weight_model(), src / "m.onnx")
+    model = onnx.load(src / "m.onnx", load_external_data=False)
+    (tmp_path / "outside.bin").write_bytes((src / "weights.bin").read_bytes())
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, src / "evil.onnx")
+    with pytest.raises(InputError, match=message):
+        load_model(src / "evil.onnx")
+
+
+def test_truncated_external_data_is_refused(tmp_path):
+    save_external(big_weight_model(), tmp_path / "m.onnx")
+    data = tmp_path / "weights.bin"
+    data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(InputError, match="runs past the end"):
+        load_model(tmp_path / "m.onnx")
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"old")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # fails after the bytes went to the temp file
+    with pytest.raises(OSError, match="No space left"):
+        save_model(big_weight_model(8), out)
+    assert out.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["o.onnx"]
+
+
+@pytest.mark.slow
+def test_model_over_2gb_goes_through_external_data(tmp_path):
+    """A 2.1 GB model: loaded memory-mapped, optimized, written with external data."""
+    n = 23_000  # 23k x 23k float32 = 2.1 GB
+    src = tmp_path / "big.onnx"
+    w = np.lib.format.open_memmap(tmp_path / "w.npy", mode="w+", dtype=np.float32, shape=(n, n))
+    w[:] = 0.001
+    tensor = onnx.TensorProto(name="w", dims=[n, n], data_type=onnx.TensorProto.FLOAT)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    with open(tmp_path / "big.bin", "wb") as f:
+        for row in range(0, n, 1000):
+            f.write(np.ascontiguousarray(w[row:row + 1000]).tobytes())
+    for key, value in (("location", "big.bin"), ("offset", "0"), ("length", str(n * n * 4))):
+        tensor.external_data.add(key=key, value=value)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["t"]), onnx.helper.make_node("MatMul", ["t", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, n])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, n])], [tensor])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8), src)
+    os.remove(tmp_path / "w.npy")
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(src), "-o", str(out)]) == 0
+    assert (tmp_path / "out.onnx.data").stat().st_size >= n * n * 4
+    saved = onnx.load(out, load_external_data=False)
+    assert [n.op_type for n in saved.graph.node] == ["MatMul"]
