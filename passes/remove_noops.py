@@ -9,7 +9,8 @@ Rewrites (the node's consumers read its input directly):
   result to a larger shape (x + 0 turns -0.0 into +0.0, which compares equal).
 
 Must not: rename a graph output (a node joining a graph input or constant straight to a
-graph output stays), or rewrite when a shape or type it depends on is unknown.
+graph output stays), drop one (a Dropout whose mask is a graph output stays), or rewrite
+when a shape or type it depends on is unknown.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import bypass, can_replace, constant_array, live_consumers
+from fusekit.graph_edit import bypass, can_replace, constant_array, is_graph_io, live_consumers
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 
 Verdict = Match | Decline
@@ -149,7 +150,12 @@ class RemoveNoOpsPass(NodeRewritePass):
 
     def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Verdict:
         verdict = RULES[node.op](node)
-        if isinstance(verdict, Match) and not can_replace(graph, node.outputs[0], node.inputs[verdict.data]):
+        if not isinstance(verdict, Match):
+            return verdict
+        dropped = [t.name for t in node.outputs[1:] if is_graph_io(graph, t)]
+        if dropped:
+            return Decline(f"its output {dropped[0]!r} is a graph output")
+        if not can_replace(graph, node.outputs[0], node.inputs[verdict.data]):
             return Decline("it joins a graph input or constant straight to a graph output")
         return verdict
 
