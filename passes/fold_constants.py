@@ -8,8 +8,8 @@ value that is a graph output is kept by a ``Constant`` node of the same name.
 
 Must not fold: nondeterministic ops (``Random*``, ``Multinomial``, ``Bernoulli``), ops of
 other domains, nodes with subgraphs, sequence/optional ops, and any value larger than
-``fold_max_bytes`` (default 1 MiB) that is also larger than the node's largest constant
-input: folding never grows the model beyond that cap.
+``fold_max_bytes`` (default 1 MiB) that is also larger than the largest constant it is
+computed from (through the region): folding never grows the model beyond that cap.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class FoldConstantsPass(Pass):
     priority = 10
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> int:
-        region, _ = self._region(graph, ctx)
+        region, _, largest = self._region(graph, ctx)
         if not region:
             return 0
         frontier = self._frontier(graph, region)
@@ -53,7 +53,7 @@ class FoldConstantsPass(Pass):
         for tensor in frontier:
             value = values.get(tensor.name)
             node = tensor.inputs[0]
-            if value is None or (value.nbytes > cap and value.nbytes > _largest_input(node)):
+            if value is None or (value.nbytes > cap and value.nbytes > largest[id(node)]):
                 continue
             ctx.record(node, "folded into a constant")
             if id(tensor) in outputs:
@@ -67,7 +67,7 @@ class FoldConstantsPass(Pass):
         return folded
 
     def inspect(self, graph: gs.Graph, ctx: PassContext):
-        region, declined = self._region(graph, ctx)
+        region, declined, _ = self._region(graph, ctx)
         for node in region:
             if node.op != "Constant":
                 yield self.finding(node, Match("fold into a constant"))
@@ -75,25 +75,28 @@ class FoldConstantsPass(Pass):
             yield self.finding(node, Decline(reason))
 
     def _region(self, graph: gs.Graph, ctx: PassContext):
-        """Nodes computable from constants alone (in order), and (node, reason) refusals."""
+        """Nodes computable from constants alone (in order), (node, reason) refusals, and
+        for each region node (by id) the bytes of the largest constant it is computed from."""
         cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
-        constant_outputs: set[int] = set()
-        region, declined = [], []
+        source_bytes: dict[int, int] = {}  # region tensor -> largest constant it comes from
+        region, declined, largest = [], [], {}
         for node in graph.nodes:
-            inputs_constant = all(not t.name or is_constant(t) or id(t) in constant_outputs for t in node.inputs)
+            inputs_constant = all(not t.name or is_constant(t) or id(t) in source_bytes for t in node.inputs)
             if not inputs_constant:
                 continue
-            reason = self._why_not(node, cap)
+            largest[id(node)] = max((max(source_bytes.get(id(t), 0), constant_nbytes(t))
+                                     for t in node.inputs if t.name), default=0)
+            reason = self._why_not(node, cap, largest[id(node)])
             if reason:
                 if node.op != "Constant":
                     declined.append((node, reason))
                 continue
             region.append(node)
-            constant_outputs.update(id(t) for t in node.outputs)
-        return region, declined
+            source_bytes.update((id(t), largest[id(node)]) for t in node.outputs)
+        return region, declined, largest
 
     @staticmethod
-    def _why_not(node: gs.Node, cap: int) -> str | None:
+    def _why_not(node: gs.Node, cap: int, largest_input: int) -> str | None:
         if (node.domain or "") not in ("", "ai.onnx"):
             return f"op of domain {node.domain!r} is not evaluated"
         if node.op in NONDETERMINISTIC:
@@ -108,7 +111,7 @@ class FoldConstantsPass(Pass):
             size = _predicted_nbytes(node)
             if size is None:
                 return f"{node.op} output size is unknown"
-            if size > cap and size > _largest_input(node):
+            if size > cap and size > largest_input:
                 return f"result would be {size} bytes (over fold_max_bytes={cap})"
         return None
 
@@ -125,9 +128,14 @@ class FoldConstantsPass(Pass):
         return frontier
 
 
-def _largest_input(node: gs.Node) -> int:
-    sizes = [a.nbytes for a in (constant_array(t) for t in node.inputs) if a is not None]
-    return max(sizes, default=0)
+def constant_nbytes(tensor: gs.Tensor) -> int:
+    """Bytes of a constant's values, from its metadata: a weight is not read to size it."""
+    if isinstance(tensor, gs.Constant):
+        return int(tensor._values.nbytes)
+    node = tensor.inputs[0] if tensor.inputs else None
+    if node is not None and node.op == "Constant" and "value" in node.attrs:
+        return constant_nbytes(node.attrs["value"])
+    return 0
 
 
 def _predicted_nbytes(node: gs.Node) -> int | None:
