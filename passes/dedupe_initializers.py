@@ -1,6 +1,7 @@
 """Make identical initializers one: consumers of a duplicate read the first copy.
 
-Rewrites: constants with equal dtype, shape and bytes (compared exactly after a hash).
+Rewrites: constants with equal dtype, shape and bytes (compared exactly after a hash;
+strings compare as strings). -0.0 and 0.0, or two NaNs with different payloads, differ.
 Only tensors of the same dtype and shape are ever hashed, so unique weights are not read.
 Must not: merge tensors that differ in dtype or shape, even with equal bytes.
 """
@@ -27,16 +28,24 @@ def duplicate_groups(graph: gs.Graph) -> list[list[gs.Constant]]:
     for candidates in by_meta.values():
         if len(candidates) < 2:
             continue
-        by_hash: dict[bytes, list[tuple[gs.Constant, np.ndarray]]] = defaultdict(list)
+        by_hash: dict[bytes, list[tuple[gs.Constant, memoryview | bytes]]] = defaultdict(list)
         for tensor in candidates:
-            values = np.ascontiguousarray(constant_array(tensor))
-            by_hash[hashlib.blake2b(values.data, digest_size=16).digest()].append((tensor, values))
+            content = _content(np.asarray(constant_array(tensor)))
+            by_hash[hashlib.blake2b(content, digest_size=16).digest()].append((tensor, content))
         for same_hash in by_hash.values():
-            first, first_values = same_hash[0]
-            group = [first] + [t for t, v in same_hash[1:] if np.array_equal(v, first_values, equal_nan=True)]
+            first, first_content = same_hash[0]
+            group = [first] + [t for t, c in same_hash[1:] if c == first_content]
             if len(group) > 1:
                 groups.append(group)
     return groups
+
+
+def _content(values: np.ndarray) -> memoryview | bytes:
+    """What makes two constants equal: their bytes (strings: each one, length-prefixed)."""
+    if values.dtype.kind == "O":
+        items = (v if isinstance(v, bytes) else str(v).encode() for v in values.ravel())
+        return b"".join(len(b).to_bytes(8, "little") + b for b in items)
+    return memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
 
 
 class DedupeInitializersPass(Pass):
