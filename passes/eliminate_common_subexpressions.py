@@ -2,8 +2,8 @@
 
 Rewrites: of two such nodes, the later one's consumers read the earlier one's outputs.
 Nodes are visited in topological order, so merges cascade in one scan. Must not merge
-nondeterministic ops (Random*, Multinomial), nodes with subgraphs, or two nodes whose
-outputs are both graph outputs (output names never change).
+nondeterministic ops (Random*, Multinomial, Bernoulli, Dropout), nodes with subgraphs, or
+two nodes whose outputs are both graph outputs (output names never change).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import can_replace, constant_array, remove, replace_uses
-from fusekit.pass_infra import Match, Pass, PassContext, Stage
+from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
 
+# Dropout draws a mask in training mode; in inference it is an Identity, which remove-noops removes.
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                              "Multinomial", "Bernoulli"})
+                              "Multinomial", "Bernoulli", "Dropout"})
 
 
 def _attr_key(value: Any) -> Any:
@@ -69,16 +70,21 @@ class EliminateCommonSubexpressionsPass(Pass):
         for kept, dup in list(duplicates(graph)):
             if not dup.outputs or not kept.outputs:
                 continue
-            pairs = list(zip(dup.outputs, kept.outputs))
-            if not all(can_replace(graph, old, new) for old, new in pairs):
+            verdict = self.check(graph, kept, dup)
+            if isinstance(verdict, Decline):
                 continue
-            for old, new in pairs:
+            for old, new in zip(dup.outputs, kept.outputs):
                 replace_uses(graph, old, new)
             remove(dup)
             ctx.record(dup, f"merged into identical node {kept.name!r}")
             merged += 1
         return merged
 
+    def check(self, graph: gs.Graph, kept: gs.Node, dup: gs.Node) -> Match | Decline:
+        if not all(can_replace(graph, old, new) for old, new in zip(dup.outputs, kept.outputs)):
+            return Decline(f"identical to {kept.name!r}, but both write graph outputs")
+        return Match(f"merge into identical node {kept.name!r}")
+
     def inspect(self, graph: gs.Graph, ctx: PassContext):
         for kept, dup in duplicates(graph):
-            yield self.finding(dup, Match(f"merge into identical node {kept.name!r}"))
+            yield self.finding(dup, self.check(graph, kept, dup))
