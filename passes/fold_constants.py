@@ -4,7 +4,9 @@ Rewrites every node whose inputs are all constants (initializers, ``Constant`` n
 outputs of other folded nodes): the whole constant region is evaluated in one
 onnxruntime session (the onnx reference evaluator, node by node, where onnxruntime
 cannot run it) and each value that leaves the region becomes an initializer. A region
-value that is a graph output is kept by a ``Constant`` node of the same name.
+value that is a graph output is kept by a ``Constant`` node of the same name (unless its
+node writes several graph outputs: folding never adds nodes). A node that stays for its
+other outputs keeps an unused placeholder in the folded output's place.
 
 Must not fold: nondeterministic ops (``Random*``, ``Multinomial``, ``Bernoulli``), ops of
 other domains, nodes with subgraphs, sequence/optional ops, and any value larger than
@@ -50,20 +52,25 @@ class FoldConstantsPass(Pass):
         cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
         folded = 0
         outputs = {id(t) for t in graph.outputs}
+        touched: dict[int, gs.Node] = {}
         for tensor in frontier:
             value = values.get(tensor.name)
             node = tensor.inputs[0]
             if value is None or (value.nbytes > cap and value.nbytes > largest[id(node)]):
                 continue
-            ctx.record(node, "folded into a constant")
+            if id(tensor) in outputs and sum(id(t) in outputs for t in node.outputs) > 1:
+                continue  # one Constant node per graph output would add nodes
+            touched.setdefault(id(node), node)
+            _detach(graph, node, tensor)
             if id(tensor) in outputs:
-                node.outputs = [t for t in node.outputs if t is not tensor]
                 graph.nodes.append(gs.Node("Constant", name=fresh_name(graph, node.name),
                                            attrs={"value": gs.Constant(tensor.name, value)}, outputs=[tensor]))
             else:
-                tensor.inputs.clear()
                 tensor.to_constant(np.require(value, requirements="C"))
             folded += 1
+        for node in touched.values():
+            if not any(t.outputs or id(t) in outputs for t in node.outputs):  # else it stays
+                ctx.record(node, "folded into a constant")
         return folded
 
     def inspect(self, graph: gs.Graph, ctx: PassContext):
@@ -126,6 +133,13 @@ class FoldConstantsPass(Pass):
                     if not (node.op == "Constant" and id(t) in outputs):
                         frontier.append(t)
         return frontier
+
+
+def _detach(graph: gs.Graph, node: gs.Node, tensor: gs.Tensor) -> None:
+    """Take ``tensor`` from ``node``; an unused placeholder keeps the other outputs' positions
+    (a node still needed for its other outputs must not see them shift: Split, TopK...)."""
+    index = next(i for i, t in enumerate(node.outputs) if t is tensor)
+    node.outputs[index] = gs.Variable(fresh_name(graph, f"{tensor.name}_unused"), tensor.dtype, tensor.shape)
 
 
 def constant_nbytes(tensor: gs.Tensor) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts, optimize_with,
+from tests.helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts, optimize_with,
                      parse, removed_by)
 
 PASSES = ["fold-constants"]
@@ -273,3 +273,43 @@ def test_inspect_lists_matches_and_declines():
     optimized, report = check_exact(model, PASSES, removed=["Mul", "Constant"])
     assert removed_by(report, "fold_me") == ["fold-constants"]
     assert op_counts(optimized) == {"RandomUniformLike": 1, "Add": 2}
+
+
+def test_node_kept_for_one_output_keeps_its_other_outputs_in_place():
+    """Split(w) -> a (folded), b (feeds a MatMul over the cap): the Split stays, and b must
+    still be its second output, not shift into the place of the folded a."""
+    w = ", ".join(str(i) for i in range(128))
+    model = parse(f"""g (float[N,64,64] x) => (float[N,64,64] y) <float[64,2] w = {{{w}}}, float[1,64] r = {{{", ".join(["1"] * 64)}}},
+                                                                int64[2] sp = {{1, 1}}> {{
+      [split] a, b = Split<axis = 1>(w, sp)
+      [outer] p = MatMul(b, r)
+      s = Add(x, a)
+      y = Add(s, p)
+    }}""")
+    optimized, report = check_unchanged(model, PASSES, kept=["Split", "MatMul"], options={"fold_max_bytes": 1024})
+    (split,) = [n for n in optimized.graph.node if n.op_type == "Split"]
+    assert split.output[1] == "b"
+    assert "a" in {t.name for t in optimized.graph.initializer}
+    assert removed_by(report, "split") == []
+
+
+def test_several_graph_outputs_of_one_node_do_not_become_several_nodes():
+    model = parse("""g (float[N,4] x) => (float[N,4] y, float[1] s1, float[3] s2) <float[4] w = {1, 2, 3, 4}, int64[2] sp = {1, 3}> {
+      s1, s2 = Split<axis = 0>(w, sp)
+      y = Relu(x)
+    }""")
+    optimized, _ = check_unchanged(model, PASSES, kept=["Split"])
+    assert len(optimized.graph.node) == 2
+
+
+def test_one_graph_output_of_a_multi_output_node_folds():
+    model = parse("""g (float[N,4] x) => (float[N,4] y, float[1] s1) <float[4] w = {1, 2, 3, 4}, int64[2] sp = {1, 3}> {
+      s1, s2 = Split<axis = 0>(w, sp)
+      t = Neg(s2)
+      p = Pad(t, pads)
+      pads = Constant<value = int64[2] {1, 0}>()
+      y = Add(x, p)
+    }""".replace("      p = Pad(t, pads)\n      pads = Constant<value = int64[2] {1, 0}>()\n",
+                 "      pads = Constant<value = int64[2] {1, 0}>()\n      p = Pad(t, pads)\n"))
+    optimized, _ = check_exact(model, WITH_SHAPES, removed=["Split", "Neg", "Pad"])
+    assert op_counts(optimized) == {"Add": 1, "Constant": 1}
