@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from helpers import assert_same_outputs, check_exact, inspect_pass, optimize_with, parse
+from tests.helpers import assert_same_outputs, check_exact, inspect_pass, optimize_with, parse
 
 PASSES = ["dedupe-initializers"]
 

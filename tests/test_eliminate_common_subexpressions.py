@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts, optimize_with,
+from tests.helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts, optimize_with,
                      parse, removed_by)
 
 PASSES = ["eliminate-common-subexpressions"]
@@ -125,7 +125,7 @@ def test_training_dropouts_are_not_merged():
     assert op_counts(optimized)["Dropout"] == 2
     assert "d2" not in inspect_pass(model, PASSES[0], infer_shapes=False)
     x = np.ones((3, 64), np.float32)
-    from helpers import run_ort
+    from tests.helpers import run_ort
     assert np.any(run_ort(optimized, {"x": x})["y"] != 0)
 
 

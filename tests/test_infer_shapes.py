@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from fusekit.api import run
-from helpers import assert_same_outputs, check_exact, op_counts, optimize_with, parse
+from tests.helpers import assert_same_outputs, check_exact, op_counts, optimize_with, parse
 
 PASSES = ["infer-shapes"]
 
