@@ -7,6 +7,7 @@ graph outputs keep their names whatever a pass does.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
@@ -45,6 +46,40 @@ def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
         return None
     return tuple(int(d) for d in shape)
+
+
+def onnx_type(dtype) -> int | None:
+    """An element type as an ONNX ``TensorProto`` enum (None if unknown).
+
+    onnx-graphsurgeon stores NumPy dtypes, except for types NumPy lacks (bfloat16, float8,
+    int4...) where it keeps the ONNX enum itself: compare types through this, never with
+    ``np.dtype`` directly.
+    """
+    if dtype is None:
+        return None
+    if isinstance(dtype, (int, np.integer)):
+        return int(dtype)
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def type_name(onnx_enum: int) -> str:
+    """``float32``, ``bfloat16``, ``float8e4m3fn``... for messages."""
+    try:
+        return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx_enum)))
+    except (TypeError, KeyError, ValueError):
+        return onnx.TensorProto.DataType.Name(onnx_enum).lower()
+
+
+def itemsize(dtype) -> int | None:
+    """Bytes per element of a NumPy dtype or ONNX enum (None if unknown)."""
+    enum = onnx_type(dtype)
+    try:
+        return None if enum is None else np.dtype(onnx.helper.tensor_dtype_to_np_dtype(enum)).itemsize
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def is_graph_io(graph: gs.Graph, tensor: gs.Tensor) -> bool:

@@ -23,7 +23,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from fusekit.graph_edit import constant_array, fresh_name, is_constant
+from fusekit.graph_edit import constant_array, fresh_name, is_constant, itemsize
 from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,9 @@ def constant_nbytes(tensor: gs.Tensor) -> int:
 
 def _predicted_nbytes(node: gs.Node) -> int | None:
     out = node.outputs[0]
-    if out.shape is not None and all(isinstance(d, int) and d >= 0 for d in out.shape) and out.dtype is not None:
-        return int(np.prod(out.shape, dtype=np.int64)) * np.dtype(out.dtype).itemsize
+    size = itemsize(out.dtype)
+    if out.shape is not None and all(isinstance(d, int) and d >= 0 for d in out.shape) and size is not None:
+        return int(np.prod(out.shape, dtype=np.int64)) * size
     if node.op == "ConstantOfShape":
         shape = constant_array(node.inputs[0])
         return None if shape is None else int(np.prod(shape, dtype=np.int64)) * 8

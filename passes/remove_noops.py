@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import bypass, can_replace, constant_array, is_graph_io, live_consumers
+from fusekit.graph_edit import bypass, can_replace, constant_array, is_graph_io, live_consumers, onnx_type, type_name
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 
 Verdict = Match | Decline
@@ -75,15 +75,12 @@ def _expand(node: gs.Node) -> Verdict:
 
 
 def _cast(node: gs.Node) -> Verdict:
-    source = node.inputs[0].dtype
-    if node.op == "Cast":
-        to = onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"])
-    else:
-        to = node.inputs[1].dtype
+    source = onnx_type(node.inputs[0].dtype)
+    to = int(node.attrs["to"]) if node.op == "Cast" else onnx_type(node.inputs[1].dtype)
     if source is None or to is None:
         return Decline("input type is unknown")
-    if np.dtype(source) != np.dtype(to):
-        return Decline(f"casts {np.dtype(source)} to {np.dtype(to)}")
+    if source != to:
+        return Decline(f"casts {type_name(source)} to {type_name(to)}")
     return Match(f"{node.op} to the same type removed", 0)
 
 

@@ -259,3 +259,22 @@ def test_trace_names_the_pass_and_the_rule():
     assert [(e["pass_name"], e["action"]) for e in trace["events"]] == [("remove-noops", "Add by 0 removed")]
     # Before shape inference the rule declines: trace shows what the first round saw.
     assert [(f["pass_name"], f["applies"]) for f in trace["findings"]] == [("remove-noops", False)]
+
+
+def test_casts_of_types_numpy_lacks():
+    """bfloat16/float8 dtypes are ONNX enums in onnx-graphsurgeon: compared, not crashed on."""
+    model = parse('<ir_version: 9, opset_import: ["" : 19]>\n'
+                  "g (float[N,4,5] x) => (float[N,4,5] y) {\n a = Relu(x)\n [to_bf16] b = Cast<to = 16>(a)\n"
+                  " [same] c = Cast<to = 16>(b)\n [like] d = CastLike(c, b)\n [to_f8] e = Cast<to = 17>(d)\n"
+                  " [back] f = Cast<to = 1>(e)\n y = Sigmoid(f)\n}")
+    findings = inspect_pass(model, "remove-noops")
+    assert [(n, findings[n][0].applies, findings[n][0].message) for n in ("to_bf16", "same", "like", "to_f8")] == [
+        ("to_bf16", False, "casts float32 to bfloat16"),
+        ("same", True, "Cast to the same type removed"),
+        ("like", True, "CastLike to the same type removed"),
+        ("to_f8", False, "casts bfloat16 to float8_e4m3fn"),
+    ]
+    optimized, report = optimize_with(model, PASSES)
+    assert op_counts(optimized) == {"Relu": 1, "Cast": 3, "Sigmoid": 1}
+    assert removed_by(report, "same") == ["remove-noops"] and removed_by(report, "like") == ["remove-noops"]
+    assert_same_outputs(model, optimized)
