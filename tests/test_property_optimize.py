@@ -35,12 +35,14 @@ def test_optimize_preserves_outputs_and_never_adds_nodes(model):
 
 
 @settings(max_examples=max(settings().max_examples // 2, 1))
-@given(onnx_models(), st.lists(st.sampled_from(CLEANUP), min_size=1, max_size=3, unique=True))
-def test_every_pass_is_exact_on_its_own(model, passes):
-    """Each pass (or small set) alone, with the graph checked after every pass (debug)."""
+@given(onnx_models(), st.lists(st.sampled_from(CLEANUP), min_size=1, max_size=3, unique=True),
+       st.sampled_from([8, 32, 1 << 20]))
+def test_every_pass_is_exact_on_its_own(model, passes, fold_max_bytes):
+    """Each pass (or small set) alone, with the graph checked after every pass (debug), and
+    folding capped low so that constant regions are cut in many places."""
     onnx.checker.check_model(model, full_check=True)
     note(onnx.printer.to_text(model.graph))
-    optimized, report = optimize_with(model, passes, debug=True)
+    optimized, report = optimize_with(model, passes, debug=True, options={"fold_max_bytes": fold_max_bytes})
     note(onnx.printer.to_text(optimized.graph))
     assert report.converged
     assert len(optimized.graph.node) <= len(model.graph.node)
