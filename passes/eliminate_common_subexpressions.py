@@ -2,8 +2,9 @@
 
 Rewrites: of two such nodes, the later one's consumers read the earlier one's outputs.
 Nodes are visited in topological order, so merges cascade in one scan. Must not merge
-nondeterministic ops (Random*, Multinomial, Bernoulli, Dropout), nodes with subgraphs, or
-two nodes whose outputs are both graph outputs (output names never change).
+nondeterministic ops (Random*, Multinomial, Bernoulli, Dropout), ops ONNX has no schema
+for (custom domains, local functions: they may be random or stateful), nodes with
+subgraphs, or two nodes whose outputs are both graph outputs (output names never change).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import can_replace, constant_array, remove, replace_uses
@@ -38,6 +40,8 @@ def node_key(node: gs.Node, alias: dict[int, gs.Tensor]) -> tuple | None:
     ``alias`` maps a merged-away tensor (by id) to the tensor that replaces it.
     """
     if node.op in NONDETERMINISTIC or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return None
+    if not onnx.defs.has(node.op, node.domain or ""):  # a custom op may be random or stateful
         return None
     inputs = tuple(id(alias.get(id(t), t)) for t in node.inputs)
     attrs = tuple(sorted((k, _attr_key(v)) for k, v in node.attrs.items()))

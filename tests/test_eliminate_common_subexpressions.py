@@ -158,3 +158,18 @@ def test_inspect_names_the_node_kept():
     }
     optimized, report = check_exact(model, PASSES)
     assert [e.action for e in report.events if e.node == "third"] == ["merged into identical node 'first'"]
+
+
+def test_custom_domain_ops_are_not_merged():
+    """fusekit cannot know that an op without an ONNX schema is deterministic."""
+    model = parse("""<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1, "ai.onnx.ml" : 3]>
+    g (float[N,4] x) => (float[N,4] y, float[N,4] z) {
+      a = com.microsoft.Sampler(x)
+      b = com.microsoft.Sampler(x)
+      y = Sub(a, b)
+      n1 = ai.onnx.ml.Normalizer<norm = "L1">(x)
+      n2 = ai.onnx.ml.Normalizer<norm = "L1">(x)
+      z = Sub(n1, n2)
+    }""")
+    optimized, _ = optimize_with(model, PASSES)
+    assert op_counts(optimized) == {"Sampler": 2, "Normalizer": 1, "Sub": 2}
