@@ -208,7 +208,19 @@ def to_model_proto(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProto:
     versions.pop("ai.onnx", None)
     del model.opset_import[:]
     model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
+    if 0 < model.ir_version < 4:
+        _list_initializers_as_inputs(model.graph)
     return model
+
+
+def _list_initializers_as_inputs(graph: onnx.GraphProto) -> None:
+    """IR < 4 requires every initializer to be a graph input too; onnx-graphsurgeon drops
+    those inputs on import, so list them again (after the real inputs)."""
+    listed = {i.name for i in graph.input}
+    for t in graph.initializer:
+        if t.name not in listed:
+            graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            listed.add(t.name)
 
 
 class _StubValues(LazyValues):

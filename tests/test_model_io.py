@@ -183,3 +183,14 @@ def test_model_over_2gb_goes_through_external_data(tmp_path):
     assert (tmp_path / "out.onnx.data").stat().st_size >= n * n * 4
     saved = onnx.load(out, load_external_data=False)
     assert [n.op_type for n in saved.graph.node] == ["MatMul"]
+
+
+def test_ir3_model_keeps_its_initializers_listed_as_inputs():
+    # IR < 4 requires every initializer to be a graph input; onnx-graphsurgeon drops them.
+    model = onnx.parser.parse_model("""
+        <ir_version: 3, opset_import: ["" : 9]>
+        g (float[2] x, float[2] w) => (float[2] y) <float[2] w = {1.0, 2.0}> { y = Add(x, w) }""")
+    onnx.checker.check_model(model, full_check=True)
+    optimized = api.optimize(model)
+    onnx.checker.check_model(optimized, full_check=True)
+    assert [i.name for i in optimized.graph.input] == ["x", "w"]
