@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from fusekit.graph_edit import constant_array, fresh_name, is_constant, itemsize
-from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
+from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
 
 log = logging.getLogger(__name__)
 

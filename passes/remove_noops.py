@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import bypass, can_replace, constant_array, is_graph_io, live_consumers, onnx_type, type_name

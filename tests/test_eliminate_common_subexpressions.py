@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts, optimize_with,
-                     parse, removed_by)
+from tests.helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts,
+                           optimize_with, parse, removed_by)
 
 PASSES = ["eliminate-common-subexpressions"]
 

@@ -11,8 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts, optimize_with,
-                     parse, removed_by)
+from tests.helpers import check_exact, check_unchanged, inspect_pass, op_counts, optimize_with, parse, removed_by
 
 PASSES = ["fold-constants"]
 WITH_SHAPES = ["fold-constants", "infer-shapes"]

@@ -83,3 +83,10 @@ def test_op_inference_does_not_know_leaves_the_graph_valid():
     assert op_counts(optimized) == op_counts(model)
     assert report.converged
     assert shapes(optimized).get("a") in (None, [])
+
+
+def test_inspect_has_nothing_to_report():
+    """infer-shapes rewrites nothing, so lint and --trace get no findings from it."""
+    from tests.helpers import inspect_pass
+
+    assert inspect_pass(parse(MODEL), "infer-shapes", infer_shapes=False) == {}

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts, optimize_with,
-                     parse, removed_by)
+from tests.helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts,
+                           optimize_with, parse, removed_by)
 
 PASSES = ["remove-noops", "infer-shapes"]
 
