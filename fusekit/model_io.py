@@ -94,6 +94,8 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         model = read_model_file(path)
     shell = _shell_of(model)
     graph = gs.import_onnx(model)
+    _complete_import(model.graph, graph, caller_owned=path is None)
+    _complete_functions(model, graph, caller_owned=path is None)
     if path is not None:
         _map_external_tensors(graph, path.parent, model_name=str(path))
     name_unnamed_nodes(graph)
@@ -195,9 +197,164 @@ def name_unnamed_nodes(graph: gs.Graph) -> None:
         taken.add(node.name)
 
 
+# Declared types onnx-graphsurgeon cannot hold (optional, map, sequences), per gs.Graph.
+_TYPES_KEY = "_fusekit_declared_types"
+
+
+def _complete_import(proto: onnx.GraphProto | onnx.FunctionProto, graph: gs.Graph, caller_owned: bool) -> None:
+    """Put back, on each (sub)graph, what ``gs.import_onnx`` loses or would let leak.
+
+    - Declared non-tensor types (optional, map, sequences): onnx-graphsurgeon keeps only
+      an element type (exporting an optional fails), so they are kept on the graph and
+      :func:`to_model_proto` writes them back.
+    - Attributes onnx-graphsurgeon skips (type protos, sparse tensors, lists of tensors
+      or graphs): kept as protos, which its exporter writes as they are.
+    - Tensor attributes of a caller's model (``Constant`` values): onnx-graphsurgeon's
+      exporter writes a name into the ``TensorProto`` it exports (an unnamed one gains
+      an empty name), so each gets a private copy when first exported.
+    """
+    if isinstance(proto, onnx.GraphProto):
+        declared = {vi.name: vi.type for vi in (*proto.input, *proto.output, *proto.value_info)
+                    if vi.type.WhichOneof("value") not in (None, "tensor_type")}
+        if declared:
+            graph.__dict__[_TYPES_KEY] = {name: _copy(t) for name, t in declared.items()}
+    for node_proto, node in zip(proto.node, graph.nodes):
+        for attr in node_proto.attribute:
+            value = node.attrs.get(attr.name)
+            if attr.name not in node.attrs and not attr.ref_attr_name and attr.type in _ATTRS_GS_SKIPS:
+                node.attrs[attr.name] = onnx.helper.get_attribute_value(attr)
+            elif attr.type == onnx.AttributeProto.GRAPH and isinstance(value, gs.Graph):
+                _complete_import(attr.g, value, caller_owned)
+            elif caller_owned and isinstance(value, gs.Constant) and type(value._values) is LazyValues:
+                value._values = _CopyOnUseValues(value._values)
+
+
+def _complete_functions(model: onnx.ModelProto, graph: gs.Graph, caller_owned: bool) -> None:
+    functions = {(f.domain, f.name): f for f in model.functions}
+    for function in graph.functions:
+        proto = functions.get((function.domain, function.name))
+        if proto is not None:
+            _complete_import(proto, function, caller_owned)
+
+
+_ATTRS_GS_SKIPS = frozenset({
+    onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS, onnx.AttributeProto.SPARSE_TENSOR,
+    onnx.AttributeProto.SPARSE_TENSORS, onnx.AttributeProto.TENSORS, onnx.AttributeProto.GRAPHS})
+
+
+class _CopyOnUseValues(LazyValues):
+    """Lazy values whose ``TensorProto`` is copied from the caller's model when first
+    exported; reading the values needs no copy."""
+
+    def __init__(self, values: LazyValues) -> None:  # noqa: super().__init__ would read the tensor
+        self._source, self._own = values.tensor, None
+        self.shape, self.dtype, self.nbytes = values.shape, values.dtype, values.nbytes
+
+    @property
+    def tensor(self) -> onnx.TensorProto:
+        if self._own is None:
+            self._own = _copy(self._source)
+        return self._own
+
+    @tensor.setter
+    def tensor(self, value: onnx.TensorProto) -> None:
+        self._source, self._own = value, value
+
+    def load(self) -> np.ndarray:  # reading needs no copy of the proto
+        return np.array(onnx.numpy_helper.to_array(self._own if self._own is not None else self._source))
+
+
+def _copy(message):
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
+
+
+def _graphs(graph: gs.Graph, functions: bool = True):
+    """``graph``, its local functions and every subgraph, recursively."""
+    yield graph
+    if functions:  # a gs.Function's ``functions`` are its model's: walked once, from the top
+        for function in graph.functions:
+            yield from _graphs(function, functions=False)
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from _graphs(value, functions=False)
+
+
+def _gs_can_export(tensor: gs.Tensor) -> bool:
+    """Whether onnx-graphsurgeon can write this tensor's value info itself."""
+    if isinstance(tensor, gs.Constant) or tensor.dtype is None:
+        return True
+    kind = getattr(tensor, "type", "tensor_type")
+    if kind not in ("tensor_type", "sequence_type"):
+        return False
+    dtype = tensor.dtype
+    if isinstance(dtype, int):
+        return dtype != onnx.TensorProto.UNDEFINED
+    return isinstance(dtype, (np.dtype, type))
+
+
+def _export(graph: gs.Graph) -> onnx.ModelProto:
+    """``gs.export_onnx`` without its side effects, and with the types it cannot write.
+
+    onnx-graphsurgeon writes the name of a lazily loaded constant into its source
+    ``TensorProto`` (the caller's model when a ``ModelProto`` was loaded): names are
+    put back (unnamed ones already read a private copy, see :func:`_complete_import`). Values of optional, map or sequence type are exported untyped, then given
+    their declared types back.
+    """
+    hidden, names = [], []
+    for g in _graphs(graph):
+        declared = g.__dict__.get(_TYPES_KEY, {})
+        tensors = list(g.tensors().values())
+        for node in g.nodes:
+            tensors.extend(v for v in node.attrs.values() if isinstance(v, gs.Constant))
+        for tensor in tensors:
+            if isinstance(tensor, gs.Constant):
+                values = tensor._values
+                if type(values) is LazyValues and isinstance(values.tensor, onnx.TensorProto):
+                    proto = values.tensor
+                    names.append((proto, proto.name if proto.HasField("name") else None))
+            elif tensor.name in declared or not _gs_can_export(tensor):
+                hidden.append((tensor, tensor.dtype, tensor.shape))
+                tensor.dtype, tensor.shape = None, None
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for tensor, dtype, shape in hidden:
+            tensor.dtype, tensor.shape = dtype, shape
+        for proto, name in names:
+            if name is None:
+                proto.ClearField("name")
+            else:
+                proto.name = name
+    _restore_types(graph, model.graph)
+    return model
+
+
+def _restore_types(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    declared = graph.__dict__.get(_TYPES_KEY)
+    if declared:
+        for vi in (*proto.input, *proto.output):
+            if vi.name in declared:
+                vi.type.CopyFrom(declared[vi.name])
+        io = {vi.name for vi in (*proto.input, *proto.output)}
+        present = set(graph.tensors())
+        kept = [vi for vi in proto.value_info if vi.name not in declared]
+        kept.extend(onnx.helper.make_value_info(name, declared[name]) for name in declared
+                    if name in present and name not in io)
+        del proto.value_info[:]
+        proto.value_info.extend(kept)
+    for node, node_proto in zip(graph.nodes, proto.node):
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                attr = next(a for a in node_proto.attribute if a.name == key)
+                _restore_types(value, attr.g)
+
+
 def to_model_proto(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProto:
     """Export the graph and restore what onnx-graphsurgeon drops (metadata, docs, opsets)."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = _export(graph)
     for field in _MODEL_FIELDS_GS_DROPS:
         setattr(model, field, getattr(shell, field))
     del model.metadata_props[:]

@@ -194,3 +194,40 @@ def test_ir3_model_keeps_its_initializers_listed_as_inputs():
     optimized = api.optimize(model)
     onnx.checker.check_model(optimized, full_check=True)
     assert [i.name for i in optimized.graph.input] == ["x", "w"]
+
+
+def test_constant_node_values_of_a_given_model_are_not_touched():
+    # onnx-graphsurgeon's exporter writes a name into each TensorProto it exports, and
+    # fold-constants exports nodes: an unnamed Constant value must not gain name: "".
+    value = onnx.numpy_helper.from_array(np.array([1.0, 2.0], np.float32))
+    assert not value.HasField("name")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["c"], value=value), onnx.helper.make_node("Neg", ["c"], ["d"]),
+         onnx.helper.make_node("Add", ["x", "d"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    before = model.SerializeToString()
+    optimized = api.optimize(model)
+    assert model.SerializeToString() == before
+    assert [n.op_type for n in optimized.graph.node] == ["Add"]
+
+
+def test_optional_and_sequence_types_and_type_attributes_survive():
+    # onnx-graphsurgeon cannot export optional-typed values and skips TYPE_PROTO attributes.
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 16]>
+        g (bool c, optional(seq(float[5])) o) => (optional(seq(float[5])) r, seq(float[1]) s) {
+          r = If (c) <then_branch = t () => (optional(seq(float[5])) e) {
+                          e = Optional <type = seq(float[5])> ()
+                      }, else_branch = f () => (optional(seq(float[5])) o2) { o2 = Identity(o) }>
+          x = Constant <value = float[1] {1.0}> ()
+          s = SequenceConstruct (x)
+        }""")
+    onnx.checker.check_model(model, full_check=True)
+    optimized = api.optimize(model)
+    onnx.checker.check_model(optimized, full_check=True)
+    types = {vi.name: vi.type for vi in (*optimized.graph.input, *optimized.graph.output)}
+    assert types == {vi.name: vi.type for vi in (*model.graph.input, *model.graph.output)}
+    then = next(a.g for a in optimized.graph.node[0].attribute if a.name == "then_branch")
+    assert then.node[0].attribute[0].type == onnx.AttributeProto.TYPE_PROTO
