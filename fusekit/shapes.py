@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type
 
 from fusekit.errors import InputError
 from fusekit.model_io import export_weightless
@@ -48,11 +49,19 @@ def _type_of(vi: onnx.ValueInfoProto):
     if not vi.type.HasField("tensor_type"):
         return None, None
     tt = vi.type.tensor_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else None
+    dtype = gs_dtype(tt.elem_type) if tt.elem_type else None
     if not tt.HasField("shape"):
         return dtype, None
     shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
     return dtype, shape
+
+
+def gs_dtype(elem_type: int):
+    """An ONNX element type as onnx-graphsurgeon holds it: a NumPy dtype, or the ONNX enum
+    itself for types it has no NumPy type for (bfloat16, float8). ml_dtypes types are not
+    used: onnx-graphsurgeon exports some of them as the wrong ONNX type."""
+    dtype = get_numpy_type(elem_type)
+    return elem_type if dtype is None else dtype
 
 
 def _more_specific(new: Sequence[Dim], old: Sequence[Dim] | None) -> bool:
