@@ -141,9 +141,13 @@ def output_diff(name: str, expected, got, tolerance: Tolerance) -> OutputDiff:
     e, g = np.asarray(expected), np.asarray(got)
     if e.shape != g.shape or e.dtype != g.dtype:
         return OutputDiff(name, float("inf"), False)
-    if e.dtype == object or e.dtype.kind in "bUS":
+    if e.dtype.kind in "OUS":
         same = bool(np.array_equal(e, g))
         return OutputDiff(name, 0.0 if same else float("inf"), same)
+    if e.dtype.kind in "biu":  # indices, counts, masks: exact (a tolerance would pass argmax 10000 vs 10001)
+        diff = np.abs(e.astype(np.float64) - g.astype(np.float64))
+        max_diff = float(diff.max()) if diff.size else 0.0
+        return OutputDiff(name, max_diff, bool(np.array_equal(e, g)))
     e64, g64 = e.astype(np.float64), g.astype(np.float64)
     nan_same = np.array_equal(np.isnan(e64), np.isnan(g64))
     finite = ~np.isnan(e64)
