@@ -17,7 +17,7 @@ from fusekit.manager import PassManager
 from fusekit.model_io import LoadedModel, load_model, to_model_proto
 from fusekit.pass_infra import PassContext
 from fusekit.report import ModelSummary, OptimizeReport
-from fusekit.shapes import Dim, apply_input_shapes
+from fusekit.shapes import Dim, annotate_shapes, apply_input_shapes
 from fusekit.validate import check_graph
 from fusekit.verify import Tolerance, compare
 
@@ -80,6 +80,7 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     ctx = PassContext(options=dict(options or {}))
     instances = [info.cls() for info in selected]
     if trace is not None:
+        annotate_shapes(graph, shell)  # so the findings see the shapes the passes will see
         report.trace_findings = _inspect_node(instances, graph, ctx, trace)
 
     def check_after(g: gs.Graph, pass_name: str) -> None:

@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import numpy as np
 import onnx
@@ -94,12 +94,32 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         model = read_model_file(path)
     shell = _shell_of(model)
     graph = gs.import_onnx(model)
+    _keep_overridable_inputs(model, graph, shell)
     _complete_import(model.graph, graph, caller_owned=path is None)
     _complete_functions(model, graph, caller_owned=path is None)
     if path is not None:
         _map_external_tensors(graph, path.parent, model_name=str(path))
     name_unnamed_nodes(graph)
     return LoadedModel(graph=graph, shell=shell, path=path)
+
+
+def _keep_overridable_inputs(model: onnx.ModelProto, graph: gs.Graph, shell: onnx.ModelProto) -> None:
+    """From IR 4 on, an initializer that is also a graph input is a default the user may
+    override: it stays a graph input (not a constant any pass may fold), and its default
+    value is kept in ``shell.graph.initializer`` for :func:`to_model_proto`."""
+    if model.ir_version < 4:
+        return
+    initializers = {t.name: t for t in model.graph.initializer}
+    tensors = graph.tensors()
+    for position, vi in enumerate(model.graph.input):
+        default = initializers.get(vi.name)
+        tensor = tensors.get(vi.name)
+        if default is None or not isinstance(tensor, gs.Constant):
+            continue
+        shell.graph.initializer.append(default)
+        tensor.to_variable(dtype=tensor.dtype, shape=list(tensor.shape))
+        tensor.type = "tensor_type"  # what gs's importer sets on variables; to_variable does not
+        graph.inputs.insert(position, tensor)
 
 
 def read_model_file(path: Path) -> onnx.ModelProto:
@@ -367,6 +387,8 @@ def to_model_proto(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProto:
     model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
     if 0 < model.ir_version < 4:
         _list_initializers_as_inputs(model.graph)
+    inputs = {i.name for i in model.graph.input}
+    model.graph.initializer.extend(t for t in shell.graph.initializer if t.name in inputs)
     return model
 
 
@@ -461,15 +483,15 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
         external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
     if not external_data:
         inline_external_data(model)
-        _atomic_write(path, lambda f: f.write(model.SerializeToString()))
+        atomic_write(path, lambda f: f.write(model.SerializeToString()))
         return [path]
     data_path = path.with_name(path.name + ".data")
     sources = {ExternalDataInfo(t).location for t in model.graph.initializer
                if onnx.external_data_helper.uses_external_data(t)}
     if str(data_path.resolve()) in sources:
         raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
-    _atomic_write(data_path, lambda f: _write_tensors_external(model, f, data_path.name))
-    _atomic_write(path, lambda f: f.write(model.SerializeToString()))
+    atomic_write(data_path, lambda f: _write_tensors_external(model, f, data_path.name))
+    atomic_write(path, lambda f: f.write(model.SerializeToString()))
     return [path, data_path]
 
 
@@ -494,9 +516,15 @@ def _write_tensors_external(model: onnx.ModelProto, out: BinaryIO, location: str
         _set_location(t, location, offset, length)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temp file beside ``path``, then rename it over ``path``.
+
+    A failure leaves ``path`` as it was. The file gets the usual permissions (umask),
+    not the private ones of a temp file.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -505,6 +533,12 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _inline_copy(proto: onnx.TensorProto, data: bytes) -> onnx.TensorProto:

@@ -231,3 +231,28 @@ def test_optional_and_sequence_types_and_type_attributes_survive():
     assert types == {vi.name: vi.type for vi in (*model.graph.input, *model.graph.output)}
     then = next(a.g for a in optimized.graph.node[0].attribute if a.name == "then_branch")
     assert then.node[0].attribute[0].type == onnx.AttributeProto.TYPE_PROTO
+
+
+def test_initializer_listed_as_input_stays_an_overridable_input():
+    """IR >= 4: an initializer that is also a graph input is a default the user may feed."""
+    vi = lambda name: onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [2])  # noqa: E731
+    ones = lambda name: onnx.numpy_helper.from_array(np.ones(2, np.float32), name)  # noqa: E731
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "w"], ["a"]), onnx.helper.make_node("Add", ["a", "w2"], ["y"])], "g",
+        [vi("x"), vi("w"), vi("w2")], [vi("y")], [ones("w"), ones("w2")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    optimized = api.optimize(model)
+    assert [i.name for i in optimized.graph.input] == ["x", "w", "w2"]
+    assert sorted(t.name for t in optimized.graph.initializer) == ["w", "w2"]
+    x = np.ones(2, np.float32)
+    overridden = {"x": x, "w": np.full(2, 5, np.float32), "w2": np.full(2, 7, np.float32)}
+    for feeds in ({"x": x}, overridden):
+        np.testing.assert_array_equal(session(optimized).run(None, feeds)[0], session(model).run(None, feeds)[0])
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    out = tmp_path / "o.onnx"
+    save_model(big_weight_model(8), out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
