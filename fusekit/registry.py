@@ -9,8 +9,10 @@ entry point, and is skipped (``strict=True`` raises instead). Setting
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Iterable
@@ -90,8 +92,17 @@ def validate_pass_class(obj: object) -> str | None:
 
 
 def discover(strict: bool = False, group: str = PASS_GROUP) -> Registry:
-    """Load every pass registered under ``group``; warn about (or, strict, raise on) broken ones."""
+    """Load every pass registered under ``group``; warn about (or, strict, raise on) broken ones.
+
+    The result is cached per process for the same ``sys.path`` and environment, since
+    listing entry points scans every installed package.
+    """
     autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+    return _discover(strict, group, autoload, tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _discover(strict: bool, group: str, autoload: bool, _path: tuple[str, ...]) -> Registry:
     passes: dict[str, PassInfo] = {}
     problems: list[str] = []
 
