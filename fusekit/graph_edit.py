@@ -11,6 +11,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+# Ops whose results are drawn at random: never folded or merged. (Dropout draws a mask
+# only in training mode; in inference it is an Identity, which remove-noops removes.)
+NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                                  "Multinomial", "Bernoulli", "Dropout"})
+
+
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     """The node that computes ``tensor``, or None for inputs and constants."""
     return tensor.inputs[0] if tensor.inputs else None

@@ -15,12 +15,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import can_replace, constant_array, remove, replace_uses
+from fusekit.graph_edit import NONDETERMINISTIC_OPS, can_replace, constant_array, remove, replace_uses
 from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
-
-# Dropout draws a mask in training mode; in inference it is an Identity, which remove-noops removes.
-NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                              "Multinomial", "Bernoulli", "Dropout"})
 
 
 def _attr_key(value: Any) -> Any:
@@ -39,7 +35,7 @@ def node_key(node: gs.Node, alias: dict[int, gs.Tensor]) -> tuple | None:
 
     ``alias`` maps a merged-away tensor (by id) to the tensor that replaces it.
     """
-    if node.op in NONDETERMINISTIC or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+    if node.op in NONDETERMINISTIC_OPS or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
         return None
     if not onnx.defs.has(node.op, node.domain or ""):  # a custom op may be random or stateful
         return None

@@ -23,14 +23,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from fusekit.graph_edit import constant_array, fresh_name, is_constant, itemsize
+from fusekit.graph_edit import NONDETERMINISTIC_OPS, constant_array, fresh_name, is_constant, itemsize
 from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 1 << 20
-NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                              "Multinomial", "Bernoulli", "Dropout"})
 # Ops whose output may be far larger than their inputs: folded only with a known output shape.
 GENERATORS = frozenset({"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad",
                         "OneHot", "EyeLike"})
@@ -106,7 +104,7 @@ class FoldConstantsPass(Pass):
     def _why_not(node: gs.Node, cap: int, largest_input: int) -> str | None:
         if (node.domain or "") not in ("", "ai.onnx"):
             return f"op of domain {node.domain!r} is not evaluated"
-        if node.op in NONDETERMINISTIC:
+        if node.op in NONDETERMINISTIC_OPS:
             return f"{node.op} is nondeterministic"
         if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
             return "node has a subgraph"
