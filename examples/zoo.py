@@ -3,9 +3,11 @@
 torchvision does not import beside the CPU torch used here, so the networks are written
 out: a ResNet (bottleneck blocks; ``resnet50()`` is the real layout), a MobileNet-style
 net (depthwise convs, ReLU6, Hardswish), a ConvNeXt-style net (depthwise 7x7, LayerNorm,
-GELU) and a BERT-style encoder (embeddings, attention mask, LayerNorm, GELU). Exports
-use ``dynamo=False, do_constant_folding=False`` and opset 14, which keeps BatchNorm,
-Identity, shape chains and the decomposed LayerNorm/GELU that fusekit must clean up.
+GELU), a BERT-style encoder (embeddings, attention mask, LayerNorm, GELU) and a GPT-2-style
+decoder (fused QKV through GPT-2's Conv1D/addmm, causal mask sliced from a buffer, tanh
+GELU, tied LM head). Exports use ``dynamo=False, do_constant_folding=False`` and opset 14,
+which keeps BatchNorm, Identity, shape chains and the decomposed LayerNorm/GELU that
+fusekit must clean up.
 
     python examples/zoo.py resnet50 resnet50.onnx
 """
@@ -178,6 +180,81 @@ class Encoder(nn.Module):
         return x, torch.tanh(self.pooler(x[:, 0]))
 
 
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: ``addmm`` on the flattened input, weight stored [in, out]."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cin, cout) * 0.02)
+        self.bias = nn.Parameter(torch.randn(cout) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.size()[:-1] + (self.weight.size(-1),)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(shape)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's ``gelu_new``, written out as the original code does (Pow, Tanh)."""
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, max_len: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(hidden, eps=1e-5), nn.LayerNorm(hidden, eps=1e-5)
+        self.qkv, self.proj = Conv1D(hidden, 3 * hidden), Conv1D(hidden, hidden)
+        self.fc, self.fc_proj = Conv1D(hidden, 4 * hidden), Conv1D(4 * hidden, hidden)
+        self.register_buffer("causal", torch.tril(torch.ones(max_len, max_len, dtype=torch.bool))
+                             .view(1, 1, max_len, max_len), persistent=False)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.size()[:-1] + (self.heads, x.size(-1) // self.heads)
+        return x.view(shape).permute(0, 2, 1, 3)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).split(x.size(-1), dim=2)
+        q, k, v = self.split(q), self.split(k), self.split(v)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / torch.full([], v.size(-1) ** 0.5, dtype=q.dtype)
+        q_len, k_len = q.size(-2), k.size(-2)
+        mask = self.causal[:, :, k_len - q_len:k_len, :k_len]
+        scores = torch.where(mask, scores, torch.full([], torch.finfo(scores.dtype).min, dtype=scores.dtype))
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v).permute(0, 2, 1, 3).contiguous()
+        return self.proj(ctx.view(ctx.size()[:-2] + (ctx.size(-2) * ctx.size(-1),)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.ln1(x))
+        return x + self.fc_proj(gelu_tanh(self.fc(self.ln2(x))))
+
+
+class Decoder(nn.Module):
+    """GPT-2-style: token + position embeddings, N pre-norm causal blocks, final LayerNorm,
+    LM head tied to the token embedding."""
+
+    def __init__(self, vocab: int = 1000, hidden: int = 64, layers: int = 2, heads: int = 4,
+                 max_len: int = 128) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, hidden), nn.Embedding(max_len, hidden)
+        nn.init.normal_(self.wte.weight, std=0.02)
+        nn.init.normal_(self.wpe.weight, std=0.01)
+        self.blocks = nn.ModuleList(DecoderBlock(hidden, heads, max_len) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(hidden, eps=1e-5)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        with torch.no_grad():  # trained-looking norms: no Mul by 1 or Add of 0 to remove
+            for m in self.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.copy_(1 + 0.1 * torch.randn(hidden))
+                    m.bias.copy_(0.1 * torch.randn(hidden))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(0, input_ids.size(-1), dtype=torch.long).unsqueeze(0)
+        x = self.wte(input_ids) + self.wpe(positions)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
 IMAGE_MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet-tiny": lambda: ResNet((1, 1, 1, 1), base=8, classes=10),
     "resnet50": lambda: ResNet(),
@@ -188,6 +265,13 @@ ENCODER_MODELS: dict[str, Callable[[], nn.Module]] = {
     "encoder-tiny": lambda: Encoder(),
     "bert-base": lambda: Encoder(vocab=30522, hidden=768, layers=12, heads=12, max_len=512),
 }
+DECODER_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "decoder-tiny": lambda: Decoder(),
+    "gpt2": lambda: Decoder(vocab=50257, hidden=768, layers=12, heads=12, max_len=1024),
+}
+
+
+MODELS = [*IMAGE_MODELS, *ENCODER_MODELS, *DECODER_MODELS]
 
 
 def export_image_model(model: nn.Module, path: str, size: int = 64, opset: int = 14) -> None:
@@ -215,18 +299,32 @@ def export_encoder(model: nn.Module, path: str, seq: int = 16, opset: int = 14) 
                           dynamic_axes=axes)
 
 
+def export_decoder(model: nn.Module, path: str, seq: int = 16, opset: int = 14) -> None:
+    """Raw export with dynamic batch and sequence: input ``input_ids``, output ``logits``."""
+    torch.manual_seed(0)
+    model.eval()
+    ids = torch.randint(0, 100, (2, seq))
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids,), path, dynamo=False, do_constant_folding=False, opset_version=opset,
+                          input_names=["input_ids"], output_names=["logits"], dynamic_axes=axes)
+
+
 def export(name: str, path: str) -> None:
     if name in IMAGE_MODELS:
         export_image_model(IMAGE_MODELS[name](), path, size=224 if name == "resnet50" else 64)
     elif name in ENCODER_MODELS:
         export_encoder(ENCODER_MODELS[name](), path, seq=128 if name == "bert-base" else 16)
+    elif name in DECODER_MODELS:
+        export_decoder(DECODER_MODELS[name](), path, seq=128 if name == "gpt2" else 16)
     else:
-        raise SystemExit(f"unknown model {name!r}; choose from {', '.join([*IMAGE_MODELS, *ENCODER_MODELS])}")
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=[*IMAGE_MODELS, *ENCODER_MODELS])
+    parser.add_argument("name", choices=MODELS)
     parser.add_argument("output")
     args = parser.parse_args()
     export(args.name, args.output)
