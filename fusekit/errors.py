@@ -34,3 +34,22 @@ class BackendMissingError(FusekitError):
 
 class TensorRTError(FusekitError):
     """TensorRT rejected the model: parse or build failure."""
+
+
+class ParseFailedError(TensorRTError):
+    """TensorRT's ONNX parser rejected nodes; ``problems`` lists every one of them.
+
+    ``unsupported`` is true when at least one node was rejected because TensorRT has no
+    importer (or plugin) for its op, as opposed to a bad attribute or shape.
+    """
+
+    def __init__(self, message: str, problems: list[str], unsupported: bool = False) -> None:
+        super().__init__(message + ": " + "; ".join(problems))
+        self.summary = message
+        self.problems = list(problems)
+        self.unsupported = unsupported
+
+
+class EngineMismatchError(InputError):
+    """An engine was built for another GPU architecture or TensorRT version than this
+    machine has, or its sidecar does not describe it: refused before deserializing."""

@@ -1,0 +1,82 @@
+"""TensorRT's ONNX parser, with every error it reports collected (not just the first).
+
+Each problem names the ONNX node, its op type and the parser's reason. A node whose op
+has no TensorRT importer (or plugin) makes the failure ``unsupported``: the fix is a
+substitution, not a different attribute.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusekit.errors import ParseFailedError
+
+
+@dataclass(frozen=True)
+class ParseProblem:
+    node: str | None  # ONNX node name (None: not about one node)
+    op: str | None  # op type, with its domain when not the default one
+    reason: str
+    code: str  # the parser's ErrorCode name, e.g. UNSUPPORTED_NODE
+    unsupported: bool  # the op itself is unsupported (no importer or plugin)
+
+    def describe(self) -> str:
+        where = f"node {self.node} ({self.op})" if self.node else (f"op {self.op}" if self.op else "model")
+        return f"{where}: {self.reason}"
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op": self.op, "reason": self.reason, "code": self.code,
+                "unsupported": self.unsupported}
+
+
+_UNSUPPORTED_CODES = {"UNSUPPORTED_NODE", "UNSUPPORTED_GRAPH"}
+
+
+def parse(backend, builder, trt_logger, path: Path, domains: dict[str, str] | None = None):
+    """Parse the ONNX file at ``path`` into a new network; return ``(network, parser)``.
+
+    Keep the parser alive as long as the network: it owns the weights. ``domains`` maps
+    node names to their op domain (for messages). Raises :class:`ParseFailedError`
+    listing every problem.
+    """
+    trt = backend.trt
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, trt_logger)
+    ok = parser.parse_from_file(str(path))
+    problems = [_problem(parser.get_error(i), domains or {}) for i in range(parser.num_errors)]
+    if not ok or problems:
+        problems = list(dict.fromkeys(problems)) or [ParseProblem(None, None, "the parser failed without "
+                                                                  "saying why", "UNKNOWN", False)]
+        count = len(problems)
+        raise ParseFailedError(f"{path}: the ONNX parser of {backend.describe()} rejected the model "
+                               f"({count} error{'s' if count > 1 else ''})",
+                               [p.describe() for p in problems], any(p.unsupported for p in problems))
+    return network, parser
+
+
+def _problem(error, domains: dict[str, str]) -> ParseProblem:
+    code = getattr(error.code(), "name", str(error.code()))
+    node = error.node_name() or None
+    op = error.node_operator() or None
+    domain = domains.get(node or "", "")
+    if op and domain not in ("", "ai.onnx"):
+        op = f"{domain}.{op}"
+    desc = _clean(error.desc())
+    plugin_missing = "Plugin not found" in desc
+    if plugin_missing:
+        reason = (f"no TensorRT importer or plugin creator for this op ({desc.rstrip('?')}); the parser "
+                  "looks custom-domain and unknown ops up as plugins")
+    elif desc in ("", "false"):
+        reason = f"not supported by this parser ({error.func()} rejected it)"
+    else:
+        reason = desc
+    return ParseProblem(node, op, reason, code, code in _UNSUPPORTED_CODES or plugin_missing)
+
+
+def _clean(desc: str) -> str:
+    """``creator && "Plugin not found, ..."`` (an assertion's text) -> ``Plugin not found, ...``."""
+    desc = desc.strip()
+    match = re.fullmatch(r'[\w.\->()]+\s*&&\s*"(.*)"', desc)
+    return match.group(1) if match else desc
