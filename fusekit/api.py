@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import onnx
@@ -14,7 +17,7 @@ import onnx_graphsurgeon as gs
 from fusekit import registry
 from fusekit.errors import InputError, PassError, VerificationError
 from fusekit.manager import PassManager
-from fusekit.model_io import LoadedModel, load_model, to_model_proto
+from fusekit.model_io import LoadedModel, load_model, read_model_file, save_model, to_model_proto
 from fusekit.pass_infra import PassContext
 from fusekit.report import ModelSummary, OptimizeReport
 from fusekit.shapes import Dim, annotate_shapes, apply_input_shapes
@@ -111,3 +114,129 @@ def _inspect_node(instances, graph: gs.Graph, ctx: PassContext, node_name: str):
     if not any(n.name == node_name for n in graph.nodes):
         raise InputError(f"--trace {node_name}: no node of that name in the model")
     return [f for p in instances for f in p.inspect(graph, ctx) if f.node == node_name]
+
+
+# -- TensorRT engines ----------------------------------------------------------------
+
+def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimize: bool = True,
+          dynamic: Iterable[str] = (), workspace_mib: int | None = None, opt_level: int | None = None,
+          fp16: bool = False, bf16: bool = False, timing_cache: str | os.PathLike | None = None,
+          compute_capabilities: Iterable[str] = (), passes: Iterable[str] | None = None,
+          skip: Iterable[str] = (), progress: Callable[[Any], None] | None = None,
+          status: Callable[[str], None] | None = None):
+    """Build a TensorRT engine from ``model`` (a path or a ``ModelProto``, never modified).
+
+    Runs the optimize pipeline first unless ``optimize=False``, resolves the optimization
+    profile (ranges stored in the model's ``fusekit.profiles`` metadata, overridden by
+    ``dynamic`` strings such as ``"batch=1:8:32"``; see :mod:`fusekit.profiles`), parses
+    and builds with the installed TensorRT, and, given ``output``, writes the engine and
+    its JSON sidecar atomically. Returns a :class:`fusekit.builder.engine.EngineBuild`
+    (``.engine`` bytes, ``.report`` the fused-layer report, ``.sidecar``, ``.written``).
+
+    Raises:
+        BackendMissingError: no ``tensorrt`` nor ``tensorrt_rtx`` imports.
+        InputError: bad model or option, or a dynamic dim without a range.
+        TensorRTError: TensorRT rejected the model (``ParseFailedError`` lists every node).
+    """
+    from fusekit import profiles
+    from fusekit.builder import backend as backends
+    from fusekit.builder import engine as engines
+    from fusekit.builder.options import BuildOptions
+    from fusekit.builder.options import check as check_options
+
+    options = BuildOptions(workspace_mib=workspace_mib, opt_level=opt_level, fp16=fp16, bf16=bf16,
+                           timing_cache=Path(timing_cache) if timing_cache is not None else None,
+                           compute_capabilities=tuple(compute_capabilities))
+    given = profiles.parse_dynamic_args(dynamic)
+    source = model if isinstance(model, onnx.ModelProto) else Path(model)
+    name = "<ModelProto>" if isinstance(source, onnx.ModelProto) else str(source)
+    if output is not None:
+        if not isinstance(source, onnx.ModelProto) and Path(output).resolve() == source.resolve():
+            raise InputError(f"{output}: is the input model; choose another path for the engine")
+        if not Path(output).parent.is_dir():
+            raise InputError(f"{output}: output folder {Path(output).parent} does not exist")
+    check_options(backends.load(), options)  # say what cannot work before spending time on the model
+    say = status or (lambda text: None)
+    seconds: dict[str, float] = {}
+    if optimize:
+        say("optimizing")
+        start = time.perf_counter()
+        proto = run(source, passes=passes, skip=skip, progress=status).to_proto()
+        seconds["optimize"] = time.perf_counter() - start
+    elif isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+    else:
+        proto = read_model_file(source)
+    stored = profiles.read_profiles(proto, name)
+    resolution = profiles.resolve(profiles.model_inputs(proto), profiles.merge(stored, given))
+    profiles.require_complete(resolution, name, given)
+    for spec, why in resolution.unused:
+        log.warning("%s: stored profile range %s=%s ignored: %s", name, spec.target, spec.range, why)
+    facts = engines.ModelFacts(name=name, onnx_ops=_node_ops(proto.graph), domains=_node_domains(proto.graph),
+                               source_path=None if isinstance(source, onnx.ModelProto) else str(source),
+                               source_sha256=_sha256_of(source), optimized=optimize)
+    with tempfile.TemporaryDirectory(prefix="fusekit-build-") as tmp:
+        if optimize or isinstance(source, onnx.ModelProto):
+            onnx_path = Path(tmp) / "model.onnx"
+            save_model(proto, onnx_path)
+        else:
+            onnx_path = source
+        say("parsing")
+        result = engines.build(onnx_path, facts, resolution.shapes, resolution.to_json(), options,
+                               progress=progress, seconds=seconds)
+    if output is not None:
+        say("saving")
+        result.written = result.save(Path(output))
+    return result
+
+
+def compare_builds(a: ModelSource, b: ModelSource, *, optimize: bool = False, **options):
+    """Build ``a`` and ``b`` (no engine written) and compare what TensorRT made of them:
+    layer counts and the ONNX nodes fused in only one. Options are :func:`build`'s."""
+    from fusekit.builder.report import Comparison
+
+    first = build(a, optimize=optimize, **options)
+    second = build(b, optimize=optimize, **options)
+    return Comparison(first.report, second.report)
+
+
+def inspect_engine(engine: str | os.PathLike):
+    """Read an engine's sidecar; refuse (``EngineMismatchError``) an engine built for another
+    GPU architecture or TensorRT version before deserializing it; inspect it where this
+    machine can load it. Returns a :class:`fusekit.builder.inspection.Inspection`."""
+    from fusekit.builder.inspection import inspect_engine as inspect
+
+    return inspect(Path(engine))
+
+
+def _walk_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _walk_nodes(sub)
+
+
+def _trt_name(node: onnx.NodeProto) -> str:
+    """The name TensorRT's parser gives a node's layer (``node_of_OUTPUT`` when unnamed)."""
+    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
+
+
+def _node_ops(graph: onnx.GraphProto) -> dict[str, str]:
+    return {_trt_name(n): n.op_type for n in _walk_nodes(graph) if _trt_name(n)}
+
+
+def _node_domains(graph: onnx.GraphProto) -> dict[str, str]:
+    return {_trt_name(n): n.domain for n in _walk_nodes(graph) if _trt_name(n) and n.domain}
+
+
+def _sha256_of(source: Path | onnx.ModelProto) -> str:
+    digest = hashlib.sha256()
+    if isinstance(source, onnx.ModelProto):
+        digest.update(source.SerializeToString())
+        return digest.hexdigest()
+    with open(source, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fusekit import __version__, api, registry
-from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, PassError,
-                            TensorRTError)
-from fusekit.model_io import save_model
+from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
+                            PassError, TensorRTError)
+from fusekit.model_io import atomic_write, save_model
 from fusekit.report import OptimizeReport
 from fusekit.shapes import parse_shape
 from fusekit.verify import Tolerance
@@ -191,6 +191,223 @@ def list_passes(
         err.print(f"[yellow]warning:[/] {problem}")
 
 
+# -- TensorRT engines ----------------------------------------------------------------
+
+DynamicOpt = Annotated[Optional[list[str]], typer.Option(
+    "--dynamic", help="Profile range of a dynamic dim: DIM=MIN:OPT:MAX (e.g. batch=1:8:32) or "
+                      "INPUT:AXIS=MIN:OPT:MAX (repeatable; overrides ranges stored in the model).")]
+WorkspaceOpt = Annotated[Optional[int], typer.Option("--workspace", help="Workspace memory-pool limit, MiB.")]
+OptLevelOpt = Annotated[Optional[int], typer.Option("--opt-level", help="Builder optimization level, 0..5.")]
+CcOpt = Annotated[Optional[list[str]], typer.Option(
+    "--compute-capability", help="Target GPU architecture, e.g. 8.6 (repeatable; tensorrt_rtx).")]
+
+
+@app.command()
+def build(
+    model: Annotated[Path, typer.Argument(help="The ONNX model (never modified).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")],
+    no_optimize: Annotated[bool, typer.Option("--no-optimize", help="Build the model as it is.")] = False,
+    dynamic: DynamicOpt = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels (tensorrt only).")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Allow BF16 kernels (tensorrt only).")] = False,
+    workspace: WorkspaceOpt = None,
+    opt_level: OptLevelOpt = None,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Load and save the builder's timing cache here (tensorrt).")] = None,
+    compute_capability: CcOpt = None,
+    report: Annotated[bool, typer.Option("--report", help="Print every engine layer and the ONNX nodes it computes.")] = False,
+    report_json: Annotated[Optional[Path], typer.Option("--report-json", help="Write the fused-layer report as JSON ('-': stdout).")] = None,
+) -> None:
+    """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
+    with _BuildDisplay() as display:
+        result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
+                           opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
+                           compute_capabilities=_split(compute_capability) or (),
+                           progress=display.progress, status=display.status)
+    data = result.report.to_dict()
+    if report_json is not None:
+        _write_json(report_json, data)
+    if report_json is not None and str(report_json) == "-":
+        return
+    if report:
+        print_engine_layers(result.report)
+    print_build_summary(result.report, result.written)
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[Path, typer.Argument(help="First ONNX model (e.g. the raw export).")],
+    b: Annotated[Path, typer.Argument(help="Second ONNX model (e.g. fusekit's output).")],
+    optimize: Annotated[bool, typer.Option("--optimize", help="Run the optimize pipeline on both first.")] = False,
+    dynamic: DynamicOpt = None,
+    workspace: WorkspaceOpt = None,
+    opt_level: OptLevelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """Build A and B and compare: engine layer counts, and ONNX nodes fused in only one of them."""
+    with _BuildDisplay() as display:
+        comparison = api.compare_builds(a, b, optimize=optimize, dynamic=dynamic or (), workspace_mib=workspace,
+                                        opt_level=opt_level, progress=display.progress, status=display.status)
+    data = comparison.to_dict()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"fusekit compare, {data['backend']['name']} {data['backend']['version']}",
+                  title_justify="left")
+    for column in ("", "A", "B", "B - A"):
+        table.add_column(column, justify="left" if not column else "right")
+    for key, label in (("onnx_nodes", "ONNX nodes"), ("network_layers", "network layers"),
+                       ("engine_layers", "engine layers"), ("compute_layers", "  compute layers")):
+        va, vb = data["a"][key], data["b"][key]
+        table.add_row(label, _num(va), _num(vb), "" if va is None or vb is None else f"{vb - va:+d}")
+    out.print(table)
+    out.print(f"A = {a}\nB = {b}", soft_wrap=True)
+    for key, label in (("fused_only_in_a", "fused in A only"), ("fused_only_in_b", "fused in B only"),
+                       ("nodes_only_in_a", "nodes of A not in B"), ("nodes_only_in_b", "nodes of B not in A")):
+        nodes = data[key]
+        out.print(f"{label} ({len(nodes)}): {_names(nodes)}", soft_wrap=True)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    engine: Annotated[Path, typer.Argument(help="An engine written by fusekit build (with ENGINE.json beside it).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Say what ENGINE was built for (its sidecar); refuse one this machine cannot load."""
+    result = api.inspect_engine(engine)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    side = result.sidecar
+    cc = side["compute_capability"]
+    table = Table(title=f"fusekit inspect: {engine}", title_justify="left", show_header=False)
+    table.add_column("")
+    table.add_column("")
+    table.add_row("backend", f"{side['backend'].get('name')} {side['backend'].get('version')}")
+    table.add_row("compute capability", ", ".join(cc.get("targets") or ["unknown"])
+                  + (" or later" if cc.get("or_later") else "") + f" ({cc.get('chosen_by', '?')})")
+    table.add_row("precision", str(side.get("precision")))
+    for i, profile in enumerate(side.get("profiles") or []):
+        for entry in profile:
+            table.add_row(f"profile {i}: {entry['input']}",
+                          " / ".join("x".join(map(str, entry[k])) for k in ("min", "opt", "max")))
+    source = side.get("source_model") or {}
+    table.add_row("source model", f"{source.get('path')} (sha256 {str(source.get('sha256'))[:12]}…"
+                  f"{', optimized by fusekit' if source.get('optimized') else ''})")
+    table.add_row("engine", f"{_size(side['engine'].get('bytes') or 0)}, built {side.get('created')} "
+                  f"by fusekit {side.get('fusekit_version')}")
+    out.print(table)
+    for note in result.notes:
+        out.print(f"note: {note}", soft_wrap=True)
+    if result.layers is not None:
+        _layer_table(f"engine layers ({len(result.layers)}, from the engine inspector)", result.layers)
+
+
+class _BuildDisplay:
+    """Build status and the builder's progress phases, on stderr when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.live = err.is_terminal
+        self.bars = None
+        self.tasks: dict[str, object] = {}
+
+    def __enter__(self) -> "_BuildDisplay":
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err, transient=True)
+            self.bars.__enter__()
+            self.tasks["status"] = self.bars.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bars is not None:
+            self.bars.__exit__(*exc)
+
+    def status(self, text: str) -> None:
+        if self.bars is not None:
+            self.bars.update(self.tasks["status"], description=text)
+
+    def progress(self, event) -> None:
+        if self.bars is None:
+            return
+        if event.kind == "start":
+            indent = "  " * (1 + sum(1 for k in self.tasks if k != "status"))
+            self.tasks[event.phase] = self.bars.add_task(indent + event.phase, total=event.steps or None)
+        elif event.kind == "step" and event.phase in self.tasks:
+            self.bars.update(self.tasks[event.phase], completed=event.step + 1)
+        elif event.kind == "finish" and event.phase in self.tasks:
+            self.bars.remove_task(self.tasks.pop(event.phase))
+
+
+def print_build_summary(report, written: list[Path]) -> None:
+    for note in report.notes:
+        err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    engine = "?" if report.engine_layers is None else str(report.engine_layers)
+    compute = "" if report.compute_layers is None else f" ({report.compute_layers} computing)"
+    timing = ", ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items())
+    out.print(f"{report.backend} {report.backend_version}: {len(report.onnx_ops)} ONNX nodes -> "
+              f"{len(report.network)} network layers -> {engine} engine layers{compute} [{timing}]", soft_wrap=True)
+    if report.engine is None:
+        out.print("the builder's log had no layer record; engine layers unknown")
+    if written:
+        out.print(f"wrote {', '.join(str(p) for p in written)} ({_size(report.engine_bytes)} engine)", soft_wrap=True)
+
+
+def print_engine_layers(report) -> None:
+    _layer_table(f"engine layers of {report.model} (from the {report.layer_source or '?'})",
+                 report.engine or [], report.ops_of)
+    unmapped = report.unmapped_nodes()
+    if unmapped:
+        out.print(f"ONNX nodes in no engine layer ({len(unmapped)}; folded or removed by TensorRT): "
+                  f"{_names(unmapped)}", soft_wrap=True)
+
+
+def _layer_table(title: str, layers, ops_of=None) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "type", "precision", "ONNX ops", "ONNX nodes"):
+        table.add_column(column, justify="right" if column == "#" else "left")
+    for i, layer in enumerate(layers):
+        if layer.kind != "sync":
+            table.add_row(str(i), layer.type, ",".join(layer.precisions),
+                          "+".join(ops_of(layer)) if ops_of else "", _names(layer.onnx_nodes, limit=3))
+    out.print(table)
+    syncs = sum(layer.kind == "sync" for layer in layers)
+    if syncs:
+        out.print(f"(and {syncs} stream signal/wait layers, not shown)")
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    if not names:
+        return "-"
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _num(value) -> str:
+    return "?" if value is None else str(value)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    if not path.parent.is_dir():
+        raise InputError(f"--report-json {path}: folder {path.parent} does not exist")
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _parse_failure_hint() -> str:
+    """What to do about ops TensorRT cannot parse, naming only commands this fusekit has."""
+    commands = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    if "check-trt" in commands:
+        return ("see each unsupported node and the substitution fusekit offers with `fusekit check-trt MODEL`, "
+                "then apply them with `fusekit optimize MODEL -o OUT --plugins auto`")
+    return ("TensorRT has no importer for these ops: replace them with supported ops (an exact decomposition) "
+            "or with a TensorRT plugin before building")
+
+
 def _fail(message: str) -> None:
     print(f"fusekit: {message}", file=sys.stderr)  # one unwrapped line, whatever the terminal
 
@@ -200,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
+    except ParseFailedError as exc:
+        _fail(f"error: {exc.summary}:")
+        for problem in exc.problems:
+            _fail(f"  {problem}")
+        if exc.unsupported:
+            _fail(f"hint: {_parse_failure_hint()}")
+        return exit_code(exc)
     except FusekitError as exc:
         _fail(f"error: {exc}")
         if isinstance(exc, PassError):
