@@ -251,3 +251,35 @@ def test_compare_shows_layer_difference_and_fusions(tmp_path, capsys):
     assert main(["compare", str(raw), str(optimized), "--dynamic", "batch=1:2:4"]) == 0
     out = capsys.readouterr().out
     assert "engine layers" in out and "fused in A only" in out and "nodes of A not in B" in out
+
+
+def test_only_the_builder_imports_tensorrt():
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in [*(root / "fusekit").rglob("*.py"), *(root / "passes").rglob("*.py"), *(root / "plugins").rglob("*.py")]:
+        if (root / "fusekit" / "builder") in path.parents:
+            continue
+        text = path.read_text()
+        if any(f"import {m}" in text or f"from {m}" in text for m in ("tensorrt", "tensorrt_rtx")):
+            offenders.append(str(path.relative_to(root)))
+    assert offenders == []
+    # and lazily: importing the CLI, the API and the builder package loads no TensorRT
+    code = ("import sys, fusekit.cli, fusekit.api, fusekit.builder.engine, fusekit.builder.inspection; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'tensorrt_rtx')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@needs_trt
+def test_inspect_without_the_engines_backend_reports_the_sidecar(built_engine, monkeypatch, capsys):
+    def missing(name):
+        raise ImportError(f"No module named {name!r}")
+
+    targets = json.loads(Path(f"{built_engine}.json").read_text())["compute_capability"]["targets"]
+    monkeypatch.setattr(backends, "import_module", missing)
+    monkeypatch.setattr(device, "current_compute_capability", lambda: (targets or ["8.6"])[0])  # a GPU it runs on
+    capsys.readouterr()
+    assert main(["inspect", str(built_engine)]) == 0
+    out = capsys.readouterr().out
+    assert f"{BACKEND.name} is not installed here: the engine cannot be loaded on this machine" in out
