@@ -1,0 +1,76 @@
+"""Issue 9's targets, checked against one benchmark run (a list of plain dicts for the JSON).
+
+- time: fusekit on bert-base at most 1/5 of onnxslim's wall time and no slower than
+  onnxruntime's basic optimizer;
+- memory: fusekit's peak RSS at most 1.5x the model file on models of 100 MB and more;
+- nodes, engine layers: fusekit at most the best peer's count, on every model;
+- accuracy: fusekit's outputs within 1e-4 of the original at every batch size.
+"""
+
+from __future__ import annotations
+
+TIME_MODEL = "bert-base"
+TIME_RATIO_VS_ONNXSLIM = 0.2
+RSS_RATIO = 1.5
+RSS_MIN_FILE_BYTES = 100_000_000
+MAX_DIFF = 1e-4
+SUBJECT = "fusekit"
+
+
+def evaluate(data: dict) -> list[dict]:
+    results = {(r["model"], r["tool"]): r for r in data["results"]}
+    models = {m["name"]: m for m in data["models"]}
+    found = []
+    found.extend(_time(results))
+    for name, model in models.items():
+        mine = results.get((name, SUBJECT))
+        if mine is None:
+            continue
+        peers = [r for (m, tool), r in results.items() if m == name and tool != SUBJECT and r["status"] == "ok"]
+        if mine["status"] != "ok":
+            found.append(_row("runs", name, mine["status"], None, False, mine.get("error")))
+            continue
+        if model.get("file_bytes", 0) >= RSS_MIN_FILE_BYTES and mine.get("peak_rss"):
+            ratio = mine["peak_rss"] / model["file_bytes"]
+            found.append(_row("peak RSS / file size", name, round(ratio, 2), RSS_RATIO, ratio <= RSS_RATIO))
+        found.append(_best_peer("nodes", name, mine.get("nodes"), [(p["tool"], p.get("nodes")) for p in peers]))
+        found.append(_best_peer("engine layers", name, _layers(mine),
+                                [(p["tool"], _layers(p)) for p in peers]))
+        diffs = (mine.get("accuracy") or {}).get("max_abs_diff")
+        if diffs:
+            worst = max(diffs.values())
+            found.append(_row("max |diff|", name, worst, MAX_DIFF, worst <= MAX_DIFF))
+        else:
+            found.append(_row("max |diff|", name, None, MAX_DIFF, False,
+                              (mine.get("accuracy") or {}).get("error", "not measured")))
+    return [row for row in found if row is not None]
+
+
+def _time(results: dict) -> list[dict]:
+    mine = results.get((TIME_MODEL, SUBJECT))
+    if mine is None or mine["status"] != "ok":
+        return []
+    rows = []
+    for peer, ratio in (("onnxslim", TIME_RATIO_VS_ONNXSLIM), ("ort-basic", 1.0)):
+        other = results.get((TIME_MODEL, peer))
+        if other is not None and other["status"] == "ok":
+            measured = mine["seconds"] / other["seconds"]
+            rows.append(_row(f"time / {peer}", TIME_MODEL, round(measured, 2), ratio, measured <= ratio))
+    return rows
+
+
+def _best_peer(what: str, model: str, value, peers: list[tuple[str, int | None]]) -> dict | None:
+    known = [(v, tool) for tool, v in peers if v is not None]
+    if value is None or not known:
+        return None
+    best, tool = min(known)
+    return _row(f"{what} vs best peer", model, value, best, value <= best, f"best: {tool}")
+
+
+def _layers(result: dict) -> int | None:
+    trt = result.get("trt") or {}
+    return trt.get("engine_layers") if trt.get("status") == "ok" else None
+
+
+def _row(target: str, model: str, value, limit, met: bool, note: str | None = None) -> dict:
+    return {"target": target, "model": model, "fusekit": value, "limit": limit, "met": met, "note": note}
