@@ -86,7 +86,8 @@ def build(onnx_path: Path, facts: ModelFacts, shapes: dict, profile: list[dict],
         errors = list(dict.fromkeys(captured.errors())) or ["no reason given"]
         raise TensorRTError(f"{facts.name}: {backend.describe()} failed to build the engine: " + "; ".join(errors))
     engine = memoryview(serialized)
-    timing_cache.save(cache, cache_use) if cache_use else None
+    if cache_use is not None:
+        timing_cache.save(cache, cache_use)
     del parser  # the network's weights are baked into the engine now
     messages = captured.messages()
     engine_layers, source = _engine_layers(backend, trt_logger, engine, messages)
