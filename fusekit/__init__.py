@@ -1,6 +1,11 @@
-"""fusekit: get ONNX models ready for NVIDIA TensorRT, and prove it."""
+"""fusekit: get ONNX models ready for NVIDIA TensorRT, and prove it.
 
+    import fusekit
+    model = fusekit.optimize("model.onnx")
+"""
+
+from fusekit.api import build, compare_builds, inspect_engine, optimize
 from fusekit.errors import FusekitError
 
 __version__ = "0.1.0"
-__all__ = ["FusekitError", "__version__"]
+__all__ = ["FusekitError", "__version__", "build", "compare_builds", "inspect_engine", "optimize"]

@@ -114,3 +114,11 @@ def test_name_clash_with_a_built_in_keeps_the_built_in(tmp_path, monkeypatch):
     found = registry.discover()
     assert found.passes["remove-noops"].package == "fusekit"
     assert any("already taken" in p for p in found.problems)
+
+
+def test_top_level_api():
+    import fusekit
+
+    optimized = fusekit.optimize(DOUBLE_NEG, passes=["eliminate-dead-code"])
+    assert isinstance(optimized, onnx.ModelProto)
+    assert callable(fusekit.build) and callable(fusekit.inspect_engine)
