@@ -1,11 +1,15 @@
 """Run one benchmark job in its own process: time limit, memory limit, peak RSS of that process.
 
-Peak RSS is the child's own ``ru_maxrss``, read with ``os.wait4`` on its pid (not
-``RUSAGE_CHILDREN``, which is the maximum over every child waited for so far). A job that
-outlives ``timeout`` is killed and reported as ``timeout``; one whose resident memory
-passes ``max_rss`` is killed and reported as ``oom`` (before the kernel's OOM killer picks
-some other process on a shared machine). The job writes its result as JSON to a file
-whose path it is given; its stdout and stderr go to a log file.
+Peak RSS is the job's own high-water mark, ``VmHWM`` of ``/proc/PID/status``: the job
+reports it when it ends, and the parent samples it while the job runs (the last sample
+stands for a job that is killed). Not ``ru_maxrss`` from ``wait4`` or ``RUSAGE_CHILDREN``:
+on Linux a child's ``ru_maxrss`` starts at the parent's high-water mark (the kernel
+keeps the larger of the two across fork and exec), so every job would weigh at least
+what the benchmark itself once held. A job that outlives ``timeout`` is killed and
+reported as ``timeout``; one whose resident memory passes ``max_rss`` is killed and
+reported as ``oom`` (before the kernel's OOM killer picks some other process on a shared
+machine). The job writes its result as JSON to a file whose path it is given; its stdout
+and stderr go to a log file.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 OK, FAILED, TIMEOUT, OOM = "ok", "failed", "timeout", "oom"
+PEAK_KEY = "_peak_rss"  # how a job reports its own high-water mark
 TOOL_ERROR = "ToolError:"  # a job's error raised as ``ToolError``: the tool printed why
 _POLL_SECONDS = 0.05
 
@@ -50,6 +55,9 @@ def python_job(script: Path, *args: str | os.PathLike, result: Path, log: Path, 
             outcome.result = json.loads(result.read_text())
         except json.JSONDecodeError as exc:
             outcome.status, outcome.error = FAILED, f"unreadable result ({exc})"
+        reported = outcome.result.pop(PEAK_KEY, None)
+        if reported:
+            outcome.peak_rss = max(reported, outcome.peak_rss or 0)
     if outcome.ok and outcome.result.get("error"):
         outcome.status, outcome.error = outcome.result.get("status", FAILED), outcome.result["error"]
         if outcome.error.startswith(TOOL_ERROR):  # the tool's own message is in its output
@@ -65,24 +73,21 @@ def run(argv: list[str], *, log: Path, timeout: float, max_rss: int) -> Outcome:
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # its own group, so its helpers die with it
-    killed_for = None
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        elapsed = time.perf_counter() - start
-        if killed_for is None and elapsed > timeout:
+    killed_for, peak = None, 0
+    while proc.poll() is None:
+        rss, hwm = memory(proc.pid)
+        peak = max(peak, hwm)
+        if time.perf_counter() - start > timeout:
             killed_for = TIMEOUT
-        elif killed_for is None and _rss(proc.pid) > max_rss:
+        elif rss > max_rss:
             killed_for = OOM
         if killed_for is not None:
             _kill_group(proc.pid)
-            pid, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
             break
         time.sleep(_POLL_SECONDS)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     seconds = time.perf_counter() - start
-    peak = usage.ru_maxrss * 1024  # KiB on Linux
+    peak = peak or None
     if killed_for == TIMEOUT:
         return Outcome(TIMEOUT, seconds, peak, f"killed after {timeout:g} s")
     if killed_for == OOM:
@@ -97,13 +102,18 @@ def run(argv: list[str], *, log: Path, timeout: float, max_rss: int) -> Outcome:
     return Outcome(FAILED, seconds, peak, f"exit code {code}: {_tail(log)}")
 
 
-def _rss(pid: int) -> int:
-    """Resident bytes of ``pid`` now (0 if it is gone)."""
+def memory(pid: int | str = "self") -> tuple[int, int]:
+    """(resident bytes now, resident high-water mark) of a process; zeros if it is gone."""
+    found = {}
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value, _unit = line.split()
+                    found[key] = int(value) * 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return found.get("VmRSS:", 0), found.get("VmHWM:", 0)
 
 
 def _kill_group(pid: int) -> None:
@@ -146,4 +156,5 @@ def job_main(work) -> None:
     except Exception as exc:  # any tool error is a result to report, not a crash
         message = " ".join(str(exc).split())[:500]
         data = {"status": FAILED, "error": f"{type(exc).__name__}: {message}"}
+    data[PEAK_KEY] = memory()[1]
     Path(result).write_text(json.dumps(data, indent=1))

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import resource
 import time
 from typing import Callable
 
-from child import job_main
+from child import job_main, memory
 
 # tool name -> (modules imported before the clock starts, the package whose version is reported)
 IMPORTS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -107,7 +106,7 @@ def work(args: list[str]) -> dict:
     tool, src, dst = args
     for name in IMPORTS[tool][0]:
         importlib.import_module(name)
-    rss_after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_after_import = memory()[1]
     start = time.perf_counter()
     RUNNERS[tool](src, dst)
     seconds = time.perf_counter() - start
