@@ -102,7 +102,7 @@ def check(path: str, folder: str) -> dict:
             feeds = {k: f[k] for k in f.files if k in wanted}
         missing = wanted - set(feeds)
         if missing:
-            raise ValueError(f"the optimized model wants inputs the original does not have: {sorted(missing)}")
+            raise ValueError(f"the model requires inputs the original did not: {', '.join(sorted(missing))}")
         with np.load(Path(folder) / f"outputs_{key}.npz") as f:
             expected = {k: f[k] for k in f.files}
         names = list(expected)

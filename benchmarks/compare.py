@@ -19,6 +19,7 @@ import datetime
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,7 @@ class Bench:
             "options": {"timeout": args.timeout, "max_rss_bytes": args.max_rss_mb << 20,
                         "batch_sizes": args.batch_sizes, "quick": args.quick, "trt": not args.no_trt},
             "tools": {t: {"command": tools.COMMANDS[t], "version": None} for t in args.tools},
+            "fusekit_commit": _git_commit(),
             "trt_backend": None,
             "models": [],
             "results": [],
@@ -208,6 +210,18 @@ def _progress_line(r: dict) -> str:
         else f"[red]check {acc.get('status')}[/]: {acc.get('error')}" if acc else ""
     return (f"  {r['tool']:<14} {r['seconds']:7.2f} s {r['peak_rss'] / 2**20:7.0f} MiB {r['nodes']} nodes, "
             f"{diff}{_trt_text(r.get('trt'))}")
+
+
+def _git_commit() -> str | None:
+    """The fusekit commit measured, with "+changes" when the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fusekit", "passes", "plugins"], cwd=HERE.parent,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def _memory_bytes() -> int | None:
