@@ -1,0 +1,235 @@
+"""Per-output-channel scale and shift folded into the weights of linear ops (a helper, not a pass).
+
+Shared by ``fold-batchnorm`` and ``fold-scale-into-weights``. A *linear op* is a Conv,
+ConvTranspose, Gemm or MatMul with constant weights. Each output channel ``c`` of it is
+linear in its own slice of the weight, plus its bias, so for vectors ``scale``/``shift``
+over the output channels::
+
+    op(x, W, b)[.., c, ..] * scale[c] + shift[c]  ==  op(x, W', b')[.., c, ..]
+    with  W'_c = W_c * scale[c],  b'[c] = b[c] * scale[c] + shift[c]
+
+The variants differ only in where the output channel sits in the weight, the *filter
+axis* (:meth:`LinearOp.filter_layout`): Conv 0; ConvTranspose 1, in ``group`` blocks of
+axis 0 (weight ``(C_in, C_out/group, k...)``); Gemm ``1 - transB``; MatMul 1. Gemm keeps
+its bias in ``C`` (times ``beta``), MatMul has none, so a shift becomes a new ``Add``.
+All arithmetic is done in float64 and cast back once to the weight's type.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from fusekit.graph_edit import constant_array, fresh_name, make_constant
+from fusekit.pass_infra import Decline
+
+FLOAT_TYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def place(values: np.ndarray, weight_shape: tuple[int, ...], axis: int, groups: int = 1) -> np.ndarray:
+    """``values`` (one per channel) shaped to broadcast along ``axis`` of a weight.
+
+    With ``groups > 1`` (``axis`` 1) the channels also run in blocks over axis 0: channel
+    ``g * n + j`` (``n = weight_shape[1]``) is ``w[block g of axis 0, j]``. That is the
+    layout of a grouped ConvTranspose's output channels and of a grouped Conv's input
+    channels.
+    """
+    shape = [1] * len(weight_shape)
+    shape[axis] = weight_shape[axis]
+    if groups == 1:
+        return values.reshape(shape)
+    shape[0] = weight_shape[0]
+    blocks = values.reshape(groups, 1, weight_shape[axis])
+    return np.broadcast_to(blocks, (groups, weight_shape[0] // groups, weight_shape[axis])).reshape(shape)
+
+
+def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
+    """Input ``index`` if the node has it (an empty name means absent)."""
+    if len(node.inputs) > index and node.inputs[index].name:
+        return node.inputs[index]
+    return None
+
+
+def channel_vector(const: np.ndarray, layout: tuple[int | None, int], channels: int) -> np.ndarray | Decline:
+    """A constant that broadcasts per output channel (or is a scalar) as one float64 per channel.
+
+    ``layout`` is the output's (rank or None, channel axis counted from the end). With an
+    unknown rank only constants of rank up to the channel axis's distance from the end are
+    safe: they can neither add dims to the output nor broadcast it.
+    """
+    rank, axis = layout
+    limit = rank if rank is not None else -axis
+    shape = tuple(const.shape)
+    if len(shape) > limit:
+        return Decline(f"the constant's rank {len(shape)} exceeds the output's "
+                       f"{'rank ' + str(rank) if rank is not None else 'known rank'}: it would broadcast it")
+    padded = (1,) * (limit - len(shape)) + shape
+    others = [d for i, d in enumerate(padded) if i != limit + axis]
+    if any(d != 1 for d in others) or padded[axis] not in (1, channels):
+        return Decline(f"constant of shape {list(shape)} does not broadcast per output channel "
+                       f"({channels} channels on axis {axis})")
+    return np.broadcast_to(np.asarray(const, np.float64).reshape(-1), (channels,)).copy()
+
+
+class LinearOp:
+    """A Conv and the base of the variants: output channel ``c`` is ``W[c]`` and ``B[c]``."""
+
+    def __init__(self, graph: gs.Graph, node: gs.Node) -> None:
+        self.graph, self.node = graph, node
+        self.weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+
+    def filter_layout(self) -> tuple[int, int]:
+        """(the weight's axis of output channels, groups splitting it over axis 0)."""
+        return 0, 1
+
+    @property
+    def channels(self) -> int:
+        axis, groups = self.filter_layout()
+        return self.weight.shape[axis] * groups
+
+    def output_layout(self) -> tuple[int | None, int]:
+        """(rank of the output or None, its channel axis counted from the end)."""
+        return self.weight.ndim, 1 - self.weight.ndim
+
+    def problem(self) -> str | None:
+        """Why the weights cannot absorb a per-channel scale and shift, or None."""
+        if self.weight is None:
+            return "its weights are not constant"
+        if self.weight.dtype not in FLOAT_TYPES:
+            return f"its weights are {self.weight.dtype}, not float16/float32/float64"
+        return self.shape_problem() or self.bias_problem()
+
+    def shape_problem(self) -> str | None:
+        if self.weight.ndim < 3:
+            return f"its weight has rank {self.weight.ndim}"
+        _, groups = self.filter_layout()
+        if groups < 1 or self.weight.shape[0] % groups:
+            return f"group {groups} does not divide the weight's {self.weight.shape[0]} rows"
+        return None
+
+    def bias_problem(self) -> str | None:
+        bias = optional_input(self.node, 2)
+        if bias is not None:
+            value = constant_array(bias)
+            if value is None:
+                return "its bias is not constant"
+            if value.size != self.channels:
+                return f"its bias has {value.size} values for {self.channels} channels"
+        return None
+
+    def apply(self, scale: np.ndarray | None, shift: np.ndarray | None) -> gs.Tensor:
+        """Fold ``y * scale + shift`` (per output channel) in; return the tensor holding it."""
+        dtype = self.weight.dtype
+        if scale is not None:
+            axis, groups = self.filter_layout()
+            w = self.weight.astype(np.float64)
+            self.set_input(1, "weight", (w * place(scale, w.shape, axis, groups)).astype(dtype))
+        return self.apply_bias(scale, shift, dtype)
+
+    def apply_bias(self, scale: np.ndarray | None, shift: np.ndarray | None, dtype: np.dtype) -> gs.Tensor:
+        bias = optional_input(self.node, 2)
+        if bias is None and shift is None:
+            return self.node.outputs[0]
+        b = np.zeros(self.channels) if bias is None else constant_array(bias).astype(np.float64).reshape(-1)
+        if scale is not None:
+            b = b * scale
+        if shift is not None:
+            b = b + shift
+        self.set_input(2, "bias", b.astype(dtype))
+        return self.node.outputs[0]
+
+    def set_input(self, index: int, label: str, values: np.ndarray) -> None:
+        """Give the node a new constant at input ``index`` (the old one may be shared).
+
+        It is named after the old one (``<old>_folded``), else ``<node>_<label>``.
+        """
+        old = optional_input(self.node, index)
+        base = f"{old.name}_folded" if old is not None else f"{self.node.name or self.node.op}_{label}"
+        const = make_constant(self.graph, base, values)
+        while len(self.node.inputs) < index:
+            self.node.inputs.append(gs.Variable.empty())
+        if len(self.node.inputs) > index:
+            self.node.inputs[index] = const
+        else:
+            self.node.inputs.append(const)
+
+
+class ConvTransposeOp(LinearOp):
+    """Weight ``(C_in, C_out/group, k...)``: output channels on axis 1, in group blocks."""
+
+    def filter_layout(self) -> tuple[int, int]:
+        return 1, int(self.node.attrs.get("group", 1))
+
+
+class GemmOp(LinearOp):
+    """``alpha * A' B' + beta * C``: output channels are the columns of ``B'``; bias is ``C``."""
+
+    def filter_layout(self) -> tuple[int, int]:
+        return 1 - int(self.node.attrs.get("transB", 0)), 1
+
+    def output_layout(self) -> tuple[int | None, int]:
+        return 2, -1
+
+    def shape_problem(self) -> str | None:
+        return f"its B has rank {self.weight.ndim}" if self.weight.ndim != 2 else None
+
+    def bias_problem(self) -> str | None:
+        c = optional_input(self.node, 2)
+        if c is not None and constant_array(c) is None:
+            return "its C is not constant"
+        return None
+
+    def apply_bias(self, scale: np.ndarray | None, shift: np.ndarray | None, dtype: np.dtype) -> gs.Tensor:
+        c_in = optional_input(self.node, 2)
+        if c_in is None and shift is None:
+            return self.node.outputs[0]
+        beta = float(self.node.attrs.get("beta", 1.0))
+        c = np.zeros(()) if c_in is None or beta == 0 else beta * constant_array(c_in).astype(np.float64)
+        if scale is not None:
+            c = c * scale  # (N,) over C's last axis: C stays broadcastable to (M, N)
+        if shift is not None:
+            c = c + shift
+        self.node.attrs["beta"] = 1.0
+        self.set_input(2, "bias", c.astype(dtype))
+        return self.node.outputs[0]
+
+
+class MatMulOp(LinearOp):
+    """``x @ W`` with a constant 2-D ``W``: output channels are W's columns, the last axis."""
+
+    def filter_layout(self) -> tuple[int, int]:
+        return 1, 1
+
+    def output_layout(self) -> tuple[int | None, int]:
+        shape = self.node.inputs[0].shape
+        return (len(shape) if shape is not None else None), -1
+
+    def shape_problem(self) -> str | None:
+        if self.weight.ndim != 2:
+            return f"its weight has rank {self.weight.ndim}, not 2"
+        return None
+
+    def bias_problem(self) -> str | None:
+        return None
+
+    def apply_bias(self, scale: np.ndarray | None, shift: np.ndarray | None, dtype: np.dtype) -> gs.Tensor:
+        out = self.node.outputs[0]
+        if shift is None:
+            return out
+        biased = gs.Variable(fresh_name(self.graph, f"{out.name}_biased"), dtype=out.dtype, shape=out.shape)
+        bias = make_constant(self.graph, f"{self.node.name or 'MatMul'}_bias", shift.astype(dtype))
+        self.graph.nodes.append(gs.Node("Add", name=fresh_name(self.graph, f"{self.node.name or 'MatMul'}_bias"),
+                                        inputs=[out, bias], outputs=[biased]))
+        return biased
+
+
+VARIANTS: dict[str, type[LinearOp]] = {"Conv": LinearOp, "ConvTranspose": ConvTransposeOp, "Gemm": GemmOp,
+                                       "MatMul": MatMulOp}
+
+
+def linear_op(graph: gs.Graph, node: gs.Node | None) -> LinearOp | None:
+    """The node as a :class:`LinearOp` if it is one of the variants (default domain)."""
+    if node is None or node.op not in VARIANTS or (node.domain or "") not in DEFAULT_DOMAINS:
+        return None
+    return VARIANTS[node.op](graph, node)
