@@ -1,0 +1,191 @@
+"""fuse-activations: HardSigmoid, HardSwish and Mish forms become their ops; SiLU is reported.
+
+Property tests draw each form (Clip(a*x + b, 0, hi) * 1/hi with the scale as Mul or Div
+and an optional pre-scale; x * Clip(x + 3, 0, 6) / 6; x * (Clip(...) / 6); x *
+HardSigmoid(x); x * tanh(softplus(x)); x * Sigmoid(x); commuted operands, constants as
+initializers or Constant nodes, Clip bounds as inputs or, at opset 10, attributes) in
+float32 and float16 at opsets 10-18, and compare under onnxruntime at N = 1 and 3
+(float32: 1e-5, relative for large values; float16: 4e-3) after onnx.checker (full). The
+target op must appear only where the opset has it. Near misses (bounds, scale, alpha,
+another tensor in place of x, an intermediate used elsewhere) must stay and say why.
+Real model: the raw MobileNet export keeps its 7 HardSwish and its ReLU6 Clips.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from tests.fusion_helpers import MAX_DIFF, Builder, check_fused, print_max_diffs, rewrites, zoo_run
+from tests.helpers import inspect_pass, op_counts, optimize_with, parse
+
+PASSES = ["fuse-activations", "infer-shapes"]
+pytestmark = pytest.mark.usefixtures("print_max_diffs")
+FORMS = ["hardsigmoid", "hardswish-clip", "hardswish-two-step", "hardswish-hs", "mish", "silu"]
+DEFECTS = {
+    "clip-lo": "are not [0, finite positive]",
+    "scale-off": "is not 1",
+    "no-add": "not x + constant",
+    "hs-alpha": "is not HardSwish",
+    "other-x": "not scaled by 1/6",
+    "intermediate-read": "is also read by Relu",
+    "mish-other": "not part of x * tanh(softplus(x))",
+}
+
+
+@st.composite
+def activations(draw, form: str | None = None, defect: str | None = None):
+    """(model, dtype, opset, form, whether x is scaled by 4 in front of the pattern)."""
+    form = form or {"hs-alpha": "hardswish-hs", "mish-other": "mish"}.get(defect, "hardswish-clip")
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float16])))
+    clip_forms = form in ("hardsigmoid", "hardswish-clip", "hardswish-two-step")
+    opset = draw(st.sampled_from([10, 13, 14, 18] if clip_forms else [13, 14, 17, 18]))
+    dims = draw(st.lists(st.integers(1, 5), min_size=0, max_size=2))
+    seed = draw(st.integers(0, 2**16 - 1))
+    b = Builder(dtype, dims, opset, as_node=lambda i: bool((seed >> (i % 16)) & 1))
+    order = lambda a, c: (a, c) if draw(st.booleans()) else (c, a)  # noqa: E731
+    prefixed = draw(st.booleans())
+    x = b.op("Mul", "x", b.const(4.0)) if prefixed else "x"  # reach both saturations
+    other = b.input(["N", *dims], "y") if defect in ("other-x", "mish-other") else x
+
+    def clip(t: str, lo: float, hi: float) -> str:
+        if opset < 11:
+            return b.op("Clip", t, min=lo, max=hi, name="root")
+        return b.op("Clip", t, b.const(lo), b.const(hi), name="root")
+
+    def scale(t: str, by: float) -> str:
+        return b.op("Mul", *order(t, b.const(1 / by))) if draw(st.booleans()) else b.op("Div", t, b.const(by))
+
+    if form == "hardsigmoid":
+        hi = draw(st.sampled_from([1.0, 2.0, 6.0]))
+        pre = draw(st.sampled_from(["none", "mul", "div"]))
+        t = {"none": lambda: x, "mul": lambda: b.op("Mul", *order(x, b.const(0.25))),
+             "div": lambda: b.op("Div", x, b.const(3.0))}[pre]()
+        c = clip(b.op("Add", *order(t, b.const(draw(st.sampled_from([0.5, 1.5, 3.0]))))), 0.0, hi)
+        y = c if hi == 1.0 else scale(c, hi)
+    elif form in ("hardswish-clip", "hardswish-two-step"):
+        lo = -1.0 if defect == "clip-lo" else 0.0
+        added = x if defect == "no-add" else b.op("Add", *order(x, b.const(3.0)))
+        c = clip(added, lo, 6.0)
+        if defect == "intermediate-read":
+            b.output(b.op("Relu", c))
+        divisor = 5.0 if defect == "scale-off" else 6.0
+        if form == "hardswish-two-step":
+            y = b.op("Mul", *order(other, scale(c, divisor)))
+        else:
+            y = scale(b.op("Mul", *order(other, c)), divisor)
+    elif form == "hardswish-hs":
+        alpha = 0.2 if defect == "hs-alpha" else 1 / 6
+        y = b.op("Mul", *order(other, b.op("HardSigmoid", x, alpha=alpha, beta=0.5, name="root")))
+    elif form == "mish":
+        y = b.op("Mul", *order(other, b.op("Tanh", b.op("Softplus", x, name="root"))))
+    else:
+        y = b.op("Mul", *order(other, b.op("Sigmoid", x, name="root")))
+    b.output(y)
+    return b.model(), dtype, opset, form, prefixed
+
+
+EXPECTED = {  # form -> (op counts after, below the target's opset; at or above it; target opset)
+    "hardsigmoid": ({"HardSigmoid": 1}, {"HardSigmoid": 1}, 6),
+    "hardswish-clip": ({"HardSigmoid": 1, "Mul": 1}, {"HardSwish": 1}, 14),
+    "hardswish-two-step": ({"HardSigmoid": 1, "Mul": 1}, {"HardSwish": 1}, 14),
+    "hardswish-hs": (None, {"HardSwish": 1}, 14),
+    "mish": (None, {"Mish": 1}, 18),
+    "silu": (None, None, 99),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+@given(data=st.data())
+def test_activation_is_fused(form, data):
+    model, dtype, opset, form, prefixed = data.draw(activations(form))
+    note(onnx.printer.to_text(model.graph))
+    optimized, report = check_fused(model, PASSES, dtype, f"{form}")
+    note(onnx.printer.to_text(optimized.graph))
+    below, above, target = EXPECTED[form]
+    expected = above if opset >= target else below
+    after = op_counts(optimized)
+    if expected is None:
+        assert after == op_counts(model)
+        assert rewrites(report, "fuse-activations") == 0
+    else:
+        after["Mul"] -= prefixed  # x * 4 in front of the pattern
+        del after["Constant"]
+        assert +after == expected, after
+    assert len(optimized.graph.node) <= len(model.graph.node)
+    findings = inspect_pass(optimized, "fuse-activations")
+    if form == "silu":
+        (finding,) = findings[[n.name for n in optimized.graph.node if n.op_type == "Sigmoid"][0]]
+        assert not finding.applies and finding.message.startswith("SiLU x * Sigmoid(x) recognised")
+    if form == "mish" and opset < 18:
+        (finding,) = findings["root"]
+        assert not finding.applies and "Mish needs opset 18, the model has" in finding.message
+    # A fixed point: nothing left that the pass would rewrite.
+    assert not any(f.applies for fs in findings.values() for f in fs)
+
+
+@given(st.sampled_from(sorted(DEFECTS)).flatmap(lambda d: st.tuples(st.just(d), activations(defect=d))))
+def test_near_miss_is_kept_with_its_reason(case):
+    defect, (model, dtype, opset, form, _) = case
+    note(onnx.printer.to_text(model.graph))
+    optimized, report = check_fused(model, PASSES, dtype, "activation near miss")
+    assert op_counts(optimized) == op_counts(model)
+    (finding,) = inspect_pass(model, "fuse-activations")["root"]
+    assert not finding.applies and DEFECTS[defect] in finding.message, finding.message
+
+
+# ---------------------------------------------------------------- fixed cases
+
+def test_messages_say_what_happens():
+    model = parse('<ir_version: 8, opset_import: ["" : 14]>\n'
+                  "g (float[N,4] x) => (float[N,4] y, float[N,4] z, float[N,4] w) "
+                  "<float three = {3.0}, float zero = {0.0}, float six = {6.0}> {\n"
+                  " a = Add(x, three)\n [clip] c = Clip(a, zero, six)\n m = Mul(x, c)\n y = Div(m, six)\n"
+                  " [hs] h = HardSigmoid<alpha = 0.2>(x)\n z = Mul(h, x)\n"
+                  " [relu6] r = Clip(x, zero, six)\n w = Div(r, six)\n}")
+    findings = {n: [(f.applies, f.message) for f in fs] for n, fs in inspect_pass(model, "fuse-activations").items()}
+    assert findings == {
+        "clip": [(True, "HardSwish replaces 4 nodes")],
+        "hs": [(False, "x * HardSigmoid(alpha 0.2, beta 0.5) is not HardSwish (alpha 1/6, beta 1/2)")],
+        "relu6": [(False, "Clip input is not x + constant (a ReLU6-like clip, not a hard sigmoid)")],
+    }
+
+
+def test_hardswish_below_opset_14_becomes_x_times_hardsigmoid():
+    model = parse('<ir_version: 7, opset_import: ["" : 13]>\n'
+                  "g (float[N,4] x) => (float[N,4] y) <float three = {3.0}, float zero = {0.0}, float six = {6.0}> {\n"
+                  " a = Add(three, x)\n [clip] c = Clip(a, zero, six)\n m = Mul(c, x)\n y = Div(m, six)\n}")
+    optimized, _ = check_fused(model, PASSES, np.float32, "hardswish-clip")
+    (hs,) = [n for n in optimized.graph.node if n.op_type == "HardSigmoid"]
+    attrs = {a.name: a.f for a in hs.attribute}
+    assert attrs == {"alpha": pytest.approx(1 / 6), "beta": pytest.approx(0.5)}
+    assert op_counts(optimized) == {"HardSigmoid": 1, "Mul": 1}
+
+
+def test_pre_scaled_input_multiplied_whole_is_hardswish_of_it():
+    """v = 2x; v * Clip(v + 3, 0, 6) / 6 is HardSwish(v), not x * HardSigmoid(x)."""
+    model = parse('<ir_version: 8, opset_import: ["" : 14]>\n'
+                  "g (float[N,4] x) => (float[N,4] y) "
+                  "<float two = {2.0}, float three = {3.0}, float zero = {0.0}, float six = {6.0}> {\n"
+                  " v = Mul(x, two)\n a = Add(v, three)\n c = Clip(a, zero, six)\n m = Mul(v, c)\n y = Div(m, six)\n}")
+    optimized, _ = check_fused(model, PASSES, np.float32, "hardswish-clip")
+    assert op_counts(optimized) == {"Mul": 1, "HardSwish": 1}
+
+
+# ---------------------------------------------------------------- real model
+
+def test_mobilenet_keeps_its_hardswish_and_relu6():
+    """torch exports nn.Hardswish as HardSwish at opset 14 already; ReLU6 is Clip(x, 0, 6)
+    with nothing added, which must stay a Clip."""
+    original, optimized, report, worst = zoo_run("mobilenet")
+    before, after = op_counts(original), op_counts(optimized)
+    assert before["HardSwish"] == after["HardSwish"] == 7
+    assert before["Clip"] == after["Clip"] == 5
+    assert rewrites(report, "fuse-activations") == 0
+    clips = [n.name for n in optimized.graph.node if n.op_type == "Clip"]
+    findings = inspect_pass(optimized, "fuse-activations")
+    assert all("not x + constant" in findings[c][0].message for c in clips)
+    MAX_DIFF["mobilenet (default pipeline)"] = worst
