@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, fresh_name, is_graph_io, live_consumers, producer, remove, replace_uses
+from fusekit.graph_edit import (constant_array, fresh_name, is_graph_io, live_consumers, onnx_type, producer, remove,
+                                replace_uses)
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
@@ -124,15 +125,11 @@ def escaping(graph: gs.Graph, nodes: Iterable[gs.Node], output: gs.Tensor) -> st
 
 def float_type(tensor: gs.Tensor) -> int | None:
     """The tensor's element type as an ONNX enum if it is a float type, else None."""
-    from fusekit.graph_edit import onnx_type
-
     enum = onnx_type(tensor.dtype)
     return enum if enum in FLOAT_TYPES else None
 
 
 def np_dtype(tensor: gs.Tensor) -> np.dtype:
-    from fusekit.graph_edit import onnx_type
-
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx_type(tensor.dtype)))
 
 

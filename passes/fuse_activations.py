@@ -37,10 +37,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import is_graph_io, onnx_type, type_name
+from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._fusion import (close, constant_operand, consumer, escaping, float_type, node, np_dtype,
                                     only_consumer, op_of, other_input, rank_of, replace_pattern, scale_of, scalar,
                                     variable)
-from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 
 Verdict = Match | Decline
 HARDSWISH_OPSET, MISH_OPSET = 14, 18

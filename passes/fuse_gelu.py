@@ -40,9 +40,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import make_constant, onnx_type, type_name
-from fusekit.passes._fusion import (close, constant_operand, escaping, float_type, node, np_dtype, consumer,
-                                    op_of, other_input, rank_of, replace_pattern, scale_of, scalar, variable)
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.passes._fusion import (close, constant_operand, consumer, escaping, float_type, node, np_dtype,
+                                    op_of, other_input, rank_of, replace_pattern, scale_of, scalar, variable)
 
 GELU_OPSET = 20
 SQRT_2 = math.sqrt(2.0)
@@ -53,7 +53,7 @@ Verdict = Match | Decline
 
 @dataclass
 class _Gelu:
-    """A matched GELU: its input, nodes, output, and whether it is spelled canonically."""
+    """A matched GELU: its input, nodes, output, and how it differs from the canonical spelling."""
 
     x: gs.Tensor
     approximate: str

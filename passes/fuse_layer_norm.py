@@ -32,8 +32,9 @@ NVIDIA/TensorRT#3657; NVIDIA's answer in NVIDIA/TensorRT#2781 to fp16 LayerNorm
 overflow: export opset 17, "precision requirements for LayerNormalization operator is
 handled automatically by TensorRT optimizer in 8.6"). TensorRT before 8.6 has no
 LayerNormalization importer (NVIDIA/TensorRT#3346); fusekit targets TensorRT 10 / RTX.
-(onnxslim fuses this pattern without looking at the opset at all, which yields an
-invalid model below 17.)
+(The onnxslim LayerNorm fusion read for this emits LayerNormalization without looking at
+the opset, which gives an invalid model below 17; raising the opset is what makes the
+fused op legal.)
 
 Numerics: statistics are computed in float32 (``stash_type`` 1). For float32 inputs the
 result equals the decomposition up to rounding; for float16 it is more accurate than the

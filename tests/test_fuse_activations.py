@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from tests.fusion_helpers import MAX_DIFF, Builder, check_fused, print_max_diffs, rewrites, zoo_run
-from tests.helpers import inspect_pass, op_counts, optimize_with, parse
+from tests.fusion_helpers import MAX_DIFF, Builder, check_fused, print_max_diffs, rewrites, zoo_run  # noqa: F401
+from tests.helpers import inspect_pass, op_counts, parse
 
 PASSES = ["fuse-activations", "infer-shapes"]
 pytestmark = pytest.mark.usefixtures("print_max_diffs")

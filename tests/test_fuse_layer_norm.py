@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from tests.fusion_helpers import MAX_DIFF, Builder, check_fused, print_max_diffs, rewrites, zoo_feeds, zoo_modules, zoo_run
+from tests.fusion_helpers import (MAX_DIFF, Builder, check_fused, print_max_diffs,  # noqa: F401
+                                  rewrites, zoo_feeds, zoo_modules, zoo_run)
 from tests.helpers import assert_same_outputs, inspect_pass, op_counts, optimize_with, parse
 
 PASSES = ["fuse-layer-norm", "infer-shapes"]
