@@ -56,19 +56,10 @@ class FoldConstantsPass(Pass):
             node = tensor.inputs[0]
             if value is None or (value.nbytes > cap and value.nbytes > largest[id(node)]):
                 continue
-            if id(tensor) in outputs and sum(id(t) in outputs for t in node.outputs) > 1:
-                continue  # one Constant node per graph output would add nodes
-            touched.setdefault(id(node), node)
-            _detach(graph, node, tensor)
-            if id(tensor) in outputs:
-                graph.nodes.append(gs.Node("Constant", name=fresh_name(graph, node.name),
-                                           attrs={"value": gs.Constant(tensor.name, value)}, outputs=[tensor]))
-            else:
-                tensor.to_constant(np.require(value, requirements="C"))
-            folded += 1
-        for node in touched.values():
-            if not any(t.outputs or id(t) in outputs for t in node.outputs):  # else it stays
-                ctx.record(node, "folded into a constant")
+            if replace_with_constant(graph, tensor, value, outputs):
+                touched.setdefault(id(node), node)
+                folded += 1
+        record_folded(ctx, touched.values(), outputs)
         return folded
 
     def inspect(self, graph: gs.Graph, ctx: PassContext):
@@ -131,6 +122,30 @@ class FoldConstantsPass(Pass):
                     if not (node.op == "Constant" and id(t) in outputs):
                         frontier.append(t)
         return frontier
+
+
+def replace_with_constant(graph: gs.Graph, tensor: gs.Tensor, value: np.ndarray, outputs: set[int]) -> bool:
+    """Make ``tensor`` (a node output) hold ``value`` as a constant; its node no longer
+    computes it. A graph output stays a graph output, written by a ``Constant`` node of
+    its name. ``outputs`` holds the ids of the graph outputs. Returns False, changing
+    nothing, when that would add nodes (the node writes several graph outputs)."""
+    node = tensor.inputs[0]
+    if id(tensor) in outputs and sum(id(t) in outputs for t in node.outputs) > 1:
+        return False  # one Constant node per graph output would add nodes
+    _detach(graph, node, tensor)
+    if id(tensor) in outputs:
+        graph.nodes.append(gs.Node("Constant", name=fresh_name(graph, node.name),
+                                   attrs={"value": gs.Constant(tensor.name, value)}, outputs=[tensor]))
+    else:
+        tensor.to_constant(np.require(value, requirements="C"))
+    return True
+
+
+def record_folded(ctx: PassContext, nodes, outputs: set[int]) -> None:
+    """Record, for --trace, each of ``nodes`` left computing nothing anyone reads."""
+    for node in nodes:
+        if not any(t.outputs or id(t) in outputs for t in node.outputs):  # else it stays
+            ctx.record(node, "folded into a constant")
 
 
 def _detach(graph: gs.Graph, node: gs.Node, tensor: gs.Tensor) -> None:
