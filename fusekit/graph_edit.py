@@ -173,3 +173,17 @@ def make_constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant
 def live_consumers(tensor: gs.Tensor) -> list[gs.Node]:
     """Consumers that are still in the graph (detached nodes have no outputs)."""
     return [n for n in tensor.outputs if n.outputs]
+
+
+def sole_use_problem(graph: gs.Graph, tensor: gs.Tensor, consumer: gs.Node) -> str | None:
+    """Why a rewrite that stops computing ``tensor`` would change what others see, or None.
+
+    None means ``consumer`` is the only live node reading ``tensor`` and it is not a graph
+    output; otherwise the reason, worded for a ``Decline``.
+    """
+    if any(t is tensor for t in graph.outputs):
+        return f"{tensor.name!r} is a graph output"
+    others = [n for n in live_consumers(tensor) if n is not consumer]
+    if others:
+        return f"{tensor.name!r} is also read by {others[0].op} {others[0].name!r}"
+    return None
