@@ -19,12 +19,15 @@ pattern is left alone and inspect says which constant differs.
   the pattern is rewritten into the canonical form torch.onnx writes:
   ``Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5`` (tanh: ``x*x*x`` or ``Pow`` kept
   as written, ``Mul 0.044715 -> Add x -> Mul sqrt(2/pi) -> Tanh -> Add 1 -> Mul x -> Mul 0.5``),
-  and a pattern already in that form is left unchanged. Evidence that this is the form
-  TensorRT recognises: its best-practices guide lists "GELU fusion" of Unary and
-  ElementWise layers computing 0.5x(1+erf(x/sqrt 2)) or the tanh form, and NVIDIA's
-  answer in NVIDIA/TensorRT#1240 ("GELU not in ActivationType, how is its fusion
-  supported?"): "For gelu it is matched in pointwise fusion, and then it is fused into
-  conv". The opset is never raised for GELU: only fuse-layer-norm raises it, to 17.
+  and a pattern already in that form is left unchanged. Evidence that TensorRT
+  recognises this decomposition: NVIDIA/TensorRT#1240 ("GELU not in ActivationType, how
+  is its fusion supported?", which cites the best-practices guide's fusion types for
+  Conv-GELU fusion) was answered by NVIDIA: "For gelu it is matched in pointwise fusion,
+  and then it is fused into conv"; the torch spelling is the one exported by every
+  pre-opset-20 BERT-style model, so it is the spelling to converge on. (The text of the
+  fusion catalog's GELU entry could not be read here; the exact operand orders it
+  accepts are not documented in what was found.) The opset is never raised for GELU:
+  only fuse-layer-norm raises it, to 17.
 
 The rewrite never adds nodes. Must not rewrite when: a constant differs (1.41 is not
 sqrt 2); the two x operands are different tensors; an intermediate is read outside the
