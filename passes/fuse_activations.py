@@ -16,10 +16,11 @@ Rules, one per root op (x any float tensor, constants scalars):
   raised for it, because TensorRT's ONNX parser imports Mish as exactly these three
   layers (onnx-tensorrt ``DEFINE_BUILTIN_OP_IMPORTER(Mish)``: kSOFTPLUS, kTANH, kPROD).
 - Sigmoid: ``x * Sigmoid(x)`` (SiLU/Swish) is recognised and kept as Sigmoid + Mul;
-  inspect reports it. TensorRT fuses the pair as a pointwise chain into one kernel (and
-  into a preceding convolution); its ONNX parser has no Swish importer (onnx-tensorrt
-  docs/operators.md lists none) and ONNX's Swish needs opset 24, so there is nothing to
-  rewrite it into. TensorRT imports HardSwish itself as kHARD_SIGMOID(1/6, 1/2) times x,
+  inspect reports it. TensorRT's pointwise fusion merges such adjacent elementwise
+  layers into one kernel (the mechanism NVIDIA names for GELU in NVIDIA/TensorRT#1240);
+  its ONNX parser has no Swish importer (onnx-tensorrt 10.x docs/operators.md lists
+  none), its ActivationType has no Swish, and ONNX's Swish op needs opset 24, so there is
+  nothing better to rewrite it into. TensorRT imports HardSwish itself as kHARD_SIGMOID(1/6, 1/2) times x,
   so the HardSigmoid/HardSwish rewrites mostly shrink the graph and make it readable.
 
 Constants must equal their exact values within float32 rounding (or x's dtype, if
