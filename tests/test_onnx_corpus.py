@@ -39,6 +39,11 @@ RTOL, ATOL = 1e-4, 1e-5
 # fixed case fails the suite until it is removed from here.
 KNOWN_FAILURES: dict[str, str] = {
     # "node/test_case_name": "pass X crashes on ...: see the report of <date>",
+    **{f"node/test_attention_4d{case}_fp16_expanded": (
+        "fp16, 1 ulp: the scale is Sqrt(1/Sqrt(Shape(Q)[3])) cast to fp16; once fold-shapes folds the Shape "
+        "it is a constant, and onnxruntime's Mul by the constant matches float32-then-round exactly while "
+        "the original's runtime Cast->Mul is 1 ulp off; rtol 1e-4 is below fp16 resolution")
+       for case in ("", "_causal", "_gqa_with_past_and_present")},
 }
 
 DATA_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
