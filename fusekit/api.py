@@ -20,7 +20,8 @@ from fusekit.manager import PassManager
 from fusekit.model_io import LoadedModel, load_model, read_model_file, save_model, to_model_proto
 from fusekit.pass_infra import PassContext
 from fusekit.report import ModelSummary, OptimizeReport
-from fusekit.shapes import Dim, annotate_shapes, apply_input_shapes
+from fusekit.shapes import (Dim, annotate_shapes, apply_input_shapes, complete_outputs,
+                            tensorrt_shape_problems)
 from fusekit.validate import check_graph
 from fusekit.verify import Tolerance, compare
 
@@ -44,13 +45,16 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
              input_shapes: Mapping[str, Sequence[Dim]] | None = None, verify: bool = False,
              tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
              options: Mapping[str, Any] | None = None, return_report: bool = False,
+             dims: Mapping[str, int] | None = None,
              ) -> onnx.ModelProto | tuple[onnx.ModelProto, OptimizeReport]:
     """Optimize an ONNX model (a path or a ``ModelProto``, never modified) for TensorRT.
 
     Args:
         passes: pass names to run instead of the default pipeline.
         skip: pass names to leave out.
-        input_shapes: override input shapes, e.g. ``{"images": [1, 3, 640, 640]}``.
+        input_shapes: override input shapes, e.g. ``{"images": [1, 3, 640, 640]}`` (a dim
+            may also be a name, or None for dynamic); every other dim stays as declared.
+        dims: fix named dims everywhere, e.g. ``{"batch": 1, "seq": 128}``.
         verify: run original and result through onnxruntime and raise
             :class:`~fusekit.errors.VerificationError` if outputs differ beyond ``tolerance``.
         debug: check the graph after every pass and name the pass that broke it.
@@ -58,7 +62,8 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
         return_report: also return the :class:`~fusekit.report.OptimizeReport`.
     """
     result = run(model, passes=passes, skip=skip, input_shapes=input_shapes, verify=verify,
-                 tolerance=tolerance, max_iterations=max_iterations, debug=debug, options=options)
+                 tolerance=tolerance, max_iterations=max_iterations, debug=debug, options=options,
+                 dims=dims)
     proto = result.to_proto()
     return (proto, result.report) if return_report else proto
 
@@ -67,7 +72,8 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
         input_shapes: Mapping[str, Sequence[Dim]] | None = None, verify: bool = False,
         tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
         options: Mapping[str, Any] | None = None, trace: str | None = None,
-        progress: Callable[[str], None] | None = None) -> Optimized:
+        progress: Callable[[str], None] | None = None, dims: Mapping[str, int] | None = None,
+        ) -> Optimized:
     """Load, run the pass pipeline to a fixed point, validate and optionally verify."""
     start = time.perf_counter()
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
@@ -76,9 +82,10 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     selected = found.select(passes, skip)
     loaded = load_model(model)
     graph, shell = loaded.graph, loaded.shell
+    complete_outputs(graph, shell, name)
     check_graph(graph, shell, f"{name}: invalid model")
-    if input_shapes:
-        apply_input_shapes(graph, input_shapes)
+    if input_shapes or dims:
+        apply_input_shapes(graph, input_shapes, dims)
     report = OptimizeReport(source=name, before=ModelSummary.of(graph), warnings=list(found.problems))
     ctx = PassContext(options=dict(options or {}))
     instances = [info.cls() for info in selected]
@@ -99,6 +106,7 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     report.passes, report.iterations, report.converged = pipeline.stats, pipeline.iterations, pipeline.converged
     report.events = pipeline.events
     report.outputs = [t.name for t in graph.outputs]
+    report.warnings.extend(tensorrt_shape_problems(graph))
     result = Optimized(loaded, report)
     if verify:
         report.verify = compare(loaded.path or source, result.to_proto(), tolerance)

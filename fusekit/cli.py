@@ -27,7 +27,7 @@ from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, In
                             PassError, TensorRTError)
 from fusekit.model_io import atomic_write, save_model
 from fusekit.report import OptimizeReport
-from fusekit.shapes import parse_shape
+from fusekit.shapes import parse_dims, parse_shape
 from fusekit.verify import Tolerance
 from typer.exceptions import TyperException
 
@@ -82,6 +82,7 @@ def optimize(
     passes: Annotated[Optional[list[str]], typer.Option("--passes", help="Run only these passes (comma-separated).")] = None,
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out these passes (comma-separated).")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix an input's shape: NAME:1x3x224x224 (repeatable).")] = None,
+    dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Fix a named dim everywhere: NAME=SIZE, e.g. batch=1 (repeatable).")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Compare outputs with the original under onnxruntime.")] = False,
     rtol: Annotated[float, typer.Option(help="Relative tolerance for --verify.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Absolute tolerance for --verify.")] = 1e-5,
@@ -95,8 +96,9 @@ def optimize(
     if output.resolve() == model.resolve():
         raise InputError(f"{output}: is the input model; fusekit never overwrites its input, choose another path")
     shapes = dict(parse_shape(s) for s in input_shape or [])
+    dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
-        result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes,
+        result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")
