@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit import registry
+from fusekit import profiles, registry
 from fusekit.errors import InputError, PassError, VerificationError
 from fusekit.manager import PassManager
 from fusekit.model_io import LoadedModel, load_model, read_model_file, save_model, to_model_proto
@@ -45,7 +45,7 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
              input_shapes: Mapping[str, Sequence[Dim]] | None = None, verify: bool = False,
              tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
              options: Mapping[str, Any] | None = None, return_report: bool = False,
-             dims: Mapping[str, int] | None = None,
+             dims: Mapping[str, int] | None = None, dynamic: Iterable[str] = (),
              ) -> onnx.ModelProto | tuple[onnx.ModelProto, OptimizeReport]:
     """Optimize an ONNX model (a path or a ``ModelProto``, never modified) for TensorRT.
 
@@ -55,6 +55,9 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
         input_shapes: override input shapes, e.g. ``{"images": [1, 3, 640, 640]}`` (a dim
             may also be a name, or None for dynamic); every other dim stays as declared.
         dims: fix named dims everywhere, e.g. ``{"batch": 1, "seq": 128}``.
+        dynamic: optimization-profile ranges to record in the model's ``fusekit.profiles``
+            metadata for ``fusekit build``, e.g. ``["batch=1:8:32", "images:2=224:640:1280"]``
+            (see :mod:`fusekit.profiles`); they replace stored ranges of the same dims.
         verify: run original and result through onnxruntime and raise
             :class:`~fusekit.errors.VerificationError` if outputs differ beyond ``tolerance``.
         debug: check the graph after every pass and name the pass that broke it.
@@ -63,7 +66,7 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
     """
     result = run(model, passes=passes, skip=skip, input_shapes=input_shapes, verify=verify,
                  tolerance=tolerance, max_iterations=max_iterations, debug=debug, options=options,
-                 dims=dims)
+                 dims=dims, dynamic=dynamic)
     proto = result.to_proto()
     return (proto, result.report) if return_report else proto
 
@@ -73,13 +76,14 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
         tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
         options: Mapping[str, Any] | None = None, trace: str | None = None,
         progress: Callable[[str], None] | None = None, dims: Mapping[str, int] | None = None,
-        ) -> Optimized:
+        dynamic: Iterable[str] = ()) -> Optimized:
     """Load, run the pass pipeline to a fixed point, validate and optionally verify."""
     start = time.perf_counter()
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else str(source)
     found = registry.discover()
     selected = found.select(passes, skip)
+    ranges = profiles.parse_dynamic_args(dynamic)
     loaded = load_model(model)
     graph, shell = loaded.graph, loaded.shell
     complete_outputs(graph, shell, name)
@@ -107,6 +111,7 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     report.events = pipeline.events
     report.outputs = [t.name for t in graph.outputs]
     report.warnings.extend(tensorrt_shape_problems(graph))
+    report.warnings.extend(_record_profiles(loaded, ranges, dims or {}, name, bool(input_shapes or dims)))
     result = Optimized(loaded, report)
     if verify:
         report.verify = compare(loaded.path or source, result.to_proto(), tolerance)
@@ -116,6 +121,47 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
                                     + "; ".join(failures[:3]))
     report.seconds = time.perf_counter() - start
     return result
+
+
+def _record_profiles(loaded: LoadedModel, given: list, dims: Mapping[str, int], name: str,
+                     overridden: bool) -> list[str]:
+    """Store the ranges ``given`` (with the model's own) in its ``fusekit.profiles``
+    metadata; a given range that applies to no dynamic dim is an InputError, a stored one
+    is dropped (only when ranges are given or input shapes were ``overridden``; otherwise
+    the metadata is left untouched). Returns warnings (stored ranges dropped, dims still
+    without a range)."""
+    for spec in given:
+        if spec.axis is None and spec.key in dims:
+            raise InputError(f"--dynamic {spec.target}={spec.range}: the dim {spec.key!r} is fixed at "
+                             f"{dims[spec.key]} by --dim {spec.key}={dims[spec.key]}")
+    if not given and not overridden:
+        return []  # the model's own metadata stays exactly as it is
+    try:
+        stored = profiles.read_profiles(loaded.shell, name)
+    except InputError as exc:
+        if not given:
+            return [f"{exc}; left as it is"]
+        stored, note = [], [f"{exc}; replaced by the --dynamic ranges"]
+    else:
+        note = []
+    if not given and not stored:
+        return []
+    inputs = [(t.name, None if t.shape is None else
+               [d if isinstance(d, str) else (int(d) if d is not None and d >= 0 else None) for d in t.shape])
+              for t in loaded.graph.inputs]
+    merged = profiles.merge(stored, given)
+    resolution = profiles.resolve(inputs, merged)
+    for spec, why in resolution.unused:
+        if spec in given:
+            raise InputError(f"--dynamic {spec.target}={spec.range}: {why}")
+    dropped = {(spec.key, spec.axis) for spec, _ in resolution.unused}
+    profiles.write_profiles(loaded.shell, [s for s in merged if (s.key, s.axis) not in dropped])
+    warnings = note + [f"stored profile range {spec.target}={spec.range} dropped: {why}"
+                       for spec, why in resolution.unused]
+    if given and resolution.missing:
+        warnings.append("dynamic dims without a profile range (fusekit build will ask for them): "
+                        + "; ".join(m.describe() for m in resolution.missing))
+    return warnings
 
 
 def _inspect_node(instances, graph: gs.Graph, ctx: PassContext, node_name: str):

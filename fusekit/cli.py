@@ -83,6 +83,7 @@ def optimize(
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out these passes (comma-separated).")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix an input's shape: NAME:1x3x224x224 (repeatable).")] = None,
     dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Fix a named dim everywhere: NAME=SIZE, e.g. batch=1 (repeatable).")] = None,
+    dynamic: DynamicOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Compare outputs with the original under onnxruntime.")] = False,
     rtol: Annotated[float, typer.Option(help="Relative tolerance for --verify.")] = 1e-4,
     atol: Annotated[float, typer.Option(help="Absolute tolerance for --verify.")] = 1e-5,
@@ -99,6 +100,7 @@ def optimize(
     dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
         result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
+                         dynamic=dynamic or (),
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")

@@ -1,5 +1,6 @@
-"""Input shape overrides (``input_shapes``, ``--input-shape``), named dims (``dims``, ``--dim``)
-and the shape problems TensorRT would refuse, reported as warnings.
+"""Input shape overrides (``input_shapes``, ``--input-shape``), named dims (``dims``, ``--dim``),
+profile ranges recorded for ``fusekit build`` (``dynamic``, ``--dynamic``) and the shape
+problems TensorRT would refuse, reported as warnings.
 
 Nothing is fixed that the user did not name: every other dim stays as declared.
 """
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fusekit import api
+from fusekit import api, profiles
 from fusekit.cli import main
 from fusekit.errors import InputError
 from fusekit.shapes import parse_dim, parse_dims, parse_shape
@@ -87,6 +88,9 @@ def test_an_input_shape_can_rename_a_dim_and_keep_it_dynamic():
     ({"dims": {"btch": 2}}, "no input has a dim named 'btch' (dim names: batch, seq, H;"),
     ({"dims": {"batch": 0}}, "the size must be an integer >= 1"),
     ({"dims": {"batch": 2}, "input_shapes": {"ids": [3, 5]}}, "fixed at 2 by --dim batch=2, 3 given"),
+    ({"dims": {"batch": 2}, "dynamic": ["batch=1:2:4"]}, "'batch' is fixed at 2 by --dim batch=2"),
+    ({"dynamic": ["bach=1:2:4"]}, "no dim named 'bach' (dynamic dims: batch, seq, H)"),
+    ({"dynamic": ["w:0=1:2:4"]}, "axis 0 of input 'w' is fixed at 3"),
 ])
 def test_clear_errors_naming_what_exists(kwargs, message):
     with pytest.raises(InputError) as info:
@@ -119,18 +123,52 @@ def test_parse_dims():
         parse_dims(["batch=8", "batch=4"])
 
 
-def test_cli_dim_and_input_shape(tmp_path, capsys):
+def stored_ranges(model: onnx.ModelProto) -> list:
+    return sorted((s.key, s.axis, str(s.range)) for s in profiles.read_profiles(model))
+
+
+def test_ranges_are_recorded_for_fusekit_build_and_dims_stay_dynamic():
+    model = parse(TWO_INPUTS)
+    optimized, report = optimize_with(model, dynamic=["batch=1:4:8", "w:1=1:2:16"])
+    assert stored_ranges(optimized) == [("batch", None, "1:4:8"), ("w", 1, "1:2:16")]
+    assert io_dims(optimized)["ids"] == ["batch", "seq"]
+    assert any("'seq'" in w and "--dynamic seq=" in w for w in report.warnings)  # seq has no range yet
+    resolution = profiles.resolve(profiles.model_inputs(optimized), profiles.read_profiles(optimized))
+    assert [m.name for m in resolution.missing] == ["seq"]
+    # ranges given later replace stored ones of the same dim; the others stay
+    again, _ = optimize_with(optimized, dynamic=["batch=2:2:2", "seq=1:8:64"])
+    assert stored_ranges(again) == [("batch", None, "2:2:2"), ("seq", None, "1:8:64"), ("w", 1, "1:2:16")]
+
+
+def test_stored_ranges_of_a_dim_fixed_later_are_dropped_with_a_warning():
+    recorded, _ = optimize_with(parse(TWO_INPUTS), dynamic=["batch=1:4:8", "seq=1:8:64"])
+    fixed, report = optimize_with(recorded, dims={"batch": 2})
+    assert stored_ranges(fixed) == [("seq", None, "1:8:64")]
+    assert any("stored profile range batch=1:4:8 dropped" in w for w in report.warnings)
+
+
+def test_metadata_is_untouched_without_ranges_or_overrides():
+    model = parse(TWO_INPUTS)
+    onnx.helper.set_model_props(model, {"fusekit.profiles": "not json", "author": "me"})
+    optimized, report = optimize_with(model)
+    assert {(p.key, p.value) for p in optimized.metadata_props} == {("fusekit.profiles", "not json"), ("author", "me")}
+    assert not any("profiles" in w for w in report.warnings)
+
+
+def test_cli_dim_input_shape_and_dynamic(tmp_path, capsys):
     path = tmp_path / "m.onnx"
     onnx.save(parse(TWO_INPUTS), path)
     out = tmp_path / "o.onnx"
     assert main(["optimize", str(path), "-o", str(out), "--dim", "batch=2", "--input-shape", "w:3x7",
-                 "--verify", "--json"]) == 0
+                 "--dynamic", "seq=1:8:64", "--verify", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     saved = onnx.load(out)
     assert io_dims(saved) == {"ids": [2, "seq"], "mask": [2, "seq"], "w": [3, 7], "y": [2, "seq"], "v": [3, 7]}
+    assert stored_ranges(saved) == [("seq", None, "1:8:64")]
     assert report["verify"]["ok"]
     for bad, message in ((["--dim", "batch"], "--dim 'batch': expected NAME=SIZE"),
-                         (["--input-shape", "nope:2x5"], "the model has no such input")):
+                         (["--input-shape", "nope:2x5"], "the model has no such input"),
+                         (["--dynamic", "batch=8:1:32"], "0 <= MIN <= OPT <= MAX")):
         assert main(["optimize", str(path), "-o", str(tmp_path / "bad.onnx"), *bad]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "bad.onnx").exists()
