@@ -205,6 +205,11 @@ def _paren(e: Expr) -> str:
     return str(e) if e.name() or e.is_const else f"({e})"
 
 
+# What the opaque names made by minimum() stand for: name -> (a, b). Names are canonical,
+# so the table only ever grows with the same facts.
+_MINIMA: dict[str, tuple[Expr, Expr]] = {}
+
+
 def opaque(text: str) -> Expr:
     """A name standing for a non-polynomial result; only ever made for values >= 0."""
     return Expr.atom(text)
@@ -216,7 +221,9 @@ def minimum(a: Expr, b: Expr) -> Expr | None:
         return a if known.get("<=") or known.get(">=") is False else b
     if a.nonneg and b.nonneg:
         first, second = sorted((str(a), str(b)))
-        return opaque(f"min({first},{second})")
+        name = f"min({first},{second})"
+        _MINIMA.setdefault(name, (a, b))
+        return opaque(name)
     return None
 
 
@@ -471,6 +478,14 @@ def broadcast_dim(dims: Sequence[Expr]) -> Expr | None:
     constants = {d.value for d in rest if d.is_const}
     if len(constants) == 1:
         return Expr.const(constants.pop())  # a symbolic dim broadcast against c must be c (or 1)
+    distinct = list(dict.fromkeys(rest))
+    if len(distinct) == 2:
+        for m, x in (distinct, distinct[::-1]):
+            pair = _MINIMA.get(m.name() or "")
+            if pair is not None and x in pair:
+                c = pair[1] if x == pair[0] else pair[0]
+                if c.is_const and c.value >= 1:
+                    return x  # min(c, x) against x: equal when x <= c; when x > c only c == 1 is valid
     return None
 
 

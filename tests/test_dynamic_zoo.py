@@ -122,3 +122,16 @@ def test_tensorrt_builds_from_the_stored_profile(tmp_path):
     result = fk.build(path, optimize=False)  # no --dynamic: the ranges come from the model
     assert result.engine and result.sidecar["profiles"][0] == [
         {"input": name, "min": [1, 1], "opt": [4, 16], "max": [8, 128]} for name in ("input_ids", "attention_mask")]
+
+
+def test_decoder_names_its_dims_and_folds_completely_when_fixed():
+    """GPT-2 style: Conv1D reshapes around Gemm, a causal-mask buffer sliced to [:seq, :seq]."""
+    before, model = raw("decoder-tiny"), optimized("decoder-tiny")
+    names = {d for vi in model.graph.value_info for d in dims(vi) if isinstance(d, str)}
+    assert names <= {"batch", "seq", "batch*seq", "min(128,seq)"}, names
+    assert shape_nodes(model) < shape_nodes(before) // 4
+    feeds = [{"input_ids": np.random.default_rng(s).integers(0, 1000, (b, n))} for s, (b, n) in enumerate([(1, 8), (3, 16)])]
+    assert_same_outputs(before, model, feeds, atol=1e-4)
+    fixed = optimized("decoder-tiny", fixed=(("batch", 2), ("seq", 16)))
+    assert shape_nodes(fixed) == 0
+    assert_same_outputs(before, fixed, [{"input_ids": np.random.default_rng(5).integers(0, 1000, (2, 16))}], atol=1e-4)

@@ -6,6 +6,7 @@ ONNX's integer semantics (Div truncates, Mod takes the divisor's sign).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -116,6 +117,30 @@ def test_range_and_slice_lengths():
     inner = parse(onnx.printer.to_text(model.graph).replace("=> (int64[L] r, float[1,P] p)", "=> (int64[?] r, float[1,?] p)"))
     got = shapes(optimize_with(inner, PASSES)[0])
     assert got["r"] == ["seq"] and got["p"] == [1, "min(512,seq)"]  # ...an unnamed one gets the computed one
+
+
+def test_causal_mask_slice_broadcast_against_seq_is_seq():
+    """scores [batch, 4, seq, seq] masked by mask[:, :, :seq, :seq] of a [1, 1, 128, 128] buffer:
+    the slice is min(128,seq) long, and broadcast against seq it can only be seq."""
+    model = parse("""g (float[batch,4,seq,seq] scores, bool[1,1,128,128] mask) => (float[batch,4,?,?] y)
+                      <int64[1] z = {0}, int64[2] zeros = {0, 0}, int64[2] axes = {2, 3}, int64 two = {2},
+                       float minf = {-1e9}> {
+      s = Shape(scores)
+      n = Gather<axis = 0>(s, two)
+      n1 = Unsqueeze(n, z)
+      ends = Concat<axis = 0>(n1, n1)
+      m = Slice(mask, zeros, ends, axes)
+      y = Where(m, scores, minf)
+    }""")
+    optimized, _ = optimize_with(model, PASSES)
+    got = shapes(optimized)
+    assert got["m"] == [1, 1, "min(128,seq)", "min(128,seq)"]
+    assert got["y"] == ["batch", 4, "seq", "seq"]
+    rng = np.random.default_rng(0)
+    for n in (1, 5):
+        feeds = {"scores": rng.standard_normal((2, 4, n, n)).astype(np.float32),
+                 "mask": rng.integers(0, 2, (1, 1, 128, 128)).astype(bool)}
+        assert_same_outputs(model, optimized, [feeds])
 
 
 @pytest.mark.parametrize("written", [-1, 0])
