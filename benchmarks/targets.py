@@ -3,7 +3,8 @@
 - time: fusekit on bert-base at most 1/5 of onnxslim's wall time and no slower than
   onnxruntime's basic optimizer;
 - memory: fusekit's peak RSS at most 1.5x the model file on models of 100 MB and more;
-- nodes, engine layers: fusekit at most the best peer's count, on every model;
+- nodes, engine layers: fusekit at most the best peer's count, on every model (peers
+  whose output does not match the original's are not counted);
 - accuracy: fusekit's outputs within 1e-4 of the original at every batch size.
 """
 
@@ -26,7 +27,7 @@ def evaluate(data: dict) -> list[dict]:
         mine = results.get((name, SUBJECT))
         if mine is None:
             continue
-        peers = [r for (m, tool), r in results.items() if m == name and tool != SUBJECT and r["status"] == "ok"]
+        peers = [r for (m, tool), r in results.items() if m == name and tool != SUBJECT and _valid(r)]
         if mine["status"] != "ok":
             found.append(_row("runs", name, mine["status"], None, False, mine.get("error")))
             continue
@@ -59,12 +60,24 @@ def _time(results: dict) -> list[dict]:
     return rows
 
 
+def _valid(result: dict) -> bool:
+    """A peer's output counts if the tool succeeded and its outputs match the original's."""
+    if result["status"] != "ok":
+        return False
+    accuracy = result.get("accuracy")
+    if accuracy is None:  # not measured (no reference): counted
+        return True
+    diffs = accuracy.get("max_abs_diff") or {}
+    return accuracy.get("status") == "ok" and all(d <= MAX_DIFF for d in diffs.values())
+
+
 def _best_peer(what: str, model: str, value, peers: list[tuple[str, int | None]]) -> dict | None:
-    known = [(v, tool) for tool, v in peers if v is not None]
+    known = {tool: v for tool, v in peers if v is not None}
     if value is None or not known:
         return None
-    best, tool = min(known)
-    return _row(f"{what} vs best peer", model, value, best, value <= best, f"best: {tool}")
+    best = min(known.values())
+    tools = [tool for tool, v in known.items() if v == best]
+    return _row(f"{what} vs best peer", model, value, best, value <= best, f"best: {', '.join(tools)}")
 
 
 def _layers(result: dict) -> int | None:
