@@ -102,7 +102,9 @@ def check(path: str, folder: str) -> dict:
             feeds = {k: f[k] for k in f.files if k in wanted}
         missing = wanted - set(feeds)
         if missing:
-            raise ValueError(f"the model requires inputs the original did not: {', '.join(sorted(missing))}")
+            names = sorted(missing)
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            raise ValueError(f"the model requires inputs the original did not: {', '.join(names[:3])}{more}")
         with np.load(Path(folder) / f"outputs_{key}.npz") as f:
             expected = {k: f[k] for k in f.files}
         names = list(expected)

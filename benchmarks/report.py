@@ -1,6 +1,6 @@
 """What a benchmark run shows: the terminal table (rich), the JSON file, the chart (matplotlib).
 
-    python benchmarks/report.py results/benchmark.json [--chart results/benchmark.png]
+    python benchmarks/report.py results/benchmark.json [--markdown] [--chart results/benchmark.png]
 """
 
 from __future__ import annotations
@@ -183,12 +183,69 @@ def chart(data: dict, path: Path) -> Path:
     return path
 
 
+def markdown(data: dict) -> str:
+    """One Markdown table per measure (models down, tools across), for the README."""
+    tools = list(data["tools"])
+    results = {(r["model"], r["tool"]): r for r in data["results"]}
+
+    def accuracy(r: dict) -> str | None:
+        acc = r.get("accuracy") or {}
+        if acc.get("status") != "ok":
+            return "check failed" if acc else None
+        worst = max(acc["max_abs_diff"].values(), default=0.0)
+        return "0" if worst == 0 else f"{worst:.0e}"
+
+    batches = ", ".join(map(str, data["options"]["batch_sizes"]))
+    # (title, first column: header and value for the original model, value for a tool's result)
+    measures = [
+        ("wall time, s", None, lambda r: f"{r['seconds']:.2f}"),
+        ("peak RSS, MiB", ("file MiB", lambda m: f"{m['file_bytes'] / 2**20:.1f}"),
+         lambda r: f"{r['peak_rss'] / 2**20:.0f}" if r.get("peak_rss") else None),
+        ("nodes", ("original", lambda m: m.get("nodes")), lambda r: r.get("nodes")),
+        ("TensorRT network / engine layers", ("original", lambda m: _layer_pair(m.get("trt"))),
+         lambda r: _layer_pair(r.get("trt"))),
+        (f"largest absolute output difference (batch sizes {batches})", None, accuracy),
+    ]
+    if not data.get("trt_backend"):
+        del measures[3]
+    parts = []
+    for title, first, value in measures:
+        head = ["model", *([first[0]] if first else []), *tools]
+        lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for model in data["models"]:
+            row = [model["name"]]
+            if first:
+                row.append(str(first[1](model)) if model["status"] == "ok" else model["status"])
+            for tool in tools:
+                r = results.get((model["name"], tool))
+                row.append("" if r is None else r["status"] if r["status"] != "ok" else str(value(r) or ""))
+            lines.append("| " + " | ".join(row) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _layer_pair(trt: dict | None) -> str | None:
+    if not trt:
+        return None
+    if trt.get("status") != "ok":
+        return trt.get("status")
+    return f"{trt.get('network_layers')} / {trt.get('engine_layers')}"
+
+
 if __name__ == "__main__":
+    import targets
+
     parser = argparse.ArgumentParser(description="Print the tables of a benchmark run again.")
     parser.add_argument("json", type=Path)
     parser.add_argument("--chart", type=Path, help="also draw the chart to this image")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README) instead")
     args = parser.parse_args()
     loaded = json.loads(args.json.read_text())
-    print_tables(loaded)
+    if "fusekit" in loaded["tools"]:
+        loaded["targets"] = targets.evaluate(loaded)  # as this checkout defines them
+    if args.markdown:
+        print(markdown(loaded), end="")
+    else:
+        print_tables(loaded)
     if args.chart:
         chart(loaded, args.chart)
