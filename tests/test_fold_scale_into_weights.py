@@ -1,0 +1,328 @@
+"""fold-scale-into-weights: constant scales and shifts vanish into weights, chains merge, exactly.
+
+Property tests draw a linear op (tests/linear_cases.py: Conv/ConvTranspose with groups,
+strides, dilations, pads; Gemm with transA/transB, alpha, beta, C; MatMul of rank 1-4)
+followed by Mul/Add/Sub/Div by a constant that is a scalar or broadcasts per output
+channel in every way it can be written, in float16, float32 and float64, and compare
+before/after under onnxruntime (onnx.reference for float64) at batch 1 and 3. Chains
+of scales and shifts after a linear op must vanish (MatMul keeps one bias Add); after
+anything else they must end as at most one scale then one shift. Near misses keep
+their node and say why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import assume, given, note
+from hypothesis import strategies as st
+from onnx import numpy_helper
+
+from fusekit import registry
+from tests.helpers import assert_same_outputs, feeds_for, inspect_pass, op_counts, optimize_with, parse, removed_by
+from tests.linear_cases import (BATCH, ONNX_TYPES, Linear, Pattern, assert_close, away_from_zero, linear_ops,
+                                patterns, values)
+from tests.zoo_models import zoo_model
+
+PASSES = ["fold-scale-into-weights", "infer-shapes"]
+SCALES, SHIFTS = ("Mul", "Div"), ("Add", "Sub")
+
+
+def channel_shape(draw, lin: Linear) -> tuple[int, ...]:
+    """A constant shape that is a scalar or broadcasts per output channel of ``lin``."""
+    rank, axis = len(lin.shape), lin.axis
+    length = draw(st.integers(0, rank))
+    shape = [1] * length
+    if length >= rank - axis and draw(st.integers(0, 3)):  # mostly one value per channel
+        shape[length - (rank - axis)] = lin.channels
+    return tuple(shape)
+
+
+def add_affine(draw, p: Pattern, rng: np.random.Generator, op: str, source: str, shape: tuple,
+               first: bool | None = None, name: str | None = None, value: np.ndarray | None = None) -> str:
+    """``op(source, c)`` (or ``op(c, source)``) with a constant ``c`` of ``shape``."""
+    if value is None:
+        value = away_from_zero(rng, shape) if op in SCALES else values(rng, shape)
+    const = p.const(value, "k")
+    if first is None:
+        first = op in ("Mul", "Add") and draw(st.booleans())
+    return p.node(op, [const, source] if first else [source, const], name=name)
+
+
+# ---------------------------------------------------------------- into the weights
+
+@st.composite
+def scale_after_linear(draw):
+    p, rng = draw(patterns())
+    lin = draw(linear_ops(p, rng))
+    op = draw(st.sampled_from(SCALES if lin.op == "MatMul" else SCALES + SHIFTS))
+    y = add_affine(draw, p, rng, op, lin.out, channel_shape(draw, lin), name="target")
+    p.outputs.append((y if draw(st.booleans()) else p.node("Relu", [y]), lin.shape))
+    return p.model(), p.dtype, lin.op, op
+
+
+@given(scale_after_linear())
+def test_per_channel_constant_is_folded_into_the_weights(case):
+    model, dtype, linear, op = case
+    note(onnx.printer.to_text(model.graph))
+    optimized, report = optimize_with(model, PASSES)
+    note(onnx.printer.to_text(optimized.graph))
+    counts = op_counts(optimized)
+    assert counts[op] == 0 and counts[linear] == 1
+    assert len(optimized.graph.node) == len(model.graph.node) - 1
+    assert removed_by(report, "target") == ["fold-scale-into-weights"]
+    assert_close(model, optimized, dtype, label=f"{op}-into-{linear}")
+
+
+@st.composite
+def chain_after_linear(draw):
+    p, rng = draw(patterns())
+    lin = draw(linear_ops(p, rng))
+    y = lin.out
+    for _ in range(draw(st.integers(1, 5))):
+        y = add_affine(draw, p, rng, draw(st.sampled_from(SCALES + SHIFTS)), y, channel_shape(draw, lin))
+    p.outputs.append((y, lin.shape))
+    return p.model(), p.dtype, lin.op
+
+
+@given(chain_after_linear())
+def test_chain_after_linear_op_vanishes_into_it(case):
+    """Any chain of per-channel scales and shifts: nothing left but the op (MatMul: and one bias)."""
+    model, dtype, linear = case
+    note(onnx.printer.to_text(model.graph))
+    optimized, report = optimize_with(model, PASSES)
+    note(onnx.printer.to_text(optimized.graph))
+    counts = op_counts(optimized)
+    shifts = counts["Add"] + counts["Sub"]
+    assert counts[linear] == 1 and counts["Mul"] + counts["Div"] == 0
+    assert shifts == (0 if linear != "MatMul" else min(shifts, 1))
+    assert report.converged
+    assert_close(model, optimized, dtype, label=f"chain-into-{linear}")
+
+
+# ---------------------------------------------------------------- chains anywhere
+
+def data_shape(draw) -> tuple:
+    return (BATCH, *[draw(st.integers(1, 4)) for _ in range(draw(st.integers(0, 3)))])
+
+
+def sub_shape(draw, shape: tuple) -> tuple[int, ...]:
+    """A shape that broadcasts to ``shape`` without growing it (right-aligned, 1 or equal)."""
+    length = draw(st.integers(0, len(shape)))
+    tail = shape[len(shape) - length:]
+    return tuple(1 if d == BATCH or draw(st.booleans()) else d for d in tail)
+
+
+@st.composite
+def chain(draw, one_shape: bool):
+    """x -> Relu -> 1..6 constant scales/shifts. ``one_shape``: every constant is a scalar or
+    has one shape S (merging never grows a constant); else each has its own shape."""
+    p, rng = draw(patterns())
+    p.x_shape = data_shape(draw)
+    shape = sub_shape(draw, p.x_shape)
+    y = p.node("Relu", ["x"])
+    for _ in range(draw(st.integers(1, 6))):
+        const_shape = (shape if draw(st.booleans()) else ()) if one_shape else sub_shape(draw, p.x_shape)
+        y = add_affine(draw, p, rng, draw(st.sampled_from(SCALES + SHIFTS)), y, const_shape)
+    p.outputs.append((y, p.x_shape))
+    return p.model(), p.dtype
+
+
+@given(chain(one_shape=True))
+def test_chain_ends_as_one_scale_then_one_shift(case):
+    model, dtype = case
+    note(onnx.printer.to_text(model.graph))
+    optimized, report = optimize_with(model, PASSES)
+    note(onnx.printer.to_text(optimized.graph))
+    ops = [n.op_type for n in optimized.graph.node]
+    assert ops[0] == "Relu" and len(ops) <= 3
+    assert sum(op in SCALES for op in ops) <= 1 and sum(op in SHIFTS for op in ops) <= 1
+    assert ops[1:] in ([], ["Mul"], ["Div"], ["Add"], ["Sub"], ["Mul", "Add"], ["Mul", "Sub"], ["Div", "Add"],
+                       ["Div", "Sub"])
+    assert_close(model, optimized, dtype, label="chain")
+
+
+@given(chain(one_shape=False))
+def test_chain_with_constants_of_different_shapes_never_grows(case):
+    """Merges that would make a constant larger than both are declined; the rest is exact."""
+    model, dtype = case
+    note(onnx.printer.to_text(model.graph))
+    optimized, _ = optimize_with(model, PASSES)
+    assert len(optimized.graph.node) <= len(model.graph.node)
+    largest = max(np.prod(t.dims) for t in model.graph.initializer)
+    assert all(np.prod(t.dims) <= largest for t in optimized.graph.initializer)
+    assert_close(model, optimized, dtype, label="chain-mixed-shapes")
+
+
+# ---------------------------------------------------------------- near misses
+
+NEAR_MISSES = {
+    "not-per-channel": "does not broadcast per output channel",
+    "grows-rank": "exceeds the output's rank",
+    "constant-first": "the constant is the first operand",
+    "other-consumer": "has other consumers",
+    "graph-output": "is a graph output",
+    "weight-input": "weights are not constant",
+    "bias-input": "not constant",
+    "matmul-add": "MatMul + ",
+    "divide-by-zero": "holding a zero",
+}
+
+
+@st.composite
+def near_miss(draw):
+    kind = draw(st.sampled_from(sorted(NEAR_MISSES)))
+    p, rng = draw(patterns())
+    ops = {"bias-input": ("Conv", "ConvTranspose", "Gemm"), "matmul-add": ("MatMul",)}.get(
+        kind, ("Conv", "ConvTranspose", "Gemm", "MatMul"))
+    lin = draw(linear_ops(p, rng, ops=ops, constant_weights=kind != "weight-input"))
+    op = draw(st.sampled_from({"matmul-add": SHIFTS, "constant-first": ("Sub", "Div"),
+                               "divide-by-zero": ("Div",)}.get(kind, SCALES + SHIFTS if lin.op != "MatMul" else SCALES)))
+    shape, out_shape, first, value = channel_shape(draw, lin), lin.shape, None, None
+    if kind == "not-per-channel":
+        other = [i for i, d in enumerate(lin.shape) if i != lin.axis and isinstance(d, int) and d > 1]
+        assume(other)
+        axis = draw(st.sampled_from(other))
+        shape = tuple(d if i == axis else 1 for i, d in enumerate(lin.shape))
+    elif kind == "grows-rank":
+        shape = (2,) + (1,) * len(lin.shape)
+        out_shape = (2, *lin.shape)
+    elif kind == "constant-first":
+        first = True
+    elif kind == "bias-input":
+        node = p.nodes[-1]
+        bias = p.fresh("bias_in")
+        p.inputs.append((bias, ONNX_TYPES[p.dtype], (lin.channels,)))
+        node.input.extend([bias] if len(node.input) == 2 else [])
+        node.input[2] = bias
+    elif kind == "divide-by-zero":
+        value = np.array(away_from_zero(rng, shape))
+        value.flat[0] = 0.0
+    y = add_affine(draw, p, rng, op, lin.out, shape, first=first, name="target", value=value)
+    p.outputs.append((y, out_shape))
+    if kind == "other-consumer":
+        p.outputs.append((p.node("Sigmoid", [lin.out]), lin.shape))
+    elif kind == "graph-output":
+        p.outputs.append((lin.out, lin.shape))
+    return kind, p.model(), p.dtype
+
+
+@given(near_miss())
+def test_near_miss_is_kept_with_its_reason(case):
+    kind, model, dtype = case
+    note(kind)
+    note(onnx.printer.to_text(model.graph))
+    optimized, report = optimize_with(model, PASSES)
+    assert op_counts(optimized) == op_counts(model)
+    assert "target" not in {e.node for e in report.events}
+    (finding,) = inspect_pass(model, "fold-scale-into-weights")["target"]
+    assert not finding.applies and NEAR_MISSES[kind] in finding.message, finding.message
+    assert_close(model, optimized, dtype, label=f"near-miss-{kind}")
+
+
+# ---------------------------------------------------------------- by hand
+
+def test_conv_mul_add_matches_the_formula_and_keeps_the_output_name():
+    model = parse("g (float[N,2,3,3] x) => (float[N,2,3,3] y) <float[2,2,1,1] w = {1, 2, 3, 4}, "
+                  "float[2] b = {0.5, -1}, float[2,1,1] s = {2, 0.25}, float[1,2,1,1] t = {1, 3}> {\n"
+                  " c = Conv(x, w, b)\n [scale] m = Mul(s, c)\n [shift] y = Sub(m, t)\n}")
+    optimized, report = optimize_with(model, PASSES)
+    (conv,) = optimized.graph.node
+    assert conv.op_type == "Conv" and list(conv.output) == ["y"]
+    inits = {t.name: numpy_helper.to_array(t) for t in optimized.graph.initializer}
+    np.testing.assert_array_equal(inits[conv.input[1]], np.array([2, 4, 0.75, 1], np.float32).reshape(2, 2, 1, 1))
+    np.testing.assert_array_equal(inits[conv.input[2]], np.array([0.5 * 2 - 1, -1 * 0.25 - 3], np.float32))
+    assert removed_by(report, "scale") == removed_by(report, "shift") == ["fold-scale-into-weights"]
+    assert_same_outputs(model, optimized)
+
+
+def test_gemm_gets_a_bias_and_beta_one():
+    model = parse("g (float[N,3] x) => (float[N,2] y) <float[2,3] w = {1, 2, 3, 4, 5, 6}, float c = {1}, "
+                  "float[2] t = {10, 20}> {\n g = Gemm<transB = 1, alpha = 2.0, beta = 0.5>(x, w, c)\n"
+                  " y = Add(g, t)\n}")
+    optimized, _ = optimize_with(model, PASSES)
+    (gemm,) = optimized.graph.node
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
+    assert attrs["beta"] == 1.0 and attrs["alpha"] == 2.0
+    inits = {t.name: numpy_helper.to_array(t) for t in optimized.graph.initializer}
+    np.testing.assert_array_equal(inits[gemm.input[2]], np.array([10.5, 20.5], np.float32))
+    assert_same_outputs(model, optimized)
+
+
+@pytest.mark.parametrize("body,ops,constant", [
+    ("a = Div(r, k2)\n y = Div(a, k4)", ["Relu", "Div"], 8.0),
+    ("a = Sub(r, k2)\n y = Sub(a, k4)", ["Relu", "Sub"], 6.0),
+    ("a = Mul(r, k2)\n y = Div(a, k4)", ["Relu", "Mul"], 0.5),
+    ("a = Add(k2, r)\n y = Sub(a, k4)", ["Relu", "Add"], -2.0),
+    ("a = Sub(r, k2)\n y = Mul(a, k4)", ["Relu", "Mul", "Sub"], 8.0),
+    ("a = Add(r, k2)\n b = Mul(a, k4)\n y = Add(b, k2)", ["Relu", "Mul", "Add"], 10.0),
+], ids=["div-div", "sub-sub", "mul-div", "add-sub", "sub-mul", "add-mul-add"])
+def test_merge_keeps_the_natural_op(body, ops, constant):
+    model = parse("g (float[N,3] x) => (float[N,3] y) <float k2 = {2}, float k4 = {4}> {\n"
+                  f" r = Relu(x)\n {body}\n}}")
+    optimized, _ = optimize_with(model, PASSES)
+    assert [n.op_type for n in optimized.graph.node] == ops
+    last = {t.name: numpy_helper.to_array(t) for t in optimized.graph.initializer}[optimized.graph.node[-1].input[1]]
+    assert float(last) == constant
+    assert_same_outputs(model, optimized)
+
+
+def test_integer_chain_is_not_merged():
+    """Integer Div truncates and sums may wrap: only float types are rewritten."""
+    model = parse("g (int32[N,3] x) => (int32[N,3] y) <int32 k2 = {2}, int32 k3 = {3}> {\n"
+                  " r = Abs(x)\n a = Div(r, k2)\n [outer] y = Div(a, k3)\n}")
+    optimized, _ = optimize_with(model, PASSES)
+    assert op_counts(optimized)["Div"] == 2
+    assert inspect_pass(model, "fold-scale-into-weights")["outer"][0].message == \
+        "the constant is int32, not float16/float32/float64"
+    assert_same_outputs(model, optimized)
+
+
+def test_intermediate_graph_output_stops_the_merge():
+    model = parse("g (float[N,3] x) => (float[N,3] y, float[N,3] a) <float k2 = {2}, float k4 = {4}> {\n"
+                  " r = Relu(x)\n a = Mul(r, k2)\n [outer] y = Mul(a, k4)\n}")
+    optimized, _ = optimize_with(model, PASSES)
+    assert op_counts(optimized)["Mul"] == 2
+    assert "is a graph output" in inspect_pass(model, "fold-scale-into-weights")["outer"][0].message
+    assert_same_outputs(model, optimized)
+
+
+def test_inspect_says_why():
+    model = parse("g (float[N,2,3,3] x) => (float[N,2,3,3] y) <float[2,2,1,1] w = {1, 2, 3, 4}, "
+                  "float[2,1,1] s = {2, 0.25}, float[3] row = {1, 2, 3}, float k = {2}> {\n"
+                  " [conv] c = Conv(x, w)\n [per_channel] m = Mul(c, s)\n [per_column] n = Mul(m, row)\n"
+                  " [first] o = Div(k, n)\n [merge] p = Add(o, k)\n [merge2] y = Add(p, k)\n}")
+    findings = {n: (f[0].applies, f[0].message) for n, f in inspect_pass(model, "fold-scale-into-weights").items()}
+    assert findings == {
+        "per_channel": (True, "Mul folded into Conv 'conv'"),
+        "per_column": (False, "merging it after Mul 'per_channel' would grow the constant to 6 values"),
+        "first": (False, "the constant is the first operand of Div"),
+        "merge": (True, "Add then Add merged into Add"),
+        "merge2": (False, "it is part of the chain from Add 'merge'"),
+    }
+    optimized, report = optimize_with(model, PASSES)
+    assert op_counts(optimized) == {"Conv": 1, "Mul": 1, "Div": 1, "Add": 1}
+    assert removed_by(report, "per_channel") == ["fold-scale-into-weights"]
+    assert_same_outputs(model, optimized)
+
+
+def test_pass_is_registered_in_the_fusion_stage_and_on_by_default():
+    found = registry.discover()
+    assert "fold-scale-into-weights" in [info.name for info in found.select()]
+    cls = found.passes["fold-scale-into-weights"].cls
+    assert cls.stage.name == "FUSION" and cls.priority > found.passes["decompose-batchnorm"].cls.priority
+
+
+def test_convnext_layer_scale_is_folded_into_the_linear_layer():
+    """ConvNeXt's ``gamma * Linear(y)``: MatMul, bias Add, Mul by gamma per channel. The Mul
+    and Add swap and the Mul vanishes into the MatMul's weight."""
+    model = onnx.load(str(zoo_model("convnext")))
+    optimized, report = optimize_with(model)
+    without, _ = optimize_with(model, skip=["fold-scale-into-weights"])
+    assert {p.name: p.rewrites for p in report.passes}["fold-scale-into-weights"] == 6
+    assert op_counts(optimized)["Mul"] == op_counts(without)["Mul"] - 6
+    assert op_counts(optimized)["MatMul"] == op_counts(without)["MatMul"]
+    batches = feeds_for(model, (1, 3))
+    assert_same_outputs(model, optimized, batches)
+    assert_close(model, optimized, np.dtype(np.float32), batches, label="convnext")
