@@ -194,5 +194,5 @@ def _dynamic_shape_reason(node: gs.Node, analysis: Analysis) -> str:
         return f"the rank of {node.inputs[0].name!r} is unknown"
     shown = [analysis.final(d).render() for d in shape]
     text = ", ".join("?" if d is None else str(d) for d in shown)
-    return f"{node.inputs[0].name!r} is [{text}]: its dynamic dims are read at runtime"
+    return f"{node.inputs[0].name!r} has shape ({text}): its dynamic dims are read at runtime"
 

@@ -107,7 +107,7 @@ def test_static_part_of_a_shape_folds_dynamic_part_stays():
     assert_same_outputs(model, optimized)
     findings = inspect_pass(optimized, "fold-shapes")
     (shape,) = [f for fs in findings.values() for f in fs if f.op == "Shape"]
-    assert "'x' is [batch, 3, 8, 8]: its dynamic dims are read at runtime" in shape.message
+    assert "'x' has shape (batch, 3, 8, 8): its dynamic dims are read at runtime" in shape.message
 
 
 def test_every_shape_folds_once_the_inputs_are_fixed():
