@@ -314,31 +314,55 @@ def tensorrt_shape_problems(graph: gs.Graph) -> list[str]:
     origin = _data_origins(graph)
     for node in graph.nodes:
         for i in SHAPE_INPUTS.get(node.op, ()):
-            if (node.domain or "") in ("", "ai.onnx") and i < len(node.inputs) and id(node.inputs[i]) in origin:
-                problems.append(f"{node.op} {node.name!r}: input {i} ({node.inputs[i].name!r}) is computed from "
-                                f"runtime data ({origin[id(node.inputs[i])]}); TensorRT needs it computed from "
-                                "shapes and constants only")
+            if (node.domain or "") not in ("", "ai.onnx") or i >= len(node.inputs) or id(node.inputs[i]) not in origin:
+                continue
+            t = node.inputs[i]
+            where, kind = origin[id(t)]
+            why = {"float": "TensorRT's parser rejects shapes computed from float values",
+                   "input": "a shape-tensor input, which fusekit build cannot give value ranges yet",
+                   "data": "TensorRT must build it as a data-dependent shape"}[kind]
+            problems.append(f"{node.op} {node.name!r}: input {i} ({t.name!r}) depends on runtime data ({where}), "
+                            f"not only on shapes and constants: {why}")
     return problems
+
+
+def _is_float(dtype) -> bool:
+    try:
+        return dtype is not None and np.dtype(dtype).kind == "f"
+    except TypeError:
+        return True  # bfloat16/float8 are held as ONNX enums
 
 
 def _named(shape: Sequence[Dim], axis: int) -> list[Dim]:
     return [f"dim{axis}" if i == axis else d for i, d in enumerate(shape)]
 
 
-def _data_origins(graph: gs.Graph) -> dict[int, str]:
+def _data_origins(graph: gs.Graph) -> dict[int, tuple[str, str]]:
     """For each tensor computed from runtime data (not only from shapes and constants),
-    where that data comes from; one sweep in topological order."""
-    origin: dict[int, str] = {}
+    where that data comes from and its kind: ``float`` (float values on the way),
+    ``input`` (an integer input TensorRT can take as a shape tensor, through shape ops
+    only) or ``data``. One sweep in topological order."""
+    order = {"input": 0, "data": 1, "float": 2}
+    origin: dict[int, tuple[str, str]] = {}
     for t in graph.inputs:
-        origin[id(t)] = f"values of input {t.name!r}"
+        shape = t.shape
+        small = shape is not None and len(shape) <= 1 and all(isinstance(d, (int, np.integer)) for d in shape) \
+            and (not shape or 0 <= shape[0] <= 64)
+        kind = "float" if _is_float(t.dtype) else ("input" if small else "data")
+        origin[id(t)] = (f"values of input {t.name!r}", kind)
     for node in graph.nodes:
         if node.op in ("Shape", "Size", "Constant"):
             continue
+        sources = [origin[id(t)] for t in node.inputs if id(t) in origin]
+        floats = any(_is_float(t.dtype) for t in (*node.inputs, *node.outputs) if t.name)
         if node.op in _SHAPE_OPS and (node.domain or "") in ("", "ai.onnx"):
-            source = next((origin[id(t)] for t in node.inputs if id(t) in origin), None)
+            if not sources:
+                continue
+            kind = max((k for _, k in sources), key=order.get)
+            source = (sources[0][0], "float" if floats else kind)
         else:
-            source = f"{node.op} {node.name!r}"
-        if source is not None:
-            for t in node.outputs:
-                origin[id(t)] = source
+            worst = max((k for _, k in sources), key=order.get, default="data")
+            source = (f"{node.op} {node.name!r}", "float" if floats or worst == "float" else "data")
+        for t in node.outputs:
+            origin[id(t)] = source
     return origin
