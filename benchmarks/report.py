@@ -78,10 +78,10 @@ def table(data: dict) -> Table:
     for model in data["models"]:
         rows = by_model.get(model["name"], [])
         trt = model.get("trt")
+        size = f"file {_mib(model['file_bytes'])}" if model.get("file_bytes") else ""
         out.add_row(model["name"], ORIGINAL, model["status"] if model["status"] != "ok" else "",
-                    "", f"file {_mib(model['file_bytes'])}" if model.get("file_bytes") else "", _num(model.get("nodes")),
-                    *("" for _ in batches), _layers(trt, "network_layers"), _layers(trt, "engine_layers"),
-                    style="dim")
+                    "", size, _num(model.get("nodes")), *("" for _ in batches),
+                    _layers(trt, "network_layers"), _layers(trt, "engine_layers"), style="dim")
         best = {"seconds": _best(rows, lambda r: r.get("seconds")),
                 "peak_rss": _best(rows, lambda r: r.get("peak_rss")),
                 "nodes": _best(rows, lambda r: r.get("nodes")),
