@@ -71,8 +71,11 @@ def run(argv: list[str], *, log: Path, timeout: float, max_rss: int) -> Outcome:
     """Run ``argv`` to the end, or kill it at ``timeout`` seconds or ``max_rss`` bytes."""
     start = time.perf_counter()
     with open(log, "wb") as out:
+        # Its own group, so its helpers die with it; its own folder as working directory, so
+        # files a tool leaves there (Polygraphy's symbolic shape inference writes
+        # sym_shape_infer_temp.onnx and external data) stay with the job's log.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own group, so its helpers die with it
+                                start_new_session=True, cwd=log.parent)
     killed_for, peak = None, 0
     while proc.poll() is None:
         rss, hwm = memory(proc.pid)

@@ -72,7 +72,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, console: Console) -> None:
         self.args, self.console = args, console
-        self.out = args.out
+        self.out = args.out.resolve()  # absolute: each job runs in its own folder
         self.work = self.out / "work"
         self.models_dir = self.out / "models"
         for folder in (self.work, self.models_dir):
