@@ -110,11 +110,11 @@ def test_external_data_in_and_out_memory_mapped_and_input_untouched(tmp_path):
     assert onnx.external_data_helper.uses_external_data(next(t for t in saved.graph.initializer if t.name == "w"))
     x = np.random.default_rng(2).standard_normal((3, 512)).astype(np.float32)
     expected = session(big_weight_model()).run(None, {"x": x})[0]  # onnx.save made `model` external
-    np.testing.assert_allclose(session(out).run(None, {"x": x})[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(session(out).run(None, {"x": x})[0], expected, rtol=1e-4, atol=1e-5)  # Gemm fusion reorders float math
     # and back into a single file
     single = tmp_path / "single.onnx"
     assert main(["optimize", str(out), "-o", str(single), "--no-external-data"]) == 0
-    np.testing.assert_allclose(session(onnx.load(single)).run(None, {"x": x})[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(session(onnx.load(single)).run(None, {"x": x})[0], expected, rtol=1e-4, atol=1e-5)  # Gemm fusion reorders float math
 
 
 @pytest.mark.parametrize("location, message", [
