@@ -245,6 +245,43 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     return result
 
 
+def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[str] | None = None):
+    """The nodes of ``model`` TensorRT cannot parse, each with the reason and the substitution
+    fusekit offers (a LEGALIZE or PLUGINS pass that would rewrite it), or None.
+
+    Asks the installed parser (``tensorrt`` or ``tensorrt_rtx``); without one, or when
+    ``table`` names a shipped support table (e.g. ``"tensorrt-10.15"``), the table decides.
+    Returns a list of :class:`fusekit.builder.support.UnsupportedNode` (empty: the model
+    parses as is). Raises :class:`~fusekit.errors.InputError` for a bad model.
+    """
+    from dataclasses import replace
+
+    from fusekit.builder import support
+    from fusekit.pass_infra import Match, Stage
+
+    name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    loaded = load_model(model)
+    complete_outputs(loaded.graph, loaded.shell, name)
+    check_graph(loaded.graph, loaded.shell, f"{name}: invalid model")
+    proto = to_model_proto(loaded.graph, loaded.shell)  # every node named, as the report names them
+    found, _ = support.check(proto, table)
+    if not found:
+        return []
+    annotate_shapes(loaded.graph, loaded.shell)
+    infos = registry.discover().passes
+    chosen = [infos[n] for n in passes] if passes is not None else list(infos.values())
+    offers: dict[str, str] = {}
+    ctx = PassContext()
+    for info in sorted(chosen, key=lambda i: (i.cls.stage, i.cls.priority, i.name)):
+        if info.cls.stage not in (Stage.LEGALIZE, Stage.PLUGINS):
+            continue
+        for finding in info.cls().inspect(loaded.graph, ctx):
+            if finding.applies and finding.node not in offers:
+                opt_in = "" if info.cls.enabled_by_default else " (opt-in: --plugins)"
+                offers[finding.node] = f"{info.name}{opt_in}: {finding.message}"
+    return [replace(u, substitution=offers.get(u.node)) for u in found]
+
+
 def compare_builds(a: ModelSource, b: ModelSource, *, optimize: bool = False, **options):
     """Build ``a`` and ``b`` (no engine written) and compare what TensorRT made of them:
     layer counts and the ONNX nodes fused in only one. Options are :func:`build`'s."""

@@ -195,6 +195,33 @@ def list_passes(
         err.print(f"[yellow]warning:[/] {problem}")
 
 
+@app.command("check-trt")
+def check_trt_cmd(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to check (never modified).")],
+    table: Annotated[Optional[str], typer.Option("--table", help="Use this shipped support table (e.g. tensorrt-10.15) instead of the installed parser.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the unsupported nodes as JSON.")] = False,
+) -> None:
+    """Say which nodes TensorRT cannot parse, why, and what fusekit can replace them with.
+
+    Exit 0 when the model parses as is, 1 when any node is unsupported, 2 on bad input."""
+    found = api.check_trt(model, table=table)
+    if as_json:
+        print(json.dumps({"model": str(model), "parses": not found, "unsupported": [u.to_dict() for u in found]},
+                         indent=2))
+    elif not found:
+        out.print(f"{model}: every node parses")
+    else:
+        out.print(f"{model}: {len(found)} node{'s' if len(found) > 1 else ''} TensorRT cannot parse "
+                  f"(checked by the {found[0].checked_by}):", soft_wrap=True, highlight=False)
+        for u in found:
+            op = u.op if u.domain in ("", "ai.onnx") else f"{u.domain}.{u.op}"
+            out.print(f"  {u.node} ({op}): {u.reason}", soft_wrap=True, markup=False, highlight=False)
+            out.print(f"    substitution: {u.substitution or 'none (no rewrite or plugin in fusekit)'}",
+                      soft_wrap=True, markup=False, highlight=False)
+    if found:
+        raise typer.Exit(1)
+
+
 # -- TensorRT engines ----------------------------------------------------------------
 
 DynamicOpt = Annotated[Optional[list[str]], typer.Option(

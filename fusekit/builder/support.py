@@ -1,0 +1,208 @@
+"""Which ONNX nodes TensorRT cannot parse, and why: asked of the real parser, else a table.
+
+With a backend installed, the whole model goes through the ONNX parser once; the parser
+reports every failing node (it goes on after a failure) with the node's index, which maps
+each error back to its node. Without a backend, the shipped support table of one release
+is used (``fusekit/data/trt_support/*.json``: onnx-tensorrt's ``docs/operators.md`` for
+TensorRT 10.15, and what the tensorrt_rtx 1.7 parser was measured to reject), with the
+restrictions fusekit can check without TensorRT (a MaxPool ``Indices`` output in use,
+reduction axes that are not constant, TopK's K limit).
+
+Custom-domain ops (``com.microsoft`` and any other) are looked up by the parser as plugins
+named after the op type: unsupported unless a creator of that name is registered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.shape_inference
+from onnx import numpy_helper
+
+from fusekit.builder.parse import _clean
+from fusekit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+TABLES = Path(__file__).resolve().parent.parent / "data" / "trt_support"
+DEFAULT_TABLE = "tensorrt-10.15"
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_TOPK_LIMIT = 3840
+
+
+@dataclass(frozen=True)
+class UnsupportedNode:
+    """One node TensorRT cannot parse: why, and what fusekit can replace it with (or None)."""
+
+    node: str  # the node's name (TensorRT's ``node_of_OUTPUT`` when unnamed)
+    op: str
+    domain: str
+    reason: str
+    substitution: str | None = None  # "pass-name: what it does", filled in by fusekit.api
+    checked_by: str = ""  # "tensorrt_rtx 1.7.1 parser" or "table tensorrt-10.15"
+    output: str = ""  # the node's first output (identifies unnamed nodes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def table_names() -> list[str]:
+    return sorted(p.stem for p in TABLES.glob("*.json"))
+
+
+@lru_cache(maxsize=None)
+def load_table(name: str) -> dict:
+    path = TABLES / f"{name}.json"
+    if not path.is_file():
+        raise InputError(f"no TensorRT support table {name!r}; known tables: {', '.join(table_names())}")
+    return json.loads(path.read_text())
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    """The name the parser reports for ``node``."""
+    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
+
+
+def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8) -> list[UnsupportedNode]:
+    """Every node the real parser of ``backend`` rejects, with the parser's reason.
+
+    The parser checks every node before importing any (``check*`` functions), and stops
+    before the import phase when a check fails; an importer failure also ends the parse.
+    So after each parse the rejected nodes are cut out (their outputs become network
+    inputs, typed by shape inference) and the rest is parsed again, until no new node is
+    rejected or the cut leaves nothing to parse.
+    """
+    by = f"{backend.describe()} parser"
+    current = onnx.ModelProto()
+    current.CopyFrom(model)
+    found: dict[str, UnsupportedNode] = {}
+    for _ in range(max_rounds):
+        errors = _parse_errors(current, backend)
+        fresh = [(n, reason) for n, reason in errors if n is None or node_name(n) not in found]
+        if not fresh:
+            break
+        for n, reason in fresh:
+            if n is None:
+                found.setdefault(f"<model>{reason}", UnsupportedNode("", "", "", reason, checked_by=by))
+            else:
+                found[node_name(n)] = UnsupportedNode(node_name(n), n.op_type, n.domain, reason, checked_by=by,
+                                                      output=n.output[0] if n.output else "")
+        if not _cut(current, {node_name(n) for n, _ in fresh if n is not None}):
+            break
+    order = {node_name(n): i for i, n in enumerate(model.graph.node)}
+    return sorted(found.values(), key=lambda u: order.get(u.node, -1))
+
+
+def _parse_errors(model: onnx.ModelProto, backend) -> list[tuple[onnx.NodeProto | None, str]]:
+    trt = backend.trt
+    logger = trt.Logger(trt.Logger.INTERNAL_ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    with tempfile.TemporaryDirectory(prefix="fusekit-check-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=model.ByteSize() > (1 << 30))
+        parser.parse_from_file(str(path))
+    nodes = list(model.graph.node)
+    errors = []
+    for i in range(parser.num_errors):
+        error = parser.get_error(i)
+        index = error.node()
+        desc = _clean(error.desc())
+        if "Plugin not found" in desc:
+            reason = (f"no TensorRT importer: the parser looked {error.node_operator()!r} up as a plugin and no "
+                      f"creator of that name is registered ({error.func()})")
+        elif desc in ("", "false"):
+            reason = f"{error.func()} rejects it"
+        else:
+            reason = f"{error.func()}: {desc}"
+        errors.append((nodes[index] if 0 <= index < len(nodes) else None, reason))
+    del parser, network, builder
+    return errors
+
+
+def _cut(model: onnx.ModelProto, names: set[str]) -> bool:
+    """Remove the nodes ``names``; their outputs become graph inputs. False: nothing left
+    to parse, or an output's type is unknown."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model shape inference cannot read: parse what was found so far
+        return False
+    types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    keep = [n for n in model.graph.node if node_name(n) not in names]
+    cut_outputs = [o for n in model.graph.node if node_name(n) in names for o in n.output if o]
+    new_inputs = []
+    for name in cut_outputs:
+        vi = types.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return False
+        new_inputs.append(vi)
+    outputs = [o for o in model.graph.output if o.name not in set(cut_outputs)]
+    if not keep or not outputs:
+        return False
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    model.graph.input.extend(new_inputs)
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    return True
+
+
+def check_with_table(model: onnx.ModelProto, table: str = DEFAULT_TABLE) -> list[UnsupportedNode]:
+    """Every node the support table ``table`` says TensorRT rejects (no TensorRT needed)."""
+    data = load_table(table)
+    supported, unsupported = set(data["supported"]), set(data["unsupported"])
+    reasons, by = data.get("reasons", {}), f"table {table}"
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    found = []
+    for n in model.graph.node:
+        reason = _table_reason(n, supported, unsupported, reasons, data, constants, used)
+        if reason:
+            found.append(UnsupportedNode(node_name(n), n.op_type, n.domain, reason, checked_by=by,
+                                         output=n.output[0] if n.output else ""))
+    return found
+
+
+def _table_reason(n, supported, unsupported, reasons, data, constants, used) -> str | None:
+    label = f"TensorRT {data['version']}" if data["backend"] == "tensorrt" else \
+        f"{data['backend']} {data['version']}"
+    if n.domain not in _DEFAULT_DOMAINS:
+        return (f"custom-domain op ({n.domain}): the parser looks it up as a plugin named {n.op_type!r}, "
+                "and fails unless a creator of that name is registered")
+    if n.op_type in unsupported:
+        return f"not supported by {label}" + (f" ({reasons[n.op_type]})" if n.op_type in reasons else "")
+    if n.op_type not in supported:
+        return f"not in the support table of {label}"
+    if n.op_type == "MaxPool" and len(n.output) > 1 and n.output[1] and n.output[1] in used:
+        return "the Indices output of MaxPool is unsupported"
+    if n.op_type.startswith("Reduce") and len(n.input) > 1 and n.input[1] and n.input[1] not in constants:
+        return "axes must be a build-time constant; here they are computed"
+    if n.op_type == "TopK" and len(n.input) > 1:
+        k = constants.get(n.input[1])
+        if k is None:
+            return "K must be a build-time constant"
+        if int(np.asarray(numpy_helper.to_array(k)).ravel()[0]) >= _TOPK_LIMIT:
+            return f"K must be less than {_TOPK_LIMIT}"
+    return None
+
+
+def check(model: onnx.ModelProto, table: str | None = None) -> tuple[list[UnsupportedNode], str]:
+    """Unsupported nodes, and what said so: the installed parser, else (or when ``table``
+    is given) the support table ``table`` (default: the newest TensorRT release shipped)."""
+    from fusekit.builder import backend as backends
+
+    found = backends.installed() if table is None else None
+    if found is not None:
+        return check_with_parser(model, found), f"{found.describe()} parser"
+    name = table or DEFAULT_TABLE
+    return check_with_table(model, name), f"table {name}"

@@ -1,0 +1,131 @@
+"""fusekit check-trt / fusekit.api.check_trt: the real tensorrt_rtx parser says which nodes it
+rejects and why; the shipped support tables answer without TensorRT; exit codes 0/1/2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import onnx.parser
+import pytest
+
+import fusekit.api as fk
+from fusekit.builder import backend as backends
+from fusekit.builder import support
+from fusekit.cli import main
+from fusekit.errors import InputError
+
+BACKEND = backends.installed()
+
+HEADER = '<ir_version: 8, opset_import: ["" : 17, "com.microsoft": 1]>\n'
+MIXED = HEADER + """g (float[2,8] x) => (float[2,8] y, float[2] z) {
+  t = com.microsoft.FastGelu(x)
+  y = Relu(t)
+  s = Constant<value=int64[3] {2,4,4}>()
+  x2 = Reshape(x, s)
+  z = Det(x2)
+}"""
+CLEAN = HEADER + "g (float[2,8] x) => (float[2,8] y) { y = Relu(x) }"
+RESTRICTED = HEADER + """g (float[1,1,4,4] x, int64[1] a) => (float[1,1,2,2] y, int64[1,1,2,2] i, float[1,1,4,1] r) {
+  y, i = MaxPool<kernel_shape=[2,2], strides=[2,2]>(x)
+  r = ReduceSum(x, a)
+}"""
+
+
+def model(text: str) -> onnx.ModelProto:
+    m = onnx.parser.parse_model(text)
+    onnx.checker.check_model(m)
+    return m
+
+
+def save(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "m.onnx"
+    onnx.save(model(text), path)
+    return path
+
+
+@pytest.mark.trt
+def test_parser_names_each_rejected_node_with_its_reason():
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    found = fk.check_trt(model(MIXED))
+    assert [(u.node, u.op, u.domain) for u in found] == [("FastGelu_0", "FastGelu", "com.microsoft"),
+                                                         ("Det_0", "Det", "")]
+    fast, det = found
+    assert "plugin" in fast.reason and "FastGelu" in fast.reason
+    assert "checkDet" in det.reason
+    assert all(u.checked_by.startswith(BACKEND.name) for u in found)
+    assert det.substitution is None  # fusekit has no Det decomposition
+
+
+@pytest.mark.parametrize("table", ["tensorrt-10.15", "tensorrt_rtx-1.7"])
+def test_tables_answer_without_tensorrt(table):
+    found = fk.check_trt(model(MIXED), table=table)
+    assert [u.op for u in found] == ["FastGelu", "Det"]
+    assert all(u.checked_by == f"table {table}" for u in found)
+    assert "custom-domain" in found[0].reason
+    assert fk.check_trt(model(CLEAN), table=table) == []
+
+
+def test_tables_differ_where_measured():
+    ops = HEADER + """g (float[1,4,8,8] x, float[3,4] r, int64[3] b) => (float[3,4,2,2] y) {
+      y = RoiAlign<output_height=2, output_width=2>(x, r, b) }"""
+    assert fk.check_trt(model(ops), table="tensorrt-10.15") == []
+    [roi] = fk.check_trt(model(ops), table="tensorrt_rtx-1.7")
+    assert "ROIAlign plugin" in roi.reason
+
+
+def test_table_checks_restrictions():
+    found = {u.op: u.reason for u in fk.check_trt(model(RESTRICTED), table="tensorrt-10.15")}
+    assert "Indices" in found["MaxPool"]
+    assert "axes" in found["ReduceSum"]
+
+
+@pytest.mark.trt
+def test_parser_rejects_the_same_restrictions():
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    found = {u.op: u.reason for u in fk.check_trt(model(RESTRICTED))}
+    assert set(found) == {"MaxPool", "ReduceSum"}
+    assert "build-time" in found["ReduceSum"]
+
+
+def test_unknown_table_is_an_input_error():
+    with pytest.raises(InputError, match="known tables: tensorrt-10.15"):
+        fk.check_trt(model(CLEAN), table="tensorrt-9")
+
+
+def test_shipped_tables_are_consistent():
+    for name in support.table_names():
+        data = support.load_table(name)
+        assert not set(data["supported"]) & set(data["unsupported"]), name
+        assert {"Unique", "Det", "MaxUnpool"} <= set(data["unsupported"])
+
+
+def test_cli_exit_codes_and_json(tmp_path, capsys):
+    bad = save(tmp_path, MIXED)
+    assert main(["check-trt", str(bad), "--table", "tensorrt-10.15"]) == 1
+    text = capsys.readouterr().out
+    assert "FastGelu_0 (com.microsoft.FastGelu)" in text and "Det_0 (Det)" in text
+    assert "substitution:" in text
+    assert main(["check-trt", str(bad), "--json", "--table", "tensorrt-10.15"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["parses"] is False and [u["op"] for u in data["unsupported"]] == ["FastGelu", "Det"]
+    clean = tmp_path / "clean.onnx"
+    onnx.save(model(CLEAN), clean)
+    assert main(["check-trt", str(clean), "--table", "tensorrt-10.15"]) == 0
+    assert main(["check-trt", str(tmp_path / "missing.onnx")]) == 2
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    assert main(["check-trt", str(tmp_path / "junk.onnx")]) == 2
+
+
+@pytest.mark.trt
+def test_cli_with_the_real_parser(tmp_path, capsys):
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    assert main(["check-trt", str(save(tmp_path, MIXED))]) == 1
+    assert "checkDet" in capsys.readouterr().out
+    clean = tmp_path / "clean.onnx"
+    onnx.save(model(CLEAN), clean)
+    assert main(["check-trt", str(clean)]) == 0
