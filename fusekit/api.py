@@ -17,7 +17,8 @@ import onnx_graphsurgeon as gs
 from fusekit import profiles, registry
 from fusekit.errors import InputError, PassError, VerificationError
 from fusekit.manager import PassManager
-from fusekit.model_io import LoadedModel, load_model, read_model_file, save_model, to_model_proto
+from fusekit.model_io import (LoadedModel, load_model, read_model_file, save_graph, save_model,
+                               to_model_proto)
 from fusekit.pass_infra import PassContext
 from fusekit.report import ModelSummary, OptimizeReport
 from fusekit.shapes import (Dim, annotate_shapes, apply_input_shapes, complete_outputs,
@@ -39,6 +40,11 @@ class Optimized:
 
     def to_proto(self) -> onnx.ModelProto:
         return to_model_proto(self.loaded.graph, self.loaded.shell)
+
+    def save(self, path: str | os.PathLike, *, external_data: bool | None = None) -> list[Path]:
+        """Write the optimized model (weights streamed, see :func:`fusekit.model_io.save_graph`);
+        return the files written."""
+        return save_graph(self.loaded.graph, self.loaded.shell, path, external_data=external_data)
 
 
 def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterable[str] = (),
@@ -257,7 +263,7 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     from dataclasses import replace
 
     from fusekit.builder import support
-    from fusekit.pass_infra import Match, Stage
+    from fusekit.pass_infra import Stage
 
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     loaded = load_model(model)
@@ -267,18 +273,21 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     found, _ = support.check(proto, table)
     if not found:
         return []
-    annotate_shapes(loaded.graph, loaded.shell)
     infos = registry.discover().passes
     chosen = [infos[n] for n in passes] if passes is not None else list(infos.values())
+    legalize = [i.name for i in chosen if i.cls.stage in (Stage.LEGALIZE, Stage.PLUGINS)]
     offers: dict[str, str] = {}
-    ctx = PassContext()
-    for info in sorted(chosen, key=lambda i: (i.cls.stage, i.cls.priority, i.name)):
-        if info.cls.stage not in (Stage.LEGALIZE, Stage.PLUGINS):
-            continue
-        for finding in info.cls().inspect(loaded.graph, ctx):
-            if finding.applies and finding.node not in offers:
-                opt_in = "" if info.cls.enabled_by_default else " (opt-in: --plugins)"
-                offers[finding.node] = f"{info.name}{opt_in}: {finding.message}"
+    if legalize:  # run them (on our copy) to a fixed point: a rewrite can enable the next one
+        helpers = [n for n in ("infer-shapes",) if n in infos]
+        try:
+            result = run(proto, passes=helpers + legalize)
+        except PassError as exc:
+            log.warning("%s: the substitutions could not be worked out: %s", name, exc)
+        else:
+            for event in result.report.events:
+                if event.pass_name in legalize and event.node not in offers:
+                    opt_in = "" if infos[event.pass_name].cls.enabled_by_default else " (opt-in: --plugins)"
+                    offers[event.node] = f"{event.pass_name}{opt_in}: {event.action}"
     return [replace(u, substitution=offers.get(u.node)) for u in found]
 
 
