@@ -222,6 +222,34 @@ def check_trt_cmd(
         raise typer.Exit(1)
 
 
+@app.command("lint")
+def lint_cmd(
+    models: Annotated[Optional[list[Path]], typer.Argument(help="ONNX models to check (never modified without --in-place).")] = None,
+    select: Annotated[Optional[list[str]], typer.Option("--select", help="Only these rule codes or prefixes, e.g. FK1,FK301 (replaces the config's).")] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Leave out these rule codes or prefixes (added to the config's).")] = None,
+    fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 on findings of this severity or above: info, warning (default), error.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, json, sarif or github.")] = "text",
+    explain: Annotated[Optional[str], typer.Option("--explain", help="Say what rule CODE finds, why it matters for TensorRT, and how to fix it.")] = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Run the passes that remove fixable findings and write the result.")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="--fix: where to write the fixed model (one model).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="--fix: folder for the fixed models (same file names).")] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="--fix: overwrite each model (atomically).")] = False,
+    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings (input errors still exit 2).")] = False,
+) -> int:
+    """Check MODELs for what will make TensorRT fail or build badly (rules FKnnn; config: [tool.fusekit.lint])."""
+    from fusekit.lint import command
+
+    if explain is not None:
+        out.print(command.explain_text(explain), markup=False, highlight=False, soft_wrap=True)
+        return 0
+    outcome = command.run(models or [], command.LintOptions(
+        select=select, ignore=ignore, fail_on=fail_on, fmt=fmt, fix=fix, output=output,
+        output_dir=output_dir, in_place=in_place), out, err)
+    if outcome.input_errors:
+        return EXIT_CODES[InputError]
+    return EXIT_CODES[FindingsError] if outcome.failing and not exit_zero else 0
+
+
 # -- TensorRT engines ----------------------------------------------------------------
 
 DynamicOpt = Annotated[Optional[list[str]], typer.Option(

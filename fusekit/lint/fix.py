@@ -1,0 +1,53 @@
+"""``fusekit lint --fix``: run the passes behind the fixable (FK301) findings and write the
+result atomically. The input is never overwritten unless asked (``in_place``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusekit.errors import InputError
+from fusekit.lint import LintResult
+from fusekit.model_io import save_model
+
+
+@dataclass
+class Fixed:
+    source: Path
+    written: list[Path]
+    passes: list[str]  # the passes run (empty: nothing to fix, model written unchanged)
+
+
+def output_for(model: Path, *, output: Path | None, output_dir: Path | None, in_place: bool,
+               count: int) -> Path:
+    """Where the fixed ``model`` goes; InputError for a combination that is unsafe or ambiguous."""
+    chosen = sum(x is not None and x is not False for x in (output, output_dir, in_place or None))
+    if chosen != 1:
+        raise InputError("--fix needs exactly one of -o FILE (one model), --output-dir DIR or --in-place")
+    if output is not None:
+        if count != 1:
+            raise InputError(f"-o {output}: {count} models given; use --output-dir DIR for several")
+        target = output
+    elif output_dir is not None:
+        if not output_dir.is_dir():
+            raise InputError(f"--output-dir {output_dir}: no such folder")
+        target = output_dir / model.name
+    else:
+        return model
+    if target.resolve() == model.resolve():
+        raise InputError(f"{target}: is the input model; fusekit lint --fix overwrites it only with --in-place")
+    return target
+
+
+def fix(result: LintResult, target: Path) -> Fixed:
+    """Run the passes named by ``result``'s fixable findings on its model; write ``target``."""
+    from fusekit import api
+
+    source = Path(result.model)
+    passes = sorted({f.key for f in result.findings if f.fixable and f.key})
+    fixed = api.run(source, passes=passes)
+    try:
+        written = save_model(fixed.to_proto(), target)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write the fixed model: {exc.strerror or exc}") from None
+    return Fixed(source, written, passes)
