@@ -152,6 +152,13 @@ def test_fk402_fp32_beyond_fp16():
     assert "FK402" not in codes(parse(text.replace("VALUES", "65504.0, -65504.0")))
 
 
+def test_fk402_names_constant_nodes():
+    model = graph_model([helper.make_node("Constant", [], ["m"], name="mask",
+                                          value=helper.make_tensor("", TensorProto.FLOAT, [1], [-3.0e38])),
+                         helper.make_node("Add", ["x", "m"], ["y"], name="a")], [vi("x", (1,))], [vi("y", (1,))])
+    assert [f.node for f in codes(model)["FK402"]] == ["mask"]
+
+
 def test_fk402_ignores_infinities():
     c = onnx.numpy_helper.from_array(np.array([np.inf, -np.inf], np.float32), "c")
     model = graph_model([helper.make_node("Add", ["x", "c"], ["y"], name="a")], [vi("x", (2,))], [vi("y", (2,))], [c])

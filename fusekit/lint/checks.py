@@ -225,17 +225,20 @@ def check_qdq(t: Target) -> Iterator[LintFinding]:
 # -- FK4xx: numeric ranges ------------------------------------------------------------------
 
 def _initializers(t: Target):
-    yield from t.proto.graph.initializer
+    """(tensor, how to name it): initializers, and the values of Constant nodes."""
+    for x in t.proto.graph.initializer:
+        yield x, f"initializer {x.name!r}", x.name
     for n in _nodes(t.proto.graph):
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value" and a.HasField("t"):
-                    yield a.t
+                    name = n.name or (f"node_of_{n.output[0]}" if n.output else "?")
+                    yield a.t, f"Constant {name}", name
 
 
 def check_ranges(t: Target) -> Iterator[LintFinding]:
     """FK401 (INT64 beyond INT32, sentinels excepted) and FK402 (FP32 beyond FP16)."""
-    for tensor in _initializers(t):
+    for tensor, label, node in _initializers(t):
         if tensor.data_type == onnx.TensorProto.INT64:
             values = _array(tensor)
             if values is None or values.size == 0:
@@ -244,8 +247,8 @@ def check_ranges(t: Target) -> Iterator[LintFinding]:
             out = flat[((flat > INT32.max) | (flat < INT32.min))]
             out = out[~np.isin(out, list(INT64_SENTINELS))]
             if out.size:
-                yield t.finding("FK401", f"INT64 initializer {tensor.name!r} holds {out.size} value(s) "
-                                         f"outside INT32, e.g. {int(out[0])}", tensor.name, key=tensor.name)
+                yield t.finding("FK401", f"INT64 {label} holds {out.size} value(s) outside INT32, "
+                                         f"e.g. {int(out[0])}", node, key=node)
         elif tensor.data_type == onnx.TensorProto.FLOAT:
             values = _array(tensor)
             if values is None or values.size == 0:
@@ -253,9 +256,8 @@ def check_ranges(t: Target) -> Iterator[LintFinding]:
             finite = np.abs(values[np.isfinite(values)])
             big = finite[finite > FP16_MAX]
             if big.size:
-                yield t.finding("FK402", f"FP32 initializer {tensor.name!r} holds {big.size} value(s) beyond "
-                                         f"FP16 range, largest magnitude {float(big.max()):.4g}",
-                                tensor.name, key=tensor.name)
+                yield t.finding("FK402", f"FP32 {label} holds {big.size} value(s) beyond the FP16 range, "
+                                         f"largest magnitude {float(big.max()):.4g}", node, key=node)
 
 
 # -- FK5xx: the file ---------------------------------------------------------------------
