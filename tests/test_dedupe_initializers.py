@@ -99,3 +99,20 @@ def test_inspect_names_the_copy_and_the_kept_initializer():
     assert {n: [(f.applies, f.message) for f in fs] for n, fs in findings.items()} == {
         "second": [(True, "read initializer 'w1' instead of its copy 'w2'")],
     }
+
+
+def test_large_weights_equal_in_every_sampled_chunk_but_one_byte_stay_apart():
+    """Large constants are compared by a sample first; equal samples then need equal bytes."""
+    base = np.arange(1 << 16, dtype=np.float32)
+    same, differs = base.copy(), base.copy()
+    differs[12345] = -1.0  # between two sampled chunks
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "w1"], ["a"]), onnx.helper.make_node("Add", ["a", "w2"], ["b"]),
+         onnx.helper.make_node("Add", ["b", "w3"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1 << 16])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1 << 16])],
+        [onnx.numpy_helper.from_array(base, "w1"), onnx.numpy_helper.from_array(differs, "w2"),
+         onnx.numpy_helper.from_array(same, "w3")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    optimized, _ = check_exact(model, PASSES)
+    assert initializer_names(optimized) == ["w1", "w2"]
