@@ -25,7 +25,7 @@ from rich.table import Table
 from fusekit import __version__, api, registry
 from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
                             PassError, TensorRTError)
-from fusekit.model_io import atomic_write, save_model
+from fusekit.model_io import atomic_write
 from fusekit.report import OptimizeReport
 from fusekit.shapes import parse_dims, parse_shape
 from fusekit.verify import Tolerance
@@ -105,7 +105,7 @@ def optimize(
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")
         try:
-            written = save_model(result.to_proto(), output, external_data=external_data)
+            written = result.save(output, external_data=external_data)
         except OSError as exc:
             raise InputError(f"{output}: cannot write the optimized model: {exc.strerror or exc}") from None
     report = result.report

@@ -1,9 +1,12 @@
 """Load ONNX models into an editable onnx-graphsurgeon graph and save them back.
 
-Loading never copies initializer bytes: in-file tensors stay in their ``TensorProto``
-until a pass asks for them, and external-data tensors are memory-mapped on demand.
+Loading never copies initializer bytes: the model file is parsed with the bytes of its
+large initializers left out (they are found by walking the protobuf wire format), and
+those tensors, like external-data ones, are memory-mapped from their file on demand.
 External data paths are checked to stay inside the model's folder (untrusted models).
-Saving is atomic (temp file + rename) and writes external data when the model needs it.
+Saving is atomic (temp file + rename) and writes external data when the model needs it;
+:func:`save_graph` streams the weights into the file tensor by tensor, never building the
+whole model in memory.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.errors import InputError
@@ -71,6 +75,16 @@ class MappedValues(LazyValues):
 _PACKED_TYPES = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
+class FileSliceValues(MappedValues):
+    """Values of an initializer stored in the model file itself (its ``raw_data``),
+    memory-mapped from that file: loading the model never copies them."""
+
+
+# In-file initializers with at least this many bytes of raw_data are memory-mapped from
+# the model file instead of parsed (above WEIGHTLESS_INLINE_MAX_BYTES: checks never see them).
+MAPPED_MIN_BYTES = 4096
+
+
 @dataclass
 class LoadedModel:
     """An editable graph plus what onnx-graphsurgeon does not carry (the model's shell)."""
@@ -91,7 +105,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         check_is_onnx(model, "<ModelProto>")
     else:
         path = Path(source)
-        model = read_model_file(path)
+        model = read_model_file(path, map_weights=True)
     shell = _shell_of(model)
     graph = gs.import_onnx(model)
     _keep_overridable_inputs(model, graph, shell)
@@ -99,6 +113,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     _complete_functions(model, graph, caller_owned=path is None)
     if path is not None:
         _map_external_tensors(graph, path.parent, model_name=str(path))
+        _inline_own_slices(shell.graph.initializer, path)
     name_unnamed_nodes(graph)
     return LoadedModel(graph=graph, shell=shell, path=path)
 
@@ -122,18 +137,167 @@ def _keep_overridable_inputs(model: onnx.ModelProto, graph: gs.Graph, shell: onn
         graph.inputs.insert(position, tensor)
 
 
-def read_model_file(path: Path) -> onnx.ModelProto:
-    """Parse a model file (without its external data), or raise a one-line InputError."""
+def read_model_file(path: Path, map_weights: bool = False) -> onnx.ModelProto:
+    """Parse a model file (without its external data), or raise a one-line InputError.
+
+    ``map_weights``: the raw bytes of large top-level initializers are not parsed; each
+    such tensor becomes an external-data reference (absolute location: the model file
+    itself, offset, length) that :func:`load_model` memory-maps.
+    """
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise InputError(f"{path}: not a valid ONNX file (truncated or corrupt protobuf: {exc})") from None
+    model = _parse_mapped(path) if map_weights else None
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            raise InputError(f"{path}: not a valid ONNX file (truncated or corrupt protobuf: {exc})") from None
     check_is_onnx(model, str(path))
     return model
+
+
+def _parse_mapped(path: Path) -> onnx.ModelProto | None:
+    """The model with its large initializers' raw_data replaced by references into the
+    file, or None when the file is not a well-formed model this way (the caller parses
+    it normally and reports what is wrong)."""
+    location = str(path.resolve())
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                stripped = _strip_model(view, location)
+            except (ValueError, IndexError):
+                stripped = None
+            finally:
+                view.release()
+    if stripped is None:
+        return None
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(bytes(stripped))
+    except DecodeError:
+        return None
+    return model
+
+
+# Wire-format field numbers (onnx.proto): ModelProto.graph, GraphProto.initializer,
+# TensorProto.segment / raw_data / external_data / data_location.
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
+_TENSOR_SEGMENT, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 3, 9, 13, 14
+_LEN, _VARINT = 2, 0
+
+
+def _read_varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(field: int, wire: int) -> bytes:
+    return _varint(field << 3 | wire)
+
+
+def _len_field(field: int, payload: bytes | bytearray) -> bytes:
+    return _key(field, _LEN) + _varint(len(payload)) + payload
+
+
+def _fields(buf, start: int, end: int):
+    """Each field of the message in ``buf[start:end]``: (number, wire type, record start,
+    value start, record end); a length-delimited value starts after its length."""
+    pos = start
+    while pos < end:
+        key, value = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            _, stop = _read_varint(buf, value)
+        elif wire == 1:
+            stop = value + 8
+        elif wire == _LEN:
+            length, value = _read_varint(buf, value)
+            stop = value + length
+        elif wire == 5:
+            stop = value + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if stop > end or number == 0:
+            raise ValueError("field runs past its message")
+        yield number, wire, pos, value, stop
+        pos = stop
+
+
+def _strip_model(buf, location: str) -> bytearray:
+    out = bytearray()
+    for number, wire, record, value, stop in _fields(buf, 0, len(buf)):
+        if number == _MODEL_GRAPH and wire == _LEN:
+            out += _len_field(_MODEL_GRAPH, _strip_graph(buf, value, stop, location))
+        else:
+            out += buf[record:stop]
+    return out
+
+
+def _strip_graph(buf, start: int, end: int, location: str) -> bytearray:
+    out = bytearray()
+    for number, wire, record, value, stop in _fields(buf, start, end):
+        tensor = _strip_tensor(buf, value, stop, location) if number == _GRAPH_INITIALIZER and wire == _LEN else None
+        out += buf[record:stop] if tensor is None else _len_field(_GRAPH_INITIALIZER, tensor)
+    return out
+
+
+def _strip_tensor(buf, start: int, end: int, location: str) -> bytearray | None:
+    """The tensor without its raw_data, pointing at it in the file instead; None to keep
+    it as it is (small, segmented, already external, or raw_data given twice)."""
+    fields = list(_fields(buf, start, end))
+    raw = [f for f in fields if f[0] == _TENSOR_RAW_DATA and f[1] == _LEN]
+    if len(raw) != 1 or any(f[0] in (_TENSOR_SEGMENT, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION) for f in fields):
+        return None
+    _, _, _, offset, stop = raw[0]
+    if stop - offset < MAPPED_MIN_BYTES:
+        return None
+    out = bytearray()
+    for number, _, record, _, field_stop in fields:
+        if number != _TENSOR_RAW_DATA:
+            out += buf[record:field_stop]
+    for key, text in (("location", location), ("offset", str(offset)), ("length", str(stop - offset))):
+        entry = _len_field(1, key.encode()) + _len_field(2, text.encode())
+        out += _len_field(_TENSOR_EXTERNAL_DATA, entry)
+    out += _key(_TENSOR_DATA_LOCATION, _VARINT) + _varint(onnx.TensorProto.EXTERNAL)
+    return out
+
+
+def _inline_own_slices(tensors, path: Path) -> None:
+    """Read back into ``tensors`` the bytes of those that point into the model file itself."""
+    _inline_file_slices(tensors, {str(path.resolve())})
+
+
+def _inline_file_slices(tensors, files: set[str]) -> None:
+    for t in tensors:
+        if onnx.external_data_helper.uses_external_data(t):
+            location = ExternalDataInfo(t).location
+            if location in files:
+                data = FileSliceValues(t, Path(location)).read_bytes()
+                del t.external_data[:]
+                t.ClearField("data_location")
+                t.raw_data = data
 
 
 def check_is_onnx(model: onnx.ModelProto, where: str) -> None:
@@ -169,7 +333,8 @@ def _map_external_tensors(graph: gs.Graph, base_dir: Path, model_name: str) -> N
             continue
         proto = values.tensor
         path = resolve_external_path(proto, base, model_name)
-        mapped = MappedValues(proto, path)
+        own = path == Path(model_name).resolve()  # raw_data of the model file itself
+        mapped = (FileSliceValues if own else MappedValues)(proto, path)
         if mapped.offset + mapped.length > path.stat().st_size:
             raise InputError(f"{model_name}: external data of tensor {proto.name!r} runs past the end "
                              f"of {path.name} (truncated file?)")
@@ -373,8 +538,15 @@ def _restore_types(graph: gs.Graph, proto: onnx.GraphProto) -> None:
 
 
 def to_model_proto(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProto:
-    """Export the graph and restore what onnx-graphsurgeon drops (metadata, docs, opsets)."""
+    """Export the graph and restore what onnx-graphsurgeon drops (metadata, docs, opsets).
+
+    Initializers memory-mapped from the input model file are written inline, as they were.
+    """
     model = _export(graph)
+    own = {str(t._values.path) for t in graph.tensors().values()
+           if isinstance(t, gs.Constant) and isinstance(t._values, FileSliceValues)}
+    if own:
+        _inline_file_slices(model.graph.initializer, own)
     for field in _MODEL_FIELDS_GS_DROPS:
         setattr(model, field, getattr(shell, field))
     del model.metadata_props[:]
@@ -426,6 +598,11 @@ def export_weightless(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProt
     The stubs point at ``WEIGHTLESS_PLACEHOLDER``; checkers need an (empty) file of that
     name beside the model.
     """
+    return _export_stubbed(graph, shell)[0]
+
+
+def _export_stubbed(graph: gs.Graph, shell: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, gs.Constant]]:
+    """:func:`export_weightless`, and the constants (by name) its stubs stand for."""
     swapped = []
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and tensor._values is not None:
@@ -434,10 +611,11 @@ def export_weightless(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProt
                 swapped.append((tensor, values))
                 tensor._values = _StubValues(values, tensor.name)
     try:
-        return to_model_proto(graph, shell)
+        model = to_model_proto(graph, shell)
     finally:
         for tensor, values in swapped:
             tensor._values = values
+    return model, {tensor.name: tensor for tensor, _ in swapped}
 
 
 def _values_nbytes(values: LazyValues | np.ndarray) -> int:
@@ -493,6 +671,91 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
     atomic_write(data_path, lambda f: _write_tensors_external(model, f, data_path.name))
     atomic_write(path, lambda f: f.write(model.SerializeToString()))
     return [path, data_path]
+
+
+def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike, *,
+               external_data: bool | None = None) -> list[Path]:
+    """Write the graph as :func:`save_model` would write ``to_model_proto(graph, shell)``,
+    streaming each large weight from where it lives (an array, or a memory map of the
+    input file) into the output: the whole model is never built in memory.
+
+    The model is exported weightless and serialized without its initializers; they follow
+    as a second ``graph`` field holding only ``initializer`` entries, each written as its
+    header fields then its ``raw_data`` (protobuf merges repeated fields of a message, so
+    readers see one graph with every initializer, in order). A model that needs external
+    data (``external_data``, or weights over ``EXTERNAL_DATA_THRESHOLD``) is saved by
+    :func:`save_model`.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: output folder {path.parent} does not exist")
+    model, originals = _export_stubbed(graph, shell)
+    tensors = [_tensor_record(t, originals) for t in model.graph.initializer]
+    weights = sum(len(header) + length for header, _, length in tensors)
+    if external_data or (external_data is None and weights > EXTERNAL_DATA_THRESHOLD):
+        del model, tensors
+        return save_model(to_model_proto(graph, shell), path, external_data=True)
+    del model.graph.initializer[:]
+    head = model.SerializeToString()
+    del model
+    records = []
+    for header, data, length in tensors:
+        size = len(header) + len(_RAW_DATA_KEY) + len(_varint(length)) + length if data is not None else len(header)
+        records.append((_key(_GRAPH_INITIALIZER, _LEN) + _varint(size), header, data, length))
+    body = sum(len(prefix) + len(header) + (len(_RAW_DATA_KEY) + len(_varint(length)) + length if data is not None else 0)
+               for prefix, header, data, length in records)
+    if len(head) + body > PROTOBUF_LIMIT:
+        raise InputError(f"{path}: the model is over 2 GB, too large for one protobuf file; "
+                         "save it with external data (--external-data)")
+
+    def write(out: BinaryIO) -> None:
+        out.write(head)
+        if not records:
+            return
+        out.write(_key(_MODEL_GRAPH, _LEN) + _varint(body))
+        for prefix, header, data, length in records:
+            out.write(prefix)
+            out.write(header)
+            if data is not None:
+                out.write(_RAW_DATA_KEY + _varint(length))
+                data(out)
+
+    atomic_write(path, write)
+    return [path]
+
+
+_RAW_DATA_KEY = _key(_TENSOR_RAW_DATA, _LEN)
+
+
+def _tensor_record(proto: onnx.TensorProto, originals: dict[str, gs.Constant]):
+    """(serialized fields, writer of the raw_data bytes or None, their length) of one
+    initializer of a stubbed export: the stub's real values, or the proto itself."""
+    tensor = originals.get(proto.name)
+    if tensor is None or ExternalDataInfo(proto).location != WEIGHTLESS_PLACEHOLDER:
+        return proto.SerializeToString(), None, 0
+    values = tensor._values
+    if isinstance(values, MappedValues):
+        header = _copy(values.tensor)
+        del header.external_data[:]
+        header.ClearField("data_location")
+        header.name = tensor.name
+        return header.SerializeToString(), values.copy_to, values.length
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biufc" and tensor.data_location is None \
+            and getattr(tensor, "export_dtype", values.dtype) == values.dtype:
+        array = np.require(values, requirements="C")
+        header = onnx.TensorProto(name=tensor.name, dims=array.shape,
+                                  data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        return header.SerializeToString(), lambda out: out.write(data), data.nbytes
+    # Anything else (protos held as they are, converted dtypes): as onnx-graphsurgeon writes it.
+    if isinstance(values, LazyValues):
+        exported = values.tensor
+        if exported.name != tensor.name:
+            exported = _copy(exported)
+            exported.name = tensor.name
+    else:
+        exported = OnnxExporter.export_tensor_proto(tensor)
+    return exported.SerializeToString(), None, 0
 
 
 def _write_tensors_external(model: onnx.ModelProto, out: BinaryIO, location: str) -> None:
