@@ -329,10 +329,25 @@ def test_fix_writes_output_never_over_input(bn_file, tmp_path):
     assert main(["lint", str(bn_file), "--ignore", "FK1", "--fix", "-o", str(out)]) == 0
     assert bn_file.read_bytes() == before
     assert "BatchNormalization" not in {n.op_type for n in onnx.load(out).graph.node}
+    assert main(["lint", str(out), "--select", "FK301"]) == 0  # nothing left to fix
     assert main(["lint", str(bn_file), "--fix", "-o", str(bn_file)]) == 2
     assert main(["lint", str(bn_file), "--fix"]) == 2
     assert main(["lint", str(bn_file), "-o", str(out)]) == 2
     assert bn_file.read_bytes() == before
+
+
+def test_fix_repeats_while_rewrites_open_the_way_for_other_passes(tmp_path):
+    # Mul by 1 needs shapes (remove-noops), and folding exposes equal initializers (dedupe)
+    path = tmp_path / "m.onnx"
+    onnx.save(parse("""g (float[2,3] x) => (float[2,3] y) <float[3] a = {1.0, 1.0, 1.0}, float[3] b = {2.0, 2.0, 2.0},
+                       float[3] c = {1.0, 1.0, 1.0}> {
+      s = Add(a, c)
+      t = Mul(x, a)
+      u = Add(t, s)
+      y = Add(u, b) }"""), path)
+    out = tmp_path / "fixed.onnx"
+    assert main(["lint", str(path), "--select", "FK3", "--fix", "-o", str(out)]) == 0
+    assert main(["lint", str(out), "--select", "FK301"]) == 0
 
 
 def test_fix_output_dir_and_in_place(bn_file, tmp_path):

@@ -39,15 +39,41 @@ def output_for(model: Path, *, output: Path | None, output_dir: Path | None, in_
     return target
 
 
+MAX_ROUNDS = 4
+
+
 def fix(result: LintResult, target: Path) -> Fixed:
-    """Run the passes named by ``result``'s fixable findings on its model; write ``target``."""
-    from fusekit import api
+    """Run the passes named by ``result``'s fixable findings on its model; write ``target``.
+
+    The shape passes run too (lint inspects with inferred shapes, so the passes must see
+    them). A rewrite can open the way for another pass (a folded constant makes two
+    initializers equal): the fixed model is linted again and, while new passes show up,
+    the source is fixed again with the larger set, at most ``MAX_ROUNDS`` times.
+    """
+    from fusekit import api, registry
+    from fusekit.lint import lint_model
+    from fusekit.pass_infra import Stage
 
     source = Path(result.model)
-    passes = sorted({f.key for f in result.findings if f.fixable and f.key})
-    fixed = api.run(source, passes=passes)
-    try:
-        written = save_model(fixed.to_proto(), target)
-    except OSError as exc:
-        raise InputError(f"{target}: cannot write the fixed model: {exc.strerror or exc}") from None
-    return Fixed(source, written, passes)
+    shapes = {i.name for i in registry.discover().select() if i.cls.stage == Stage.SHAPES}
+    wanted = _fixable(result)
+    passes: set[str] = set()
+    written: list[Path] = []
+    for _ in range(MAX_ROUNDS):
+        if wanted <= passes and written:
+            break
+        passes |= wanted
+        chosen = sorted(passes | shapes) if passes else []
+        fixed = api.run(source, passes=chosen)
+        try:
+            written = save_model(fixed.to_proto(), target)
+        except OSError as exc:
+            raise InputError(f"{target}: cannot write the fixed model: {exc.strerror or exc}") from None
+        if not passes:
+            break
+        wanted = _fixable(lint_model(target, result.config))
+    return Fixed(source, written, sorted(passes))
+
+
+def _fixable(result: LintResult) -> set[str]:
+    return {f.key for f in result.findings if f.fixable and f.key}
