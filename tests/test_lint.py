@@ -245,6 +245,26 @@ def test_cli_formats(bn_file, capsys):
     assert "FK301 pass-would-rewrite [fold-batchnorm]" in text
 
 
+def test_text_is_grouped_and_coloured_on_a_terminal():
+    from rich.console import Console
+
+    from fusekit.lint.output import render_text
+
+    result = lint_model(parse(CONV_BN), NO_TRT)
+    console = Console(force_terminal=True, record=True, width=200)
+    render_text([result], console)
+    text = console.export_text(clear=False)
+    assert "FK301 pass-would-rewrite [fold-batchnorm]: 1 warning" in text
+    assert "\x1b[" in console.export_text(styles=True)
+
+
+def test_pre_commit_hook_definition():
+    yaml = pytest.importorskip("yaml")
+    hooks = yaml.safe_load((Path(__file__).parents[1] / ".pre-commit-hooks.yaml").read_text())
+    hook = next(h for h in hooks if h["id"] == "fusekit-lint")
+    assert hook["entry"] == "fusekit lint" and hook["language"] == "python" and hook["files"] == r"\.onnx$"
+
+
 def test_github_escapes_newlines_and_commas():
     result = lint_model(parse("g (float[1,3] x) => (float[1,3] y) { t = Identity(x)\n y = Relu(t) }"), NO_TRT)
     text = to_github([result])
