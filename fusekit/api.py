@@ -52,6 +52,7 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
              tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
              options: Mapping[str, Any] | None = None, return_report: bool = False,
              dims: Mapping[str, int] | None = None, dynamic: Iterable[str] = (),
+             plugins: str | Iterable[str] | None = None,
              ) -> onnx.ModelProto | tuple[onnx.ModelProto, OptimizeReport]:
     """Optimize an ONNX model (a path or a ``ModelProto``, never modified) for TensorRT.
 
@@ -69,10 +70,11 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
         debug: check the graph after every pass and name the pass that broke it.
         options: pass options (e.g. ``{"fold_max_bytes": 1 << 20}``).
         return_report: also return the :class:`~fusekit.report.OptimizeReport`.
+        plugins: TensorRT plugin substitutions (opt-in): ``"auto"``, spec names, or None.
     """
     result = run(model, passes=passes, skip=skip, input_shapes=input_shapes, verify=verify,
                  tolerance=tolerance, max_iterations=max_iterations, debug=debug, options=options,
-                 dims=dims, dynamic=dynamic)
+                 dims=dims, dynamic=dynamic, plugins=plugins)
     proto = result.to_proto()
     return (proto, result.report) if return_report else proto
 
@@ -82,13 +84,17 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
         tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
         options: Mapping[str, Any] | None = None, trace: str | None = None,
         progress: Callable[[str], None] | None = None, dims: Mapping[str, int] | None = None,
-        dynamic: Iterable[str] = ()) -> Optimized:
-    """Load, run the pass pipeline to a fixed point, validate and optionally verify."""
+        dynamic: Iterable[str] = (), plugins: str | Iterable[str] | None = None) -> Optimized:
+    """Load, run the pass pipeline to a fixed point, validate and optionally verify.
+
+    ``plugins``: TensorRT plugin substitutions to make (opt-in): ``"auto"`` (every spec
+    that matches), spec names, or None / ``"none"`` (default)."""
     start = time.perf_counter()
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else str(source)
     found = registry.discover()
     selected = found.select(passes, skip)
+    selected, options = _with_plugins(found, selected, plugins, options)
     ranges = profiles.parse_dynamic_args(dynamic)
     loaded = load_model(model)
     graph, shell = loaded.graph, loaded.shell
@@ -127,6 +133,28 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
                                     + "; ".join(failures[:3]))
     report.seconds = time.perf_counter() - start
     return result
+
+
+PLUGIN_PASS = "substitute-plugins"
+_ALL_PLUGINS = "auto"
+
+
+def _with_plugins(found: registry.Registry, selected: list, plugins, options):
+    """Add the opt-in plugin-substitution pass when ``plugins`` asks for substitutions."""
+    if plugins is None or plugins == "none" or (not isinstance(plugins, str) and not list(plugins)):
+        return selected, options
+    choice = plugins if plugins == _ALL_PLUGINS else (
+        [p.strip() for p in plugins.split(",") if p.strip()] if isinstance(plugins, str) else list(plugins))
+    specs, _ = registry.discover_plugins()
+    unknown = [] if choice == _ALL_PLUGINS else [n for n in choice if n not in specs]
+    if unknown:
+        raise InputError(f"--plugins: unknown plugin spec {', '.join(unknown)}; known specs: "
+                         f"{', '.join(sorted(specs)) or 'none'} (or auto, none)")
+    info = found.passes.get(PLUGIN_PASS)
+    if info is None:
+        raise InputError(f"plugins={plugins!r}: the {PLUGIN_PASS} pass is not installed")
+    extra = [] if any(i.name == PLUGIN_PASS for i in selected) else [info]
+    return selected + extra, {**dict(options or {}), "plugins": choice}
 
 
 def _record_profiles(loaded: LoadedModel, given: list, dims: Mapping[str, int], name: str,
@@ -183,14 +211,16 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
           fp16: bool = False, bf16: bool = False, timing_cache: str | os.PathLike | None = None,
           compute_capabilities: Iterable[str] = (), passes: Iterable[str] | None = None,
           skip: Iterable[str] = (), progress: Callable[[Any], None] | None = None,
-          status: Callable[[str], None] | None = None):
+          status: Callable[[str], None] | None = None, plugins: str | Iterable[str] | None = None):
     """Build a TensorRT engine from ``model`` (a path or a ``ModelProto``, never modified).
 
     Runs the optimize pipeline first unless ``optimize=False``, resolves the optimization
     profile (ranges stored in the model's ``fusekit.profiles`` metadata, overridden by
     ``dynamic`` strings such as ``"batch=1:8:32"``; see :mod:`fusekit.profiles`), parses
     and builds with the installed TensorRT, and, given ``output``, writes the engine and
-    its JSON sidecar atomically. Returns a :class:`fusekit.builder.engine.EngineBuild`
+    its JSON sidecar atomically. ``plugins`` (with ``optimize``): plugin substitutions, as
+    :func:`optimize` takes them; plugin nodes in the model get a generated creator when the
+    installed TensorRT has none (``.plugins`` lists what the engine needs). Returns a :class:`fusekit.builder.engine.EngineBuild`
     (``.engine`` bytes, ``.report`` the fused-layer report, ``.sidecar``, ``.written``).
 
     Raises:
@@ -221,7 +251,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     if optimize:
         say("optimizing")
         start = time.perf_counter()
-        proto = run(source, passes=passes, skip=skip, progress=status).to_proto()
+        proto = run(source, passes=passes, skip=skip, progress=status, plugins=plugins).to_proto()
         seconds["optimize"] = time.perf_counter() - start
     elif isinstance(source, onnx.ModelProto):
         proto = onnx.ModelProto()
@@ -253,7 +283,10 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
 
 def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[str] | None = None):
     """The nodes of ``model`` TensorRT cannot parse, each with the reason and the substitution
-    fusekit offers (a LEGALIZE or PLUGINS pass that would rewrite it), or None.
+    fusekit offers, or None: what ``fusekit optimize`` (``passes``, default: the default
+    pipeline, plus every plugin substitution, which is opt-in) does about it, found by running
+    it on a copy and asking again: the pass that replaced the node, or that the node parses
+    once the pipeline has run (e.g. reduction axes folded to a constant).
 
     Asks the installed parser (``tensorrt`` or ``tensorrt_rtx``); without one, or when
     ``table`` names a shipped support table (e.g. ``"tensorrt-10.15"``), the table decides.
@@ -263,8 +296,6 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     from dataclasses import replace
 
     from fusekit.builder import support
-    from fusekit.pass_infra import Stage
-
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     loaded = load_model(model)
     complete_outputs(loaded.graph, loaded.shell, name)
@@ -273,22 +304,37 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     found, _ = support.check(proto, table)
     if not found:
         return []
-    infos = registry.discover().passes
-    chosen = [infos[n] for n in passes] if passes is not None else list(infos.values())
-    legalize = [i.name for i in chosen if i.cls.stage in (Stage.LEGALIZE, Stage.PLUGINS)]
-    offers: dict[str, str] = {}
-    if legalize:  # run them (on our copy) to a fixed point: a rewrite can enable the next one
-        helpers = [n for n in ("infer-shapes",) if n in infos]
-        try:
-            result = run(proto, passes=helpers + legalize)
-        except PassError as exc:
-            log.warning("%s: the substitutions could not be worked out: %s", name, exc)
-        else:
-            for event in result.report.events:
-                if event.pass_name in legalize and event.node not in offers:
-                    opt_in = "" if infos[event.pass_name].cls.enabled_by_default else " (opt-in: --plugins)"
-                    offers[event.node] = f"{event.pass_name}{opt_in}: {event.action}"
+    offers = _offers(proto, found, name, table, passes)
     return [replace(u, substitution=offers.get(u.node)) for u in found]
+
+
+def _offers(proto: onnx.ModelProto, found, name: str, table: str | None,
+            passes: Iterable[str] | None) -> dict[str, str]:
+    """Node name -> what the optimize pipeline does about that unsupported node."""
+    from fusekit.builder import support
+
+    infos = registry.discover().passes
+    try:
+        result = run(proto, passes=passes, plugins=_ALL_PLUGINS)
+        after, _ = support.check(result.to_proto(), table)
+    except PassError as exc:
+        log.warning("%s: the substitutions could not be worked out: %s", name, exc)
+        return {}
+    still = {u.node for u in after}
+    events = {}
+    for event in result.report.events:
+        events.setdefault(event.node, event)
+    offers = {}
+    for u in found:
+        event = events.get(u.node)
+        if event is not None and (u.node not in still or event.pass_name == PLUGIN_PASS):
+            info = infos.get(event.pass_name)
+            opt_in = "" if info is None or info.cls.enabled_by_default else \
+                " (opt-in: --plugins; fusekit build registers a creator if TensorRT lacks one)"
+            offers[u.node] = f"{event.pass_name}{opt_in}: {event.action}"
+        elif u.node not in still:
+            offers[u.node] = "fusekit optimize: the node parses once the default passes have run"
+    return offers
 
 
 def compare_builds(a: ModelSource, b: ModelSource, *, optimize: bool = False, **options):

@@ -75,6 +75,11 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
+PluginsOpt = Annotated[str, typer.Option(
+    "--plugins", help="Swap patterns TensorRT cannot parse for TensorRT plugins: auto (every spec that matches), "
+                      "NAME,... (those specs) or none. The result no longer runs in onnxruntime.")]
+
+
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Argument(help="The ONNX model to optimize (never modified).")],
@@ -92,6 +97,7 @@ def optimize(
     debug: Annotated[bool, typer.Option("--debug", help="Check the graph after every pass.")] = False,
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
     external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when over 2 GB).")] = None,
+    plugins: PluginsOpt = "none",
 ) -> None:
     """Optimize MODEL and write the result to OUTPUT."""
     if output.resolve() == model.resolve():
@@ -100,7 +106,7 @@ def optimize(
     dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
         result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
-                         dynamic=dynamic or (),
+                         dynamic=dynamic or (), plugins=plugins,
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")
@@ -275,12 +281,13 @@ def build(
     compute_capability: CcOpt = None,
     report: Annotated[bool, typer.Option("--report", help="Print every engine layer and the ONNX nodes it computes.")] = False,
     report_json: Annotated[Optional[Path], typer.Option("--report-json", help="Write the fused-layer report as JSON ('-': stdout).")] = None,
+    plugins: PluginsOpt = "none",
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
     with _BuildDisplay() as display:
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
-                           compute_capabilities=_split(compute_capability) or (),
+                           compute_capabilities=_split(compute_capability) or (), plugins=plugins,
                            progress=display.progress, status=display.status)
     data = result.report.to_dict()
     if report_json is not None:

@@ -1,4 +1,5 @@
-"""Find passes through the ``fusekit.passes`` entry-point group (built-in ones included).
+"""Find passes through the ``fusekit.passes`` entry-point group (built-in ones included),
+and plugin specs through ``fusekit.plugins``, with one discovery function for any group.
 
 Finding is separate from loading: entry points are listed in a stable order with
 duplicates removed, then each is loaded and checked. A package that fails to import or
@@ -15,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Iterable
+from typing import Callable, Iterable
 
 from fusekit.errors import InputError
 from fusekit.pass_infra import Pass, Stage
@@ -103,7 +104,32 @@ def discover(strict: bool = False, group: str = PASS_GROUP) -> Registry:
 
 @functools.lru_cache(maxsize=8)
 def _discover(strict: bool, group: str, autoload: bool, _path: tuple[str, ...]) -> Registry:
-    passes: dict[str, PassInfo] = {}
+    found, problems = _discover_group(group, validate_pass_class, "pass", strict, autoload)
+    passes = {name: PassInfo(name, e.obj, e.package, e.entry_point) for name, e in found.items()}
+    return Registry(passes, problems)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A discovered object of any entry-point group: what it is and where it came from."""
+
+    name: str
+    obj: object
+    package: str
+    entry_point: str
+
+
+def discover_group(group: str, validate: Callable[[object], str | None], kind: str = "object",
+                   strict: bool = False) -> tuple[dict[str, Entry], list[str]]:
+    """Load every object registered under ``group`` that ``validate`` accepts (it returns
+    why an object is unusable, or None), keyed by the object's ``name``; broken ones are
+    warned about and skipped (``strict``: raised). Returns (entries, problems)."""
+    autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+    return _discover_group(group, validate, kind, strict, autoload)
+
+
+def _discover_group(group: str, validate, kind: str, strict: bool, autoload: bool):
+    found: dict[str, Entry] = {}
     problems: list[str] = []
 
     def problem(message: str) -> None:
@@ -119,15 +145,32 @@ def _discover(strict: bool, group: str, autoload: bool, _path: tuple[str, ...]) 
         try:
             obj = ep.load()
         except Exception as exc:  # a third-party import can raise anything
-            problem(f"skipping pass from {where}: import failed: {type(exc).__name__}: {exc}")
+            problem(f"skipping {kind} from {where}: import failed: {type(exc).__name__}: {exc}")
             continue
-        reason = validate_pass_class(obj)
+        reason = validate(obj)
         if reason:
-            problem(f"skipping pass from {where}: {reason}")
+            problem(f"skipping {kind} from {where}: {reason}")
             continue
-        if obj.name in passes:
-            problem(f"skipping pass from {where}: name {obj.name!r} already taken by "
-                    f"package {passes[obj.name].package!r}")
+        if obj.name in found:
+            problem(f"skipping {kind} from {where}: name {obj.name!r} already taken by "
+                    f"package {found[obj.name].package!r}")
             continue
-        passes[obj.name] = PassInfo(obj.name, obj, package, f"{ep.name} = {ep.value}")
-    return Registry(passes, problems)
+        found[obj.name] = Entry(obj.name, obj, package, f"{ep.name} = {ep.value}")
+    return found, problems
+
+
+PLUGIN_GROUP = "fusekit.plugins"
+
+
+def discover_plugins(strict: bool = False) -> tuple[dict[str, Entry], list[str]]:
+    """Plugin specs registered under ``fusekit.plugins`` (fusekit's own included); cached
+    per process like :func:`discover`."""
+    autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+    return _discover_plugins(strict, autoload, tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _discover_plugins(strict: bool, autoload: bool, _path: tuple[str, ...]):
+    from fusekit.plugin_infra import validate_spec_class
+
+    return _discover_group(PLUGIN_GROUP, validate_spec_class, "plugin spec", strict, autoload)

@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
+
 from fusekit.builder import backend as backends
-from fusekit.builder import device, layers, sidecar, timing_cache
+from fusekit.builder import device, layers, plugins, sidecar, timing_cache
 from fusekit.builder.capture import make_logger
 from fusekit.builder.options import BuildOptions, apply, cc_key, supported_ccs
 from fusekit.builder.parse import parse
@@ -41,6 +43,7 @@ class EngineBuild:
     sidecar: dict
     timing_cache: timing_cache.TimingCacheUse | None = None
     written: list[Path] = field(default_factory=list)  # engine and sidecar, once saved
+    plugins: list[dict] = field(default_factory=list)  # TensorRT plugins the engine needs
 
     def save(self, path: Path) -> list[Path]:
         """Write the engine and its sidecar (each atomically); return both paths."""
@@ -66,6 +69,7 @@ def build(onnx_path: Path, facts: ModelFacts, shapes: dict, profile: list[dict],
         raise TensorRTError(f"{backend.describe()} could not create a builder: "
                             + ("; ".join(captured.errors()) or "no reason given"))
     seconds = dict(seconds or {})
+    needed, plugin_notes = plugins.prepare(backend, onnx.load(str(onnx_path), load_external_data=False))
     start = time.perf_counter()
     network, parser = parse(backend, builder, trt_logger, onnx_path, facts.domains)
     seconds["parse"] = time.perf_counter() - start
@@ -96,14 +100,14 @@ def build(onnx_path: Path, facts: ModelFacts, shapes: dict, profile: list[dict],
         onnx_ops=facts.onnx_ops, network=network_layers, engine=engine_layers, layer_source=source,
         vertical_fusions=layers.vertical_fusions(messages), profile=profile,
         seconds={k: round(v, 4) for k, v in seconds.items()}, engine_bytes=engine.nbytes,
-        notes=[cache_use.note] if cache_use and cache_use.note else [],
+        notes=([cache_use.note] if cache_use and cache_use.note else []) + plugin_notes,
         warnings=list(dict.fromkeys(r.message for r in captured.records if r.severity == 2)))
     data = sidecar.make(engine_file="", engine_bytes=engine.nbytes, engine_sha256=sidecar.sha256(engine),
                         backend=backend.name, version=backend.version,
                         compute_capability=_targets(backend, options), precision=options.precision,
                         profile=profile, source_path=facts.source_path, source_sha256=facts.source_sha256,
                         optimized=facts.optimized, build_seconds=seconds["build"])
-    return EngineBuild(engine, report, data, cache_use)
+    return EngineBuild(engine, report, data, cache_use, plugins=[n.to_dict() for n in needed])
 
 
 def _engine_layers(backend, trt_logger, engine: memoryview, messages: list[str]):
