@@ -1,12 +1,14 @@
 """Fold constant subgraphs into initializers.
 
 Rewrites every node whose inputs are all constants (initializers, ``Constant`` nodes or
-outputs of other folded nodes): the whole constant region is evaluated in one
-onnxruntime session (the onnx reference evaluator, node by node, where onnxruntime
-cannot run it) and each value that leaves the region becomes an initializer. A region
-value that is a graph output is kept by a ``Constant`` node of the same name (unless its
-node writes several graph outputs: folding never adds nodes). A node that stays for its
-other outputs keeps an unused placeholder in the folded output's place.
+outputs of other folded nodes): the constant region is evaluated in onnxruntime sessions,
+one per batch of its independent parts (64 MiB of constant inputs each, so the model's
+weights and their folded copies are never all in memory at once), or by the onnx
+reference evaluator, node by node, where onnxruntime cannot run a batch; each value that
+leaves the region becomes an initializer. A region value that is a graph output is kept
+by a ``Constant`` node of the same name (unless its node writes several graph outputs:
+folding never adds nodes). A node that stays for its other outputs keeps an unused
+placeholder in the folded output's place.
 
 Must not fold: nondeterministic ops (``Random*``, ``Multinomial``, ``Bernoulli``), ops of
 other domains, nodes with subgraphs, sequence/optional ops, and any value larger than
@@ -45,20 +47,22 @@ class FoldConstantsPass(Pass):
         region, _, largest = self._region(graph, ctx)
         if not region:
             return 0
-        frontier = self._frontier(graph, region)
-        values = evaluate(graph, region, frontier)
         cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
         folded = 0
         outputs = {id(t) for t in graph.outputs}
         touched: dict[int, gs.Node] = {}
-        for tensor in frontier:
-            value = values.get(tensor.name)
-            node = tensor.inputs[0]
-            if value is None or (value.nbytes > cap and value.nbytes > largest[id(node)]):
-                continue
-            if replace_with_constant(graph, tensor, value, outputs):
-                touched.setdefault(id(node), node)
-                folded += 1
+        for nodes in batches(region, BATCH_INPUT_BYTES):
+            frontier = self._frontier(graph, nodes)
+            values = evaluate(graph, nodes, frontier)
+            for tensor in frontier:
+                value = values.get(tensor.name)
+                node = tensor.inputs[0]
+                if value is None or (value.nbytes > cap and value.nbytes > largest[id(node)]):
+                    continue
+                if replace_with_constant(graph, tensor, value, outputs):
+                    touched.setdefault(id(node), node)
+                    folded += 1
+            del values  # this batch's inputs (maps of the model file) are released before the next
         record_folded(ctx, touched.values(), outputs)
         return folded
 
@@ -122,6 +126,46 @@ class FoldConstantsPass(Pass):
                     if not (node.op == "Constant" and id(t) in outputs):
                         frontier.append(t)
         return frontier
+
+
+# Constant inputs evaluated together, at most (one larger independent part goes alone):
+# inputs and results of the whole model's constant region are never all in memory at once.
+BATCH_INPUT_BYTES = 64 << 20
+
+
+def batches(region: list[gs.Node], budget: int) -> list[list[gs.Node]]:
+    """The region cut into independent parts (no value of one is read by another), packed
+    in order into batches whose constant inputs total at most ``budget`` bytes each."""
+    index = {id(n): i for i, n in enumerate(region)}
+    parent = list(range(len(region)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    input_bytes = [0] * len(region)
+    for i, node in enumerate(region):
+        for t in node.inputs:
+            producer = t.inputs[0] if t.inputs else None
+            if producer is not None and id(producer) in index:
+                parent[root(i)] = root(index[id(producer)])
+            elif t.name:
+                input_bytes[i] += constant_nbytes(t)
+    parts: dict[int, list[int]] = {}
+    for i in range(len(region)):
+        parts.setdefault(root(i), []).append(i)
+    result: list[list[int]] = []
+    size = 0
+    for members in sorted(parts.values(), key=lambda m: m[0]):
+        part = sum(input_bytes[i] for i in members)
+        if not result or size + part > budget:
+            result.append([])
+            size = 0
+        result[-1].extend(members)
+        size += part
+    return [[region[i] for i in sorted(batch)] for batch in result]
 
 
 def replace_with_constant(graph: gs.Graph, tensor: gs.Tensor, value: np.ndarray, outputs: set[int]) -> bool:

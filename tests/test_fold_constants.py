@@ -312,3 +312,29 @@ def test_one_graph_output_of_a_multi_output_node_folds():
                  "      pads = Constant<value = int64[2] {1, 0}>()\n      p = Pad(t, pads)\n"))
     optimized, _ = check_exact(model, WITH_SHAPES, removed=["Split", "Neg", "Pad"])
     assert op_counts(optimized) == {"Add": 1, "Constant": 1}
+
+
+def test_independent_parts_fold_in_batches_with_the_same_values(monkeypatch):
+    """With a budget of a few bytes every independent part is a batch of its own (one
+    onnxruntime session each); the folded values are those of one session for all."""
+    import onnx_graphsurgeon as gs
+
+    from fusekit.passes import fold_constants
+
+    model = parse("""g (float[N,4] x) => (float[N,4] y) <float[4] w = {1, 2, 3, 4}, float[4] v = {0.5, 0.5, 0.5, 0.5},
+                                                   float[2,2] u = {1, 2, 3, 4}, int64[1] flat = {4}> {
+      s = Add(w, v)
+      m = Mul(s, s)
+      t = Transpose<perm = [1, 0]>(u)
+      r = Reshape(t, flat)
+      n = Neg(v)
+      a = Add(x, m)
+      b = Add(a, r)
+      y = Add(b, n)
+    }""")
+    whole, _ = check_exact(model, PASSES)
+    region = [n for n in gs.import_onnx(model).nodes if not {"x", "a", "b"} & {i.name for i in n.inputs}]
+    assert [[n.op for n in b] for b in fold_constants.batches(region, 1)] == [["Add", "Mul"], ["Transpose", "Reshape"], ["Neg"]]
+    monkeypatch.setattr(fold_constants, "BATCH_INPUT_BYTES", 1)
+    batched, _ = check_exact(model, PASSES)
+    assert batched == whole
