@@ -129,3 +129,18 @@ def test_cli_with_the_real_parser(tmp_path, capsys):
     clean = tmp_path / "clean.onnx"
     onnx.save(model(CLEAN), clean)
     assert main(["check-trt", str(clean)]) == 0
+
+
+@pytest.mark.trt
+def test_computed_reduction_axes_are_fixed_by_the_default_pipeline():
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    text = HEADER + """g (float[2,3] x) => (float[2,1] y) {
+      a = Constant<value=int64[1] {0}>()
+      b = Constant<value=int64[1] {1}>()
+      c = Add(a, b)
+      y = ReduceSum(x, c) }"""
+    [found] = fk.check_trt(model(text))
+    assert "build-time" in found.reason
+    assert found.substitution == "fusekit optimize: the node parses once the default passes have run"
+    assert fk.check_trt(fk.optimize(model(text))) == []
