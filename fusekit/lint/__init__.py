@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
+import onnx.external_data_helper
 
 from fusekit.lint.checks import CHECK_CODES, CHECKS, LintFinding, Target
 from fusekit.lint.config import LintConfig, for_model
@@ -65,7 +66,8 @@ def lint_model(model: str | os.PathLike | onnx.ModelProto, config: LintConfig | 
         name = str(model)
         config = config or for_model(path)
         proto = read_model_file(path)
-    loaded = load_model(proto if path is None else path)
+    external = any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
+    loaded = load_model(path if external else proto)  # the file is read once unless weights live beside it
     annotate_shapes(loaded.graph, loaded.shell)
     target = Target(name, proto, loaded, path, opset_range=config.opset, trt=config.trt)
     findings: list[LintFinding] = []

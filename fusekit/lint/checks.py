@@ -16,7 +16,6 @@ from typing import Iterator
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from fusekit import profiles, registry
 from fusekit.errors import FusekitError
@@ -127,7 +126,7 @@ def check_trt(t: Target) -> Iterator[LintFinding]:
         if u.domain not in ("", "ai.onnx") or plugin_offer:
             offer = f"; fusekit offers {u.substitution}" if u.substitution else ""
             yield t.finding("FK102", f"{where}: {u.reason}{offer}", u.node or None, op, key=op)
-        elif info is None:
+        elif not u.substitution:
             yield t.finding("FK101", f"{where}: {u.reason}; fusekit has no substitution", u.node or None,
                             op or None, key=op)
 
