@@ -144,3 +144,17 @@ def test_computed_reduction_axes_are_fixed_by_the_default_pipeline():
     assert "build-time" in found.reason
     assert found.substitution == "fusekit optimize: the node parses once the default passes have run"
     assert fk.check_trt(fk.optimize(model(text))) == []
+
+
+@pytest.mark.trt
+def test_topk_beyond_the_builder_limit_is_reported():
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    text = HEADER + """g (float[1,5000] x) => (float[1,4000] v, int64[1,4000] i) {
+      k = Constant<value=int64[1] {4000}>()
+      v, i = TopK(x, k) }"""
+    [found] = fk.check_trt(model(text))
+    assert found.op == "TopK" and "less than 3840" in found.reason and found.substitution is None
+    assert fk.check_trt(model(text.replace("4000", "100"))) == []
+    [table] = fk.check_trt(model(text), table="tensorrt-10.15")
+    assert "3840" in table.reason

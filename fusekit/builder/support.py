@@ -96,8 +96,31 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8) -> l
                                                       output=n.output[0] if n.output else "")
         if not _cut(current, {node_name(n) for n, _ in fresh if n is not None}):
             break
+    for n, reason in _build_time_problems(model):
+        found.setdefault(node_name(n), UnsupportedNode(node_name(n), n.op_type, n.domain, reason, checked_by=by,
+                                                       output=n.output[0] if n.output else ""))
     order = {node_name(n): i for i, n in enumerate(model.graph.node)}
     return sorted(found.values(), key=lambda u: order.get(u.node, -1))
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    return constants
+
+
+def _build_time_problems(model: onnx.ModelProto):
+    """Nodes the parser accepts but the builder rejects (measured with tensorrt_rtx 1.7: a
+    TopK with K >= 3840 fails in build_serialized_network, "K exceeds the maximum value
+    allowed (3840)")."""
+    constants = _constants(model)
+    for n in model.graph.node:
+        if n.op_type == "TopK" and n.domain in _DEFAULT_DOMAINS and len(n.input) > 1 and n.input[1] in constants:
+            k = int(np.asarray(numpy_helper.to_array(constants[n.input[1]])).ravel()[0])
+            if k >= _TOPK_LIMIT:
+                yield n, (f"K = {k}: the parser accepts it, but the engine build fails (K must be less than "
+                          f"{_TOPK_LIMIT})")
 
 
 def _parse_errors(model: onnx.ModelProto, backend) -> list[tuple[onnx.NodeProto | None, str]]:
@@ -160,9 +183,7 @@ def check_with_table(model: onnx.ModelProto, table: str = DEFAULT_TABLE) -> list
     data = load_table(table)
     supported, unsupported = set(data["supported"]), set(data["unsupported"])
     reasons, by = data.get("reasons", {}), f"table {table}"
-    constants = {t.name: t for t in model.graph.initializer}
-    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
-                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    constants = _constants(model)
     used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
     found = []
     for n in model.graph.node:
