@@ -81,15 +81,18 @@ def run(models: Sequence[Path], options: LintOptions, out: Console, err: Console
 
 
 def _fix(result: LintResult, target: Path, err: Console) -> LintResult:
+    """Fix ``result``'s model into ``target``; return the findings left in ``target``."""
     from fusekit.lint.fix import fix
 
     fixed = fix(result, target)
-    what = ", ".join(fixed.passes) if fixed.passes else "nothing to fix"
-    err.print(f"fixed {escape(result.model)} ({what}) -> {escape(', '.join(map(str, fixed.written)))}",
-              soft_wrap=True)
+    written = ", ".join(map(str, fixed.written))
+    if fixed.passes:
+        err.print(f"fixed {escape(result.model)} with {', '.join(fixed.passes)} -> {escape(written)}", soft_wrap=True)
+    else:
+        err.print(f"{escape(result.model)}: nothing to fix; written as it is to {escape(written)}", soft_wrap=True)
     remaining = lint_model(target, result.config)
-    remaining.notes = result.notes + [f"findings are those left in the fixed model {target}"] \
-        if target != Path(result.model) else remaining.notes
+    remaining.notes = list(dict.fromkeys(result.notes + remaining.notes
+                                         + [f"findings are those left after --fix, in {target}"]))
     return remaining
 
 
