@@ -116,6 +116,14 @@ def test_fk202_missing_shape():
                                             [vi("x")], [vi("y")]))
 
 
+def test_fk202_intermediate_tensor_without_shape():
+    text = ('<ir_version: 8, opset_import: ["" : 17, "com.acme": 1]>\n'
+            'g (float[1,3] x) => (float[1,3] y) {{ t = {op}(x)\n y = Relu(t) }}')
+    found = codes(parse(text.format(op="com.acme.Foo")))
+    assert [f.key for f in found["FK202"]] == ["t"]
+    assert "FK202" not in codes(parse(text.format(op="Sigmoid")))
+
+
 def test_fk301_pass_findings_keyed_by_pass():
     found = codes(parse(CONV_BN))["FK301"]
     assert "fold-batchnorm" in {f.key for f in found} and all(f.fixable for f in found)

@@ -157,13 +157,21 @@ def check_profiles(t: Target) -> Iterator[LintFinding]:
 
 
 def check_shapes(t: Target) -> Iterator[LintFinding]:
-    """FK202: graph inputs and outputs of unknown rank (after shape inference)."""
+    """FK202: graph inputs and outputs, and tensors some node reads, of unknown rank after
+    shape inference (an unused optional output is not reported)."""
     graph = t.loaded.graph
+    ends = set()
     for kind, tensors in (("input", graph.inputs), ("output", graph.outputs)):
         for tensor in tensors:
+            ends.add(tensor.name)
             if tensor.shape is None:
                 yield t.finding("FK202", f"graph {kind} {tensor.name!r} has no shape (unknown rank)",
                                 tensor.name, key=kind)
+    for node in graph.nodes:
+        for tensor in node.outputs:
+            if tensor.shape is None and tensor.outputs and tensor.name not in ends:
+                yield t.finding("FK202", f"{node.name} ({node.op}): output {tensor.name!r} has no inferred shape; "
+                                         "shape inference stops here", node.name, node.op, key=tensor.name)
 
 
 # -- FK3xx: rewrites and Q/DQ --------------------------------------------------------------

@@ -85,11 +85,12 @@ _RULES = [
          "in the model with `fusekit optimize MODEL -o OUT --dynamic DIM=MIN:OPT:MAX`, or fix "
          "the dim with `--dim DIM=SIZE` when it never varies."),
     Rule("FK202", "missing-shape", Severity.WARNING,
-         "a graph input or output has no shape (unknown rank)",
-         "TensorRT needs the rank of every network input, and an output of unknown rank "
-         "usually means shape inference stopped somewhere before it, which blocks shape-based "
-         "rewrites and fusions. Fix: export with shapes, or give them with "
-         "`fusekit optimize --input-shape NAME:1x3x224x224`."),
+         "a graph input or output, or a tensor a node reads, has no shape (unknown rank)",
+         "TensorRT needs the rank of every network input; a tensor of unknown rank after ONNX "
+         "shape inference (a custom op, a shape computed from data) marks where inference "
+         "stopped, and everything after it is invisible to shape-based rewrites and fusions. "
+         "Fix: export with shapes, give them with `fusekit optimize --input-shape "
+         "NAME:1x3x224x224`, or register shape inference for the custom op."),
     Rule("FK301", "pass-would-rewrite", Severity.WARNING,
          "a fusekit pass would rewrite this node (BatchNorm, Identity, constant subgraph, ...)",
          "One rule family for every registered pass: the pass's own inspect() says it would "
