@@ -254,6 +254,8 @@ def test_cli_formats(bn_file, capsys):
     assert main(["lint", str(bn_file), "--format", "json", "--ignore", "FK1"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert {f["code"] for f in data["models"][0]["findings"]} >= {"FK301"}
+    report_schema = Path(fusekit.__file__).parent / "schemas" / "lint-report.schema.json"
+    jsonschema.Draft202012Validator(json.loads(report_schema.read_text())).validate(data)
     assert main(["lint", str(bn_file), "--format", "github", "--ignore", "FK1"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(line.startswith(("::warning file=", "::error file=", "::notice file=")) for line in lines)

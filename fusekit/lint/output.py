@@ -62,6 +62,7 @@ def render_text(results: Sequence[LintResult], console: Console, show_all: bool 
 
 
 def to_json(results: Sequence[LintResult]) -> dict:
+    """The ``--format json`` report (schema: fusekit/schemas/lint-report.schema.json)."""
     return {"version": 1, "tool": {"name": "fusekit", "version": __version__},
             "models": [{"model": r.model, "seconds": round(r.seconds, 3), "notes": r.notes,
                         "fail_on": str(r.config.fail_on), "config": r.config.source,
