@@ -242,7 +242,8 @@ def lint_cmd(
     in_place: Annotated[bool, typer.Option("--in-place", help="--fix: overwrite each model (atomically).")] = False,
     exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings (input errors still exit 2).")] = False,
 ) -> int:
-    """Check MODELs for what will make TensorRT fail or build badly (rules FKnnn; config: [tool.fusekit.lint])."""
+    """Check MODELs for what will make TensorRT fail or build badly (rules FKnnn; config: the
+    tool.fusekit.lint table of the nearest pyproject.toml)."""
     from fusekit.lint import command
 
     if explain is not None:
