@@ -55,7 +55,8 @@ class MappedValues(LazyValues):
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
         if np_dtype.kind in "OV" or self.tensor.data_type in _PACKED_TYPES:
             return onnx.numpy_helper.to_array(_inline_copy(self.tensor, self.read_bytes()))
-        array = np.memmap(self.path, dtype=np_dtype, mode="r", offset=self.offset,
+        # copy-on-write: a pass that edits the array in place gets private pages, the file stays
+        array = np.memmap(self.path, dtype=np_dtype, mode="c", offset=self.offset,
                           shape=tuple(self.shape))
         return array.view(np.ndarray) if array.ndim else np.array(array)
 
@@ -340,6 +341,8 @@ def _map_external_tensors(graph: gs.Graph, base_dir: Path, model_name: str) -> N
                              f"of {path.name} (truncated file?)")
         _set_location(proto, str(path), mapped.offset, mapped.length)
         tensor._values = mapped
+        if own:  # inline in the model: onnx-graphsurgeon would mark the values it reads as external
+            tensor.data_location = None
 
 
 def resolve_external_path(proto: onnx.TensorProto, base: Path, model_name: str) -> Path:
