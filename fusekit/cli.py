@@ -123,6 +123,9 @@ def optimize(
         print(json.dumps(data, indent=2))
         return
     print_report(report)
+    for event in report.events:
+        if event.pass_name == api.PLUGIN_PASS:
+            out.print(f"plugin: {event.node}: {event.action}", soft_wrap=True, markup=False, highlight=False)
     if trace is not None:
         print_trace(report, trace)
     out.print(f"wrote {', '.join(str(p) for p in written)}")

@@ -19,10 +19,10 @@ from fusekit.errors import InputError
 BACKEND = backends.installed()
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17, "com.microsoft": 1]>\n'
-MIXED = HEADER + """g (float[2,8] x) => (float[2,8] y, float[2] z) {
+MIXED = HEADER + """g (float[2,8] x) => (float[2,8] y, float[1] z) {
   t = com.microsoft.FastGelu(x)
   y = Relu(t)
-  s = Constant<value=int64[3] {2,4,4}>()
+  s = Constant<value=int64[3] {1,4,4}>()
   x2 = Reshape(x, s)
   z = Det(x2)
 }"""
@@ -56,7 +56,8 @@ def test_parser_names_each_rejected_node_with_its_reason():
     assert "plugin" in fast.reason and "FastGelu" in fast.reason
     assert "checkDet" in det.reason
     assert all(u.checked_by.startswith(BACKEND.name) for u in found)
-    assert det.substitution is None  # fusekit has no Det decomposition
+    assert det.substitution is None  # decompose-det stops at 3x3
+    assert fast.substitution.startswith("decompose-contrib-ops: com.microsoft.FastGelu decomposed")
 
 
 @pytest.mark.parametrize("table", ["tensorrt-10.15", "tensorrt_rtx-1.7"])

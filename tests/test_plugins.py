@@ -202,7 +202,7 @@ def test_unsupported_op_without_substitution_is_reported_not_crashed(tmp_path, c
     from fusekit.cli import main
 
     path = tmp_path / "m.onnx"
-    onnx.save(model(HEADER + "g (float[2,3,3] x) => (float[2] y) { y = Det(x) }"), path)
+    onnx.save(model(HEADER + "g (float[2,4,4] x) => (float[2] y) { y = Det(x) }"), path)
     assert main(["check-trt", str(path), "--table", "tensorrt-10.15"]) == 1
     text = capsys.readouterr().out
     assert "Det_0 (Det)" in text and "none (no rewrite or plugin in fusekit)" in text
@@ -235,3 +235,15 @@ def test_library_link_is_created_or_explained(tmp_path, monkeypatch):
     monkeypatch.setattr(plugins.Path, "symlink_to", refuse)
     with pytest.raises(TensorRTError, match="ln -s libtensorrt_rtx.so.1"):
         plugins.ensure_library_link(rtx)
+
+
+def test_cli_optimize_lists_every_substitution(tmp_path, capsys):
+    from fusekit.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model(), path)
+    assert main(["optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--plugins", "auto"]) == 0
+    text = capsys.readouterr().out
+    assert "plugin: RoiAlign_0: RoiAlign -> ROIAlign_TRT" in text and "plugin: Swish3_0:" in text
+    assert main(["optimize", str(path), "-o", str(tmp_path / "p.onnx")]) == 0
+    assert "plugin:" not in capsys.readouterr().out
