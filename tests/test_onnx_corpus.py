@@ -24,6 +24,7 @@ import warnings
 import zlib
 from functools import lru_cache
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -231,7 +232,7 @@ def _assert_same(where: str, expected, got) -> None:
     assert np.array_equal(np.isnan(e64), np.isnan(g64)), f"{where}: NaN positions differ"
     # Below float32, one rounding step of the type is the finest a rewrite can promise: folding
     # fp16 attention scales, e.g., moves results by 1 ulp (float32-then-round vs. runtime Cast->Mul).
-    rtol = max(RTOL, 2 * float(np.finfo(e.dtype).eps))
+    rtol = max(RTOL, 2 * float(ml_dtypes.finfo(e.dtype).eps))  # ml_dtypes knows bfloat16/float8 too
     close = np.isclose(g64, e64, rtol=rtol, atol=ATOL, equal_nan=True)
     if not close.all():
         with np.errstate(invalid="ignore"):
