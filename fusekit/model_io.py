@@ -693,6 +693,9 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
     if not path.parent.is_dir():
         raise InputError(f"{path}: output folder {path.parent} does not exist")
     model, originals = _export_stubbed(graph, shell)
+    sources = {str(t._values.path) for t in originals.values() if isinstance(t._values, MappedValues)}
+    if str(path.resolve()) in sources:
+        raise InputError(f"{path}: the model's weights are read from this file; choose another output path")
     tensors = [_tensor_record(t, originals) for t in model.graph.initializer]
     weights = sum(len(header) + length for header, _, length in tensors)
     if external_data or (external_data is None and weights > EXTERNAL_DATA_THRESHOLD):

@@ -336,3 +336,12 @@ def test_streamed_save_of_a_model_without_initializers(tmp_path):
     result = api.run(model)
     result.save(tmp_path / "out.onnx")
     assert onnx.load(tmp_path / "out.onnx") == result.to_proto()
+
+
+def test_streamed_save_refuses_to_overwrite_the_file_its_weights_are_read_from(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(sliced_model(), path)
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="weights are read from this file"):
+        api.run(path).save(path)
+    assert path.read_bytes() == before
