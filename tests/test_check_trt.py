@@ -159,3 +159,17 @@ def test_topk_beyond_the_builder_limit_is_reported():
     assert fk.check_trt(model(text.replace("4000", "100"))) == []
     [table] = fk.check_trt(model(text), table="tensorrt-10.15")
     assert "3840" in table.reason
+
+
+@pytest.mark.trt
+def test_dequantize_of_a_constant_int32_bias_is_folded_by_the_default_pipeline():
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    text = HEADER + """g (float[1,4] x) => (float[1,4] y) {
+      b = Constant<value=int32[4] {10, -20, 30, 40}>()
+      s = Constant<value=float {0.5}>()
+      bf = DequantizeLinear(b, s)
+      y = Add(x, bf) }"""
+    [found] = fk.check_trt(model(text))
+    assert found.op == "DequantizeLinear" and found.substitution == "fold-constants: folded into a constant"
+    assert fk.check_trt(fk.optimize(model(text))) == []
