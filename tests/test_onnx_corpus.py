@@ -40,6 +40,9 @@ RTOL, ATOL = 1e-4, 1e-5
 # fixed case fails the suite until it is removed from here.
 KNOWN_FAILURES: dict[str, str] = {
     # "node/test_case_name": "pass X crashes on ...: see the report of <date>",
+    "node/test_dft_axis_opset19": "decompose-dft's direct sum is closer to the float64 DFT (max error 1.9e-5) "
+                                  "than onnxruntime's FFT (2.9e-4) on inputs 0..99, so the two differ by 2.4e-4, "
+                                  "above atol 1e-5",
 }
 
 DATA_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
