@@ -12,15 +12,24 @@ The variants differ only in where the output channel sits in the weight, the *fi
 axis* (:meth:`LinearOp.filter_layout`): Conv 0; ConvTranspose 1, in ``group`` blocks of
 axis 0 (weight ``(C_in, C_out/group, k...)``); Gemm ``1 - transB``; MatMul 1. Gemm keeps
 its bias in ``C`` (times ``beta``), MatMul has none, so a shift becomes a new ``Add``.
-All arithmetic is done in float64 and cast back once to the weight's type.
+
+All arithmetic is done in float64 and cast back once to the weight's type: ``fold``
+computes the new values (and declines if one would overflow that type) during a pass's
+check, ``apply`` writes them. New small constants keep their float64 values beside the
+graph (:func:`exact_constant`), so a later rewrite composing them again in the same run
+starts from those, not from their rounded copy.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, fresh_name, make_constant
+from fusekit.graph_edit import constant_array, fresh_name, make_constant, onnx_type, producer
 from fusekit.pass_infra import Decline
 
 FLOAT_TYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
@@ -42,6 +51,68 @@ def place(values: np.ndarray, weight_shape: tuple[int, ...], axis: int, groups: 
     shape[0] = weight_shape[0]
     blocks = values.reshape(groups, 1, weight_shape[axis])
     return np.broadcast_to(blocks, (groups, weight_shape[0] // groups, weight_shape[axis])).reshape(shape)
+
+
+def constant_info(tensor: gs.Tensor | None) -> tuple[tuple[int, ...], np.dtype | None] | None:
+    """(shape, NumPy dtype or None) of a constant tensor without reading its values; None if
+    not constant. Checks stay cheap on large weights: values are read only to rewrite."""
+    if tensor is None:
+        return None
+    const = tensor
+    if not isinstance(tensor, gs.Constant):
+        node = producer(tensor)
+        if node is None or node.op != "Constant" or not isinstance(node.attrs.get("value"), gs.Constant):
+            return None
+        const = node.attrs["value"]
+    enum = onnx_type(const.dtype)
+    try:
+        dtype = None if enum is None else np.dtype(onnx.helper.tensor_dtype_to_np_dtype(enum))
+    except (TypeError, KeyError, ValueError):
+        dtype = None
+    return tuple(int(d) for d in const.shape), dtype
+
+
+def cast_once(exact: np.ndarray, dtype: np.dtype) -> np.ndarray | str:
+    """``exact`` (float64) cast to ``dtype``, or why not: a finite value that overflows."""
+    cast = np.asarray(exact).astype(dtype)
+    if not np.array_equal(np.isfinite(cast), np.isfinite(exact)):
+        return f"overflow {dtype}"
+    return cast
+
+
+@dataclass(frozen=True)
+class Folded:
+    """New weight and bias of a linear op in float64 (None: stays as it is), and their type."""
+
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+    dtype: np.dtype
+
+
+EXACT_TABLE = "_fusekit_exact_constants"
+EXACT_MAX_VALUES = 4096  # biases and scale/shift constants, not large weights: memory stays small
+
+
+def exact_constant(graph: gs.Graph, base: str, exact: np.ndarray, dtype: np.dtype) -> gs.Constant:
+    """A new constant of ``exact`` cast to ``dtype``; the float64 values are kept beside the
+    graph (small constants only), so a later rewrite of the same run composes them, not
+    their rounded copy: a constant is cast once however many rounds build it."""
+    const = make_constant(graph, base, np.asarray(exact).astype(dtype))
+    if np.dtype(dtype) != np.float64 and np.size(exact) <= EXACT_MAX_VALUES:
+        graph.__dict__.setdefault(EXACT_TABLE, {})[id(const)] = (const, np.asarray(exact, np.float64))
+    return const
+
+
+def exact_value(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
+    """The float64 values :func:`exact_constant` kept for ``tensor``, if any."""
+    entry = graph.__dict__.get(EXACT_TABLE, {}).get(id(tensor))
+    return entry[1] if entry is not None and entry[0] is tensor else None
+
+
+def constant_values(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
+    """A constant's values: the float64 ones it was cast from if kept, else as stored."""
+    exact = exact_value(graph, tensor)
+    return exact if exact is not None else constant_array(tensor)
 
 
 def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
@@ -77,7 +148,13 @@ class LinearOp:
 
     def __init__(self, graph: gs.Graph, node: gs.Node) -> None:
         self.graph, self.node = graph, node
-        self.weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        info = constant_info(node.inputs[1]) if len(node.inputs) > 1 else None
+        self.weight_shape, self.weight_dtype = info if info is not None else (None, None)
+
+    @cached_property
+    def weight(self) -> np.ndarray:
+        """The weight's values (read on first use: only folding needs them)."""
+        return constant_values(self.graph, self.node.inputs[1])
 
     def filter_layout(self) -> tuple[int, int]:
         """(the weight's axis of output channels, groups splitting it over axis 0)."""
@@ -86,67 +163,80 @@ class LinearOp:
     @property
     def channels(self) -> int:
         axis, groups = self.filter_layout()
-        return self.weight.shape[axis] * groups
+        return self.weight_shape[axis] * groups
 
     def output_layout(self) -> tuple[int | None, int]:
         """(rank of the output or None, its channel axis counted from the end)."""
-        return self.weight.ndim, 1 - self.weight.ndim
+        rank = len(self.weight_shape)
+        return rank, 1 - rank
 
     def problem(self) -> str | None:
         """Why the weights cannot absorb a per-channel scale and shift, or None."""
-        if self.weight is None:
+        if self.weight_shape is None:
             return "its weights are not constant"
-        if self.weight.dtype not in FLOAT_TYPES:
-            return f"its weights are {self.weight.dtype}, not float16/float32/float64"
+        if self.weight_dtype not in FLOAT_TYPES:
+            return f"its weights are {self.weight_dtype}, not float16/float32/float64"
         return self.shape_problem() or self.bias_problem()
 
     def shape_problem(self) -> str | None:
-        if self.weight.ndim < 3:
-            return f"its weight has rank {self.weight.ndim}"
+        if len(self.weight_shape) < 3:
+            return f"its weight has rank {len(self.weight_shape)}"
         _, groups = self.filter_layout()
-        if groups < 1 or self.weight.shape[0] % groups:
-            return f"group {groups} does not divide the weight's {self.weight.shape[0]} rows"
+        if groups < 1 or self.weight_shape[0] % groups:
+            return f"group {groups} does not divide the weight's {self.weight_shape[0]} rows"
         return None
 
     def bias_problem(self) -> str | None:
         bias = optional_input(self.node, 2)
         if bias is not None:
-            value = constant_array(bias)
-            if value is None:
+            info = constant_info(bias)
+            if info is None:
                 return "its bias is not constant"
-            if value.size != self.channels:
-                return f"its bias has {value.size} values for {self.channels} channels"
+            if int(np.prod(info[0])) != self.channels:
+                return f"its bias has {int(np.prod(info[0]))} values for {self.channels} channels"
         return None
 
-    def apply(self, scale: np.ndarray | None, shift: np.ndarray | None) -> gs.Tensor:
-        """Fold ``y * scale + shift`` (per output channel) in; return the tensor holding it."""
-        dtype = self.weight.dtype
+    def fold(self, scale: np.ndarray | None, shift: np.ndarray | None) -> Folded | Decline:
+        """The new weight and bias for ``y * scale + shift`` (per output channel, float64 in),
+        computed in float64 and cast once; Decline if a value overflows the weight's type."""
+        weight = None
         if scale is not None:
             axis, groups = self.filter_layout()
             w = self.weight.astype(np.float64)
-            self.set_input(1, "weight", (w * place(scale, w.shape, axis, groups)).astype(dtype))
-        return self.apply_bias(scale, shift, dtype)
+            weight = w * place(scale, w.shape, axis, groups)
+        bias = self.folded_bias(scale, shift)
+        for label, value in (("weights", weight), ("bias", bias)):
+            if value is not None and isinstance(problem := cast_once(value, self.weight_dtype), str):
+                return Decline(f"the folded {label} {problem}")
+        return Folded(weight, bias, self.weight_dtype)
 
-    def apply_bias(self, scale: np.ndarray | None, shift: np.ndarray | None, dtype: np.dtype) -> gs.Tensor:
+    def apply(self, folded: Folded) -> gs.Tensor:
+        """Write a :meth:`fold` result; return the tensor now holding ``y * scale + shift``."""
+        if folded.weight is not None:
+            self.set_input(1, "weight", folded.weight, folded.dtype)
+        return self.node.outputs[0] if folded.bias is None else self.write_bias(folded.bias, folded.dtype)
+
+    def folded_bias(self, scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray | None:
+        """Conv/ConvTranspose: ``B * scale + shift`` (None: the bias stays as it is)."""
         bias = optional_input(self.node, 2)
         if bias is None and shift is None:
-            return self.node.outputs[0]
-        b = np.zeros(self.channels) if bias is None else constant_array(bias).astype(np.float64).reshape(-1)
+            return None
+        b = np.zeros(self.channels) if bias is None else \
+            constant_values(self.graph, bias).astype(np.float64).reshape(-1)
         if scale is not None:
             b = b * scale
-        if shift is not None:
-            b = b + shift
-        self.set_input(2, "bias", b.astype(dtype))
+        return b if shift is None else b + shift
+
+    def write_bias(self, exact: np.ndarray, dtype: np.dtype) -> gs.Tensor:
+        self.set_input(2, "bias", exact, dtype)
         return self.node.outputs[0]
 
-    def set_input(self, index: int, label: str, values: np.ndarray) -> None:
-        """Give the node a new constant at input ``index`` (the old one may be shared).
-
-        It is named after the old one (``<old>_folded``), else ``<node>_<label>``.
-        """
+    def set_input(self, index: int, label: str, exact: np.ndarray, dtype: np.dtype) -> None:
+        """Give the node a new constant, ``exact`` cast to ``dtype``, at input ``index`` (the
+        old one may be shared). It is named ``<old>_folded``, else ``<node>_<label>``."""
         old = optional_input(self.node, index)
         base = f"{old.name}_folded" if old is not None else f"{self.node.name or self.node.op}_{label}"
-        const = make_constant(self.graph, base, values)
+        const = exact_constant(self.graph, base, exact, dtype)
         while len(self.node.inputs) < index:
             self.node.inputs.append(gs.Variable.empty())
         if len(self.node.inputs) > index:
@@ -172,26 +262,28 @@ class GemmOp(LinearOp):
         return 2, -1
 
     def shape_problem(self) -> str | None:
-        return f"its B has rank {self.weight.ndim}" if self.weight.ndim != 2 else None
+        return f"its B has rank {len(self.weight_shape)}" if len(self.weight_shape) != 2 else None
 
     def bias_problem(self) -> str | None:
         c = optional_input(self.node, 2)
-        if c is not None and constant_array(c) is None:
+        if c is not None and constant_info(c) is None:
             return "its C is not constant"
         return None
 
-    def apply_bias(self, scale: np.ndarray | None, shift: np.ndarray | None, dtype: np.dtype) -> gs.Tensor:
+    def folded_bias(self, scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray | None:
+        """``beta * C * scale + shift`` (then ``beta := 1``); None: C stays as it is."""
         c_in = optional_input(self.node, 2)
         if c_in is None and shift is None:
-            return self.node.outputs[0]
+            return None
         beta = float(self.node.attrs.get("beta", 1.0))
-        c = np.zeros(()) if c_in is None or beta == 0 else beta * constant_array(c_in).astype(np.float64)
+        c = np.zeros(()) if c_in is None or beta == 0 else beta * constant_values(self.graph, c_in).astype(np.float64)
         if scale is not None:
             c = c * scale  # (N,) over C's last axis: C stays broadcastable to (M, N)
-        if shift is not None:
-            c = c + shift
+        return c if shift is None else c + shift
+
+    def write_bias(self, exact: np.ndarray, dtype: np.dtype) -> gs.Tensor:
         self.node.attrs["beta"] = 1.0
-        self.set_input(2, "bias", c.astype(dtype))
+        self.set_input(2, "bias", exact, dtype)
         return self.node.outputs[0]
 
 
@@ -206,19 +298,21 @@ class MatMulOp(LinearOp):
         return (len(shape) if shape is not None else None), -1
 
     def shape_problem(self) -> str | None:
-        if self.weight.ndim != 2:
-            return f"its weight has rank {self.weight.ndim}, not 2"
+        if len(self.weight_shape) != 2:
+            return f"its weight has rank {len(self.weight_shape)}, not 2"
         return None
 
     def bias_problem(self) -> str | None:
         return None
 
-    def apply_bias(self, scale: np.ndarray | None, shift: np.ndarray | None, dtype: np.dtype) -> gs.Tensor:
+    def folded_bias(self, scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray | None:
+        """No bias input: the shift alone, for a new Add after the MatMul."""
+        return shift
+
+    def write_bias(self, exact: np.ndarray, dtype: np.dtype) -> gs.Tensor:
         out = self.node.outputs[0]
-        if shift is None:
-            return out
         biased = gs.Variable(fresh_name(self.graph, f"{out.name}_biased"), dtype=out.dtype, shape=out.shape)
-        bias = make_constant(self.graph, f"{self.node.name or 'MatMul'}_bias", shift.astype(dtype))
+        bias = exact_constant(self.graph, f"{self.node.name or 'MatMul'}_bias", exact, dtype)
         self.graph.nodes.append(gs.Node("Add", name=fresh_name(self.graph, f"{self.node.name or 'MatMul'}_bias"),
                                         inputs=[out, bias], outputs=[biased]))
         return biased

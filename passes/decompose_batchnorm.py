@@ -9,8 +9,8 @@ and linear ops.
 
 Runs after ``fold-batchnorm`` and must not take a BN that pass folds (folding removes a
 node; this adds one). Must not rewrite in training mode, with ``spatial=0``, with used
-statistics outputs or non-constant parameters (see ``fold-batchnorm``), or when the
-input's rank or element type is unknown. BN's output name is kept.
+statistics outputs or non-constant parameters (see ``fold-batchnorm``), when the
+input's rank or element type is unknown, or when ``s`` or ``t`` overflows that type. BN's output name is kept.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import fresh_name, make_constant, onnx_type, remove, replace_uses, type_name
+from fusekit.graph_edit import fresh_name, onnx_type, remove, replace_uses, type_name
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import FLOAT_TYPES
+from fusekit.passes._channel_affine import FLOAT_TYPES, cast_once, exact_constant
 from fusekit.passes.fold_batchnorm import FoldBatchNormPass, batchnorm_affine
 
 Verdict = Match | Decline
@@ -57,6 +57,9 @@ class DecomposeBatchNormPass(NodeRewritePass):
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
         if dtype not in FLOAT_TYPES:
             return Decline(f"its input is {type_name(elem)}, not float16/float32/float64")
+        for label, value in zip(("scale", "shift"), affine):
+            if isinstance(problem := cast_once(value, dtype), str):
+                return Decline(f"its {label} would {problem}")
         return Match("BatchNormalization decomposed into a per-channel Mul and Add", (affine, len(shape), dtype))
 
     def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match, ctx: PassContext) -> None:
@@ -66,8 +69,8 @@ class DecomposeBatchNormPass(NodeRewritePass):
         base = node.name or "BatchNormalization"
         scaled = gs.Variable(fresh_name(graph, f"{y.name}_scaled"), dtype=y.dtype, shape=y.shape)
         out = gs.Variable(fresh_name(graph, f"{y.name}_shifted"), dtype=y.dtype, shape=y.shape)
-        s = make_constant(graph, f"{base}_scale", scale.reshape(shape).astype(dtype))
-        t = make_constant(graph, f"{base}_shift", shift.reshape(shape).astype(dtype))
+        s = exact_constant(graph, f"{base}_scale", scale.reshape(shape), dtype)
+        t = exact_constant(graph, f"{base}_shift", shift.reshape(shape), dtype)
         graph.nodes.append(gs.Node("Mul", name=fresh_name(graph, f"{base}_mul"), inputs=[x, s], outputs=[scaled]))
         graph.nodes.append(gs.Node("Add", name=fresh_name(graph, f"{base}_add"), inputs=[scaled, t], outputs=[out]))
         replace_uses(graph, y, out)

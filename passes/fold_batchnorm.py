@@ -24,8 +24,9 @@ the weight's type (float16, float32 or float64):
 
 Must not: fold in training mode (``training_mode=1``, ``is_test=0``) or with ``spatial=0``,
 when the running-statistics outputs are used, when any BN parameter, weight or bias is
-not constant, when the linear op's output has other readers or is a graph output, or
-when ``var + epsilon`` is not positive. Graph output names are kept (a folded op writes
+not constant, when the linear op's output has other readers or is a graph output, when
+``var + epsilon`` is not positive, or when a folded value would overflow the weight's
+type (float16: 65504). Graph output names are kept (a folded op writes
 BN's output). A BN nothing absorbs is left to ``decompose-batchnorm``.
 """
 
@@ -38,7 +39,8 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, is_graph_io, live_consumers, producer, remove, replace_uses
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import DEFAULT_DOMAINS, LinearOp, linear_op, optional_input, place
+from fusekit.passes._channel_affine import (DEFAULT_DOMAINS, Folded, LinearOp, cast_once, constant_values,
+                                            linear_op, optional_input, place)
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,10 @@ class FoldBatchNormPass(NodeRewritePass):
             return Decline(f"{where} output channels are not on axis 1 (output {shape})")
         if op.channels != affine[0].size:
             return Decline(f"{where} has {op.channels} output channels, BatchNormalization {affine[0].size}")
-        return Match(f"BatchNormalization folded into {where}", (op, affine))
+        folded = op.fold(*affine)
+        if isinstance(folded, Decline):
+            return Decline(f"{where}: {folded.reason}")
+        return Match(f"BatchNormalization folded into {where}", (op, folded))
 
     def _into_next_conv(self, graph: gs.Graph, node: gs.Node, affine) -> Verdict:
         y = node.outputs[0]
@@ -142,28 +147,35 @@ class FoldBatchNormPass(NodeRewritePass):
         if problem:
             return Decline(f"{where}: {problem}")
         groups = int(conv.attrs.get("group", 1))
-        if op.weight.shape[1] * groups != affine[0].size:
-            return Decline(f"{where} reads {op.weight.shape[1] * groups} channels, "
+        if op.weight_shape[1] * groups != affine[0].size:
+            return Decline(f"{where} reads {op.weight_shape[1] * groups} channels, "
                            f"BatchNormalization has {affine[0].size}")
-        return Match(f"BatchNormalization folded into the next {where}", (conv, affine))
+        folded = _fold_input_channels(graph, op, groups, *affine)
+        if isinstance(folded, Decline):
+            return Decline(f"{where}: {folded.reason}")
+        return Match(f"BatchNormalization folded into the next {where}", (op, folded))
 
     def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match, ctx: PassContext) -> None:
-        target, (scale, shift) = match.data
-        if isinstance(target, LinearOp):
-            replace_uses(graph, node.outputs[0], target.apply(scale, shift))
+        op, folded = match.data
+        if op.node.inputs[0] is node.outputs[0]:  # the next Conv: it reads BN's input instead
+            op.apply(folded)
+            op.node.inputs[0] = node.inputs[0]
         else:
-            self._fold_into_next_conv(graph, node, target, scale, shift)
+            replace_uses(graph, node.outputs[0], op.apply(folded))
         remove(node)
 
-    @staticmethod
-    def _fold_into_next_conv(graph: gs.Graph, node: gs.Node, conv: gs.Node, scale: np.ndarray,
-                             shift: np.ndarray) -> None:
-        op = LinearOp(graph, conv)
-        groups = int(conv.attrs.get("group", 1))
-        w = op.weight.astype(np.float64)
-        bias_in = optional_input(conv, 2)
-        bias = np.zeros(w.shape[0]) if bias_in is None else constant_array(bias_in).astype(np.float64).reshape(-1)
-        bias = bias + (w * place(shift, w.shape, 1, groups)).sum(axis=tuple(range(1, w.ndim)))
-        op.set_input(1, "weight", (w * place(scale, w.shape, 1, groups)).astype(op.weight.dtype))
-        op.set_input(2, "bias", bias.astype(op.weight.dtype))
-        conv.inputs[0] = node.inputs[0]
+
+def _fold_input_channels(graph: gs.Graph, op: LinearOp, groups: int, scale: np.ndarray,
+                         shift: np.ndarray) -> Folded | Decline:
+    """``Conv(x*s + t)`` as a Conv of x: input channel ``ci`` of the weight times ``s[ci]``,
+    the bias plus ``sum over (ci, k) of W[o, ci, k] * t[ci]`` (grouped: ``ci`` of o's group)."""
+    w = op.weight.astype(np.float64)
+    bias_in = optional_input(op.node, 2)
+    bias = np.zeros(w.shape[0]) if bias_in is None else \
+        constant_values(graph, bias_in).astype(np.float64).reshape(-1)
+    bias = bias + (w * place(shift, w.shape, 1, groups)).sum(axis=tuple(range(1, w.ndim)))
+    weight = w * place(scale, w.shape, 1, groups)
+    for label, value in (("weights", weight), ("bias", bias)):
+        if isinstance(problem := cast_once(value, op.weight_dtype), str):
+            return Decline(f"the folded {label} {problem}")
+    return Folded(weight, bias, op.weight_dtype)

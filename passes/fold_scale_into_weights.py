@@ -8,7 +8,9 @@ chain is a run of links each read only by the next. In float64 it composes to::
     y = x * S + T,   S = prod of the scales,   T = sum of each shift times the scales after it
 
 and every constant the rewrite writes is computed from the chain's own constants in
-float64 and cast back once (a chain is rewritten whole, never link by link).
+float64 and cast back once: a chain is rewritten whole, never link by link, and a
+constant this pass wrote earlier in the run is read back as the float64 values it was
+cast from.
 
 Rewrites, rooted at the first link of a chain:
 
@@ -25,7 +27,8 @@ Rewrites, rooted at the first link of a chain:
 Must not: rewrite non-float types (integer Div truncates, integer sums wrap), divide by
 a constant holding a zero, fold a constant that would broadcast the output to a larger
 shape or rank, grow a constant (a chain stops before a link whose constant would make
-the composed one larger than every constant so far), or change a graph output's name.
+the composed one larger than every constant so far), write a value that overflows its
+type (x/300/300 in float16 is not x/90000), or change a graph output's name.
 """
 
 from __future__ import annotations
@@ -35,11 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import (constant_array, fresh_name, is_graph_io, live_consumers, make_constant, producer,
-                                remove, replace_uses)
+from fusekit.graph_edit import constant_array, fresh_name, is_graph_io, live_consumers, producer, remove, replace_uses
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import (DEFAULT_DOMAINS, FLOAT_TYPES, LinearOp, MatMulOp, channel_vector,
-                                            linear_op)
+from fusekit.passes._channel_affine import (DEFAULT_DOMAINS, FLOAT_TYPES, LinearOp, MatMulOp, cast_once,
+                                            channel_vector, exact_constant, exact_value, linear_op)
 
 Verdict = Match | Decline
 SCALES, SHIFTS = frozenset({"Mul", "Div"}), frozenset({"Add", "Sub"})
@@ -51,7 +53,8 @@ class Affine:
 
     node: gs.Node
     data: gs.Tensor
-    value: np.ndarray
+    value: np.ndarray  # float64 if this pass made the constant from float64 values, else as stored
+    dtype: np.dtype  # the constant's (and the data's) element type
 
     @property
     def is_scale(self) -> bool:
@@ -63,7 +66,7 @@ class Affine:
         return {"Mul": v, "Div": 1.0 / v, "Add": v, "Sub": -v}[self.node.op]
 
 
-def as_affine(node: gs.Node) -> Affine | Decline:
+def as_affine(graph: gs.Graph, node: gs.Node) -> Affine | Decline:
     """The node as an :class:`Affine` link, or why it is not one."""
     if node.op not in SCALES | SHIFTS or (node.domain or "") not in DEFAULT_DOMAINS or len(node.inputs) != 2:
         return Decline(f"{node.op} is not a Mul/Add/Sub/Div of the default domain")
@@ -75,12 +78,13 @@ def as_affine(node: gs.Node) -> Affine | Decline:
     if values[0] is not None and node.op in ("Sub", "Div"):
         return Decline(f"the constant is the first operand of {node.op}")
     index = 0 if values[0] is not None else 1
-    value = np.asarray(values[index])
-    if value.dtype not in FLOAT_TYPES:
-        return Decline(f"the constant is {value.dtype}, not float16/float32/float64")
-    if node.op == "Div" and not np.all(value != 0):
+    stored = np.asarray(values[index])
+    if stored.dtype not in FLOAT_TYPES:
+        return Decline(f"the constant is {stored.dtype}, not float16/float32/float64")
+    if node.op == "Div" and not np.all(stored != 0):
         return Decline("it divides by a constant holding a zero")
-    return Affine(node, node.inputs[1 - index], value)
+    exact = exact_value(graph, node.inputs[index])
+    return Affine(node, node.inputs[1 - index], stored if exact is None else exact, stored.dtype)
 
 
 def next_link(graph: gs.Graph, link: Affine) -> Affine | None:
@@ -89,8 +93,8 @@ def next_link(graph: gs.Graph, link: Affine) -> Affine | None:
     readers = live_consumers(out)
     if is_graph_io(graph, out) or len(readers) != 1:
         return None
-    nxt = as_affine(readers[0])
-    if isinstance(nxt, Decline) or nxt.data is not out or nxt.value.dtype != link.value.dtype:
+    nxt = as_affine(graph, readers[0])
+    if isinstance(nxt, Decline) or nxt.data is not out or nxt.dtype != link.dtype:
         return None
     return nxt
 
@@ -99,7 +103,7 @@ def previous_link(graph: gs.Graph, link: Affine) -> Affine | None:
     source = producer(link.data)
     if source is None or source.op not in SCALES | SHIFTS:
         return None
-    prev = as_affine(source)
+    prev = as_affine(graph, source)
     if isinstance(prev, Decline):
         return None
     nxt = next_link(graph, prev)
@@ -123,7 +127,7 @@ class FoldScaleIntoWeightsPass(NodeRewritePass):
     ops = SCALES | SHIFTS
 
     def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Verdict:
-        link = as_affine(node)
+        link = as_affine(graph, node)
         if isinstance(link, Decline):
             return link
         chain = self._chain_of(graph, link)
@@ -131,16 +135,31 @@ class FoldScaleIntoWeightsPass(NodeRewritePass):
         if head.node is not node:
             return Decline(f"it is part of the chain from {head.node.op} {head.node.name!r}")
         ops = " then ".join(a.node.op for a in chain.links)
+        scale, shift = _compose(chain.links)
         if chain.linear is not None:
             where = f"{chain.linear.node.op} {chain.linear.node.name!r}"
-            if isinstance(chain.linear, MatMulOp) and len(chain.links) == 1 and not head.is_scale:
-                return Decline(f"{where} has no bias: MatMul + {node.op} is the bias form already")
-            return Match(f"{ops} folded into {where}", chain)
+            layout, channels = chain.linear.output_layout(), chain.linear.channels
+            folded = chain.linear.fold(None if scale is None else channel_vector(scale, layout, channels),
+                                       None if shift is None else channel_vector(shift, layout, channels))
+            if isinstance(folded, Decline):
+                return Decline(f"{where}: {folded.reason}")
+            return Match(f"{ops} folded into {where}", (chain, folded))
         if len(chain.links) == 1:
             return Decline(chain.why_not_linear)
         if len(chain.links) == 2 and head.is_scale and not chain.links[1].is_scale:
             return Decline(f"{ops} is already one scale then one shift; {chain.why_not_linear}")
-        return Match(f"{ops} merged into {' then '.join(self._emitted_ops(chain))}", chain)
+        emitted = []
+        if scale is not None:
+            scales = [a for a in chain.links if a.is_scale]
+            emitted.append(("Div", _product([a.value for a in scales])) if all(a.node.op == "Div" for a in scales)
+                           else ("Mul", scale))
+        if shift is not None:
+            emitted.append(("Sub", -shift) if all(a.node.op == "Sub" for a in chain.links if not a.is_scale)
+                           else ("Add", shift))
+        for op, value in emitted:
+            if isinstance(problem := cast_once(value, head.dtype), str):
+                return Decline(f"the merged {op} constant would {problem}")
+        return Match(f"{ops} merged into {' then '.join(op for op, _ in emitted)}", (chain, emitted))
 
     def _chain_of(self, graph: gs.Graph, link: Affine) -> Chain:
         """The chain ``link`` belongs to: chains partition a run of links from its start."""
@@ -157,8 +176,9 @@ class FoldScaleIntoWeightsPass(NodeRewritePass):
         return chain
 
     @staticmethod
-    def _chain_from(graph: gs.Graph, head: Affine) -> Chain:
-        linear, why = _linear_before(graph, head)
+    def _chain_from(graph: gs.Graph, head: Affine, into_linear: bool = True) -> Chain:
+        """The chain from ``head``: into the linear op before it if it can, else a plain one."""
+        linear, why = _linear_before(graph, head) if into_linear else (None, "")
         if linear is not None:
             layout, channels = linear.output_layout(), linear.channels
             if isinstance(vector := channel_vector(head.value, layout, channels), Decline):
@@ -180,38 +200,22 @@ class FoldScaleIntoWeightsPass(NodeRewritePass):
                 break
             links.append(nxt)
             largest, shape = max(largest, nxt.value.size), grown
+        if isinstance(linear, MatMulOp) and len(links) == 1 and not head.is_scale:
+            # MatMul + Add is the bias form already; the Add may still merge with what follows
+            chain = FoldScaleIntoWeightsPass._chain_from(graph, head, into_linear=False)
+            chain.why_not_linear = f"MatMul {linear.node.name!r} has no bias: MatMul + {head.node.op} is the bias form"
+            return chain
         return Chain(links, linear, why, stop)
 
-    @staticmethod
-    def _emitted_ops(chain: Chain) -> list[str]:
-        scales = [a.node.op for a in chain.links if a.is_scale]
-        shifts = [a.node.op for a in chain.links if not a.is_scale]
-        ops = []
-        if scales:
-            ops.append("Div" if set(scales) == {"Div"} else "Mul")
-        if shifts:
-            ops.append("Sub" if set(shifts) == {"Sub"} else "Add")
-        return ops
-
     def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match, ctx: PassContext) -> None:
-        chain: Chain = match.data
-        scale, shift = _compose(chain.links)
+        chain, outcome = match.data
         last = chain.links[-1].node.outputs[0]
-        dtype = chain.links[0].value.dtype
         if chain.linear is not None:
-            layout, channels = chain.linear.output_layout(), chain.linear.channels
-            result = chain.linear.apply(None if scale is None else channel_vector(scale, layout, channels),
-                                        None if shift is None else channel_vector(shift, layout, channels))
+            result = chain.linear.apply(outcome)
         else:
             result = chain.links[0].data
-            emitted = self._emitted_ops(chain)
-            if scale is not None:
-                op = emitted.pop(0)
-                value = _product([a.value for a in chain.links if a.is_scale]) if op == "Div" else scale
-                result = _emit(graph, op, result, value.astype(dtype), last, final=not emitted)
-            if shift is not None:
-                op = emitted.pop(0)
-                result = _emit(graph, op, result, (-shift if op == "Sub" else shift).astype(dtype), last, final=True)
+            for i, (op, value) in enumerate(outcome):
+                result = _emit(graph, op, result, value, chain.links[0].dtype, last, final=i == len(outcome) - 1)
         replace_uses(graph, last, result)
         for link in chain.links:
             remove(link.node)
@@ -229,11 +233,11 @@ def _linear_before(graph: gs.Graph, head: Affine) -> tuple[LinearOp | None, str]
         return None, f"{where} output {head.data.name!r} has other consumers"
     op = linear_op(graph, source)
     if op is None:
-        prev = as_affine(source) if source.op in SCALES | SHIFTS else None
+        prev = as_affine(graph, source) if source.op in SCALES | SHIFTS else None
         if isinstance(prev, Decline):
             return None, f"{where} is not a constant scale or shift: {prev.reason}"
-        if prev is not None and prev.value.dtype != head.value.dtype:
-            return None, f"{where} has a {prev.value.dtype} constant, this one {head.value.dtype}"
+        if prev is not None and prev.dtype != head.dtype:
+            return None, f"{where} has a {prev.dtype} constant, this one {head.dtype}"
         return None, f"its input comes from {where}, which cannot absorb it"
     problem = op.problem()
     if problem:
@@ -261,12 +265,13 @@ def _product(values: list[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _emit(graph: gs.Graph, op: str, data: gs.Tensor, value: np.ndarray, replaced: gs.Tensor,
+def _emit(graph: gs.Graph, op: str, data: gs.Tensor, exact: np.ndarray, dtype: np.dtype, replaced: gs.Tensor,
           final: bool) -> gs.Tensor:
-    """A new ``op(data, value)`` node; its output takes ``replaced``'s type (and shape if ``final``)."""
+    """A new ``op(data, exact cast to dtype)`` node; its output takes ``replaced``'s type (and
+    shape if ``final``)."""
     out = gs.Variable(fresh_name(graph, f"{replaced.name}_{op.lower()}"), dtype=replaced.dtype,
                       shape=replaced.shape if final else None)
-    const = make_constant(graph, f"{replaced.name}_{'scale' if op in SCALES else 'shift'}", value)
+    const = exact_constant(graph, f"{replaced.name}_{'scale' if op in SCALES else 'shift'}", exact, dtype)
     graph.nodes.append(gs.Node(op, name=fresh_name(graph, f"{replaced.name}_{op}"), inputs=[data, const],
                                outputs=[out]))
     return out

@@ -346,3 +346,20 @@ def test_zoo_model_loses_every_batchnorm_and_keeps_its_outputs(name):
     assert_close(model, optimized, np.dtype(np.float32), batches, label=name)
     again, report = optimize_with(optimized)
     assert report.iterations == 1 and len(again.graph.node) == len(optimized.graph.node)
+
+
+def test_fold_that_would_overflow_float16_is_declined():
+    """Scales of 1/sqrt(1e-8) on weights of 1000: the folded weights pass float16's 65504."""
+    rng = np.random.default_rng(0)
+    p = Pattern(np.dtype(np.float16), (BATCH, 2, 3, 3))
+    conv = p.node("Conv", ["x", p.const(np.full((2, 2, 1, 1), 1000.0), "w")], name="conv")
+    params = [np.ones(2), values(rng, 2), np.full(2, 1000.0), np.array([1e-8, 1.0])]
+    names = [p.const(v, label, dtype=np.float32) for v, label in zip(params, PARAMS)]
+    p.outputs.append((p.node("BatchNormalization", [conv, *names], name="bn", epsilon=0.0), (BATCH, 2, 3, 3)))
+    model = p.model()
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn"]
+    assert not finding.applies and "the folded weights overflow float16" in finding.message
+    (finding,) = inspect_pass(model, "decompose-batchnorm")["bn"]
+    assert not finding.applies and finding.message == "its shift would overflow float16"  # -1000 * 1e4
+    optimized, _ = optimize_with(model, BOTH)
+    assert op_counts(optimized) == op_counts(model)

@@ -177,8 +177,9 @@ def near_miss(draw):
     ops = {"bias-input": ("Conv", "ConvTranspose", "Gemm"), "matmul-add": ("MatMul",)}.get(
         kind, ("Conv", "ConvTranspose", "Gemm", "MatMul"))
     lin = draw(linear_ops(p, rng, ops=ops, constant_weights=kind != "weight-input"))
+    default = SCALES + SHIFTS if lin.op != "MatMul" else SCALES
     op = draw(st.sampled_from({"matmul-add": SHIFTS, "constant-first": ("Sub", "Div"),
-                               "divide-by-zero": ("Div",)}.get(kind, SCALES + SHIFTS if lin.op != "MatMul" else SCALES)))
+                               "divide-by-zero": ("Div",)}.get(kind, default)))
     shape, out_shape, first, value = channel_shape(draw, lin), lin.shape, None, None
     if kind == "not-per-channel":
         other = [i for i, d in enumerate(lin.shape) if i != lin.axis and isinstance(d, int) and d > 1]
@@ -326,3 +327,53 @@ def test_convnext_layer_scale_is_folded_into_the_linear_layer():
     batches = feeds_for(model, (1, 3))
     assert_same_outputs(model, optimized, batches)
     assert_close(model, optimized, np.dtype(np.float32), batches, label="convnext")
+
+
+def test_bias_after_matmul_still_merges_with_the_next_shift():
+    """MatMul + Add is the bias form: the Add stays, but an Add after it merges into it."""
+    model = parse("g (float[N,4,3] x) => (float[N,4,2] y) <float[3,2] w = {1, 2, 3, 4, 5, 6}, float[2] b = {1, 2}, "
+                  "float[4,2] c = {1, 2, 3, 4, 5, 6, 7, 8}> {\n m = MatMul(x, w)\n [bias] a = Add(m, b)\n"
+                  " [more] y = Add(a, c)\n}")
+    findings = {n: (f[0].applies, f[0].message) for n, f in inspect_pass(model, "fold-scale-into-weights").items()}
+    assert findings["bias"] == (True, "Add then Add merged into Add")
+    optimized, _ = optimize_with(model, PASSES)
+    assert [n.op_type for n in optimized.graph.node] == ["MatMul", "Add"]
+    assert_same_outputs(model, optimized)
+    lone = parse("g (float[N,4,3] x) => (float[N,4,2] y) <float[3,2] w = {1, 2, 3, 4, 5, 6}, float[2] b = {1, 2}> {\n"
+                 " [mm] m = MatMul(x, w)\n [bias] y = Add(m, b)\n}")
+    (finding,) = inspect_pass(lone, "fold-scale-into-weights")["bias"]
+    assert not finding.applies and finding.message == "MatMul 'mm' has no bias: MatMul + Add is the bias form"
+
+
+def test_constants_built_over_several_rounds_are_cast_once():
+    """Found by hypothesis: the Add cannot join the chain after it in round 1 (its constant
+    would grow), round 1 merges the rest into a (4,2,2) scale and shift, round 2 merges the
+    Add with them. Round 2 composes the float64 values round 1 kept, so float16 rounds once."""
+    model = parse('<ir_version: 8, opset_import: ["" : 17]>\n'
+                  "g (float16[N,4,2,2] x) => (float16[N,4,2,2] y) <float16[4,2,1] k3 = {15470, 47744, 15543, 14606, "
+                  "14497, 47578, 48298, 15032}, float16[4,1,2] k6 = {16022, 47205, 49117, 49151, 14796, 15914, 48925, "
+                  "49053}, float16 k9 = {14932}, float16[4,2,2] k12 = {15160, 49100, 16367, 48510, 15300, 14810, 15467, "
+                  "14859, 48688, 16058, 48545, 15443, 48833, 15215, 48773, 48407}, float16[2] k15 = {47264, 47026}, "
+                  "float16 k18 = {14635}> {\n r = Relu(x)\n a = Add(r, k3)\n b = Div(a, k6)\n c = Mul(b, k9)\n"
+                  " d = Mul(c, k12)\n e = Sub(d, k15)\n y = Mul(e, k18)\n}")
+    optimized, report = optimize_with(model, PASSES)
+    assert [n.op_type for n in optimized.graph.node] == ["Relu", "Mul", "Add"]
+    k = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    scale = 1 / k["k6"] * k["k9"] * k["k12"] * k["k18"]
+    shift = k["k3"] * scale - k["k15"] * k["k18"]
+    inits = {t.name: numpy_helper.to_array(t) for t in optimized.graph.initializer}
+    _, mul, add = optimized.graph.node
+    np.testing.assert_array_equal(inits[mul.input[1]], scale.astype(np.float16))
+    np.testing.assert_array_equal(inits[add.input[1]], shift.astype(np.float16))
+    assert_close(model, optimized, np.dtype(np.float16))
+
+
+def test_merge_that_would_overflow_float16_is_declined():
+    model = parse('<ir_version: 8, opset_import: ["" : 17]>\n'
+                  "g (float16[N,3] x) => (float16[N,3] y) <float16 k = {23744}> {\n"  # 300
+                  " r = Relu(x)\n [first] a = Div(r, k)\n b = Div(a, k)\n y = Add(b, k)\n}")
+    (finding,) = inspect_pass(model, "fold-scale-into-weights")["first"]
+    assert not finding.applies and finding.message == "the merged Div constant would overflow float16"
+    optimized, _ = optimize_with(model, PASSES)
+    assert op_counts(optimized) == op_counts(model)
+    assert_close(model, optimized, np.dtype(np.float16))
