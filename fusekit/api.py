@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -231,6 +230,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     from fusekit import profiles
     from fusekit.builder import backend as backends
     from fusekit.builder import engine as engines
+    from fusekit.builder.facts import ModelFacts
     from fusekit.builder.options import BuildOptions
     from fusekit.builder.options import check as check_options
 
@@ -263,9 +263,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     profiles.require_complete(resolution, name, given)
     for spec, why in resolution.unused:
         log.warning("%s: stored profile range %s=%s ignored: %s", name, spec.target, spec.range, why)
-    facts = engines.ModelFacts(name=name, onnx_ops=_node_ops(proto.graph), domains=_node_domains(proto.graph),
-                               source_path=None if isinstance(source, onnx.ModelProto) else str(source),
-                               source_sha256=_sha256_of(source), optimized=optimize)
+    facts = ModelFacts.of(proto, name, source, optimize)
     with tempfile.TemporaryDirectory(prefix="fusekit-build-") as tmp:
         if optimize or isinstance(source, onnx.ModelProto):
             onnx_path = Path(tmp) / "model.onnx"
@@ -354,35 +352,3 @@ def inspect_engine(engine: str | os.PathLike):
     from fusekit.builder.inspection import inspect_engine as inspect
 
     return inspect(Path(engine))
-
-
-def _walk_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _walk_nodes(sub)
-
-
-def _trt_name(node: onnx.NodeProto) -> str:
-    """The name TensorRT's parser gives a node's layer (``node_of_OUTPUT`` when unnamed)."""
-    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
-
-
-def _node_ops(graph: onnx.GraphProto) -> dict[str, str]:
-    return {_trt_name(n): n.op_type for n in _walk_nodes(graph) if _trt_name(n)}
-
-
-def _node_domains(graph: onnx.GraphProto) -> dict[str, str]:
-    return {_trt_name(n): n.domain for n in _walk_nodes(graph) if _trt_name(n) and n.domain}
-
-
-def _sha256_of(source: Path | onnx.ModelProto) -> str:
-    digest = hashlib.sha256()
-    if isinstance(source, onnx.ModelProto):
-        digest.update(source.SerializeToString())
-        return digest.hexdigest()
-    with open(source, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

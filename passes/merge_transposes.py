@@ -46,7 +46,7 @@ class MergeTransposesPass(NodeRewritePass):
         problem = sole_use_problem(graph, middle, node)
         if problem:
             return Decline(f"the first Transpose must stay: {problem}")
-        outer_perm, inner_perm = node.attrs.get("perm"), inner.attrs.get("perm")
+        outer_perm = node.attrs.get("perm")
         p = resolve_perm(inner, len(outer_perm) if outer_perm is not None else None)
         q = resolve_perm(node, len(p) if p is not None else None)
         if p is None or q is None:

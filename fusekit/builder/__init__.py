@@ -13,6 +13,7 @@ the rest of fusekit, and importing this package, works without it. One job per m
 - ``report``: the fused-layer report and the comparison of two builds.
 - ``device``: the compute capability of this machine's GPU, if any (no TensorRT import).
 - ``sidecar``: the JSON written next to each engine, and the checks made before loading one.
+- ``facts``: what the builder knows of the ONNX model (node names, op types, source hash).
 - ``engine``: parse + configure + build + report, end to end.
 - ``inspection``: what ``fusekit inspect ENGINE`` reports.
 """

@@ -12,6 +12,7 @@ import onnx
 from fusekit.builder import backend as backends
 from fusekit.builder import device, layers, plugins, sidecar, timing_cache
 from fusekit.builder.capture import make_logger
+from fusekit.builder.facts import ModelFacts
 from fusekit.builder.options import BuildOptions, apply, cc_key, supported_ccs
 from fusekit.builder.parse import parse
 from fusekit.builder.progress import ProgressCallback, make_monitor
@@ -20,18 +21,6 @@ from fusekit.errors import InputError, TensorRTError
 from fusekit.model_io import atomic_write
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelFacts:
-    """What the builder needs to know about the ONNX model it parses (read by the caller)."""
-
-    name: str  # how messages name the model (the user's path)
-    onnx_ops: dict[str, str]  # node name -> op type
-    domains: dict[str, str] = field(default_factory=dict)  # node name -> op domain
-    source_path: str | None = None
-    source_sha256: str = ""
-    optimized: bool = False
 
 
 @dataclass

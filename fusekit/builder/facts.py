@@ -1,0 +1,54 @@
+"""What the builder knows of the ONNX model it parses: node names, op types, source hash."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+
+@dataclass
+class ModelFacts:
+    """What the builder needs to know about the ONNX model it parses (read by the caller)."""
+
+    name: str  # how messages name the model (the user's path)
+    onnx_ops: dict[str, str]  # node name -> op type
+    domains: dict[str, str] = field(default_factory=dict)  # node name -> op domain
+    source_path: str | None = None
+    source_sha256: str = ""
+    optimized: bool = False
+
+    @classmethod
+    def of(cls, proto: onnx.ModelProto, name: str, source: Path | onnx.ModelProto, optimized: bool) -> "ModelFacts":
+        """Facts of ``proto`` (the model parsed), whose source is ``source`` (hashed as given)."""
+        nodes = [n for n in _walk_nodes(proto.graph) if _trt_name(n)]
+        return cls(name=name, onnx_ops={_trt_name(n): n.op_type for n in nodes},
+                   domains={_trt_name(n): n.domain for n in nodes if n.domain},
+                   source_path=None if isinstance(source, onnx.ModelProto) else str(source),
+                   source_sha256=_sha256_of(source), optimized=optimized)
+
+
+def _walk_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _walk_nodes(sub)
+
+
+def _trt_name(node: onnx.NodeProto) -> str:
+    """The name TensorRT's parser gives a node's layer (``node_of_OUTPUT`` when unnamed)."""
+    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
+
+
+def _sha256_of(source: Path | onnx.ModelProto) -> str:
+    digest = hashlib.sha256()
+    if isinstance(source, onnx.ModelProto):
+        digest.update(source.SerializeToString())
+        return digest.hexdigest()
+    with open(source, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
