@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type
 
 from fusekit.errors import InputError
-from fusekit.model_io import _TYPES_KEY as _DECLARED_TYPES
+from fusekit.model_io.load import _TYPES_KEY as _DECLARED_TYPES
 from fusekit.model_io import export_weightless
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,214 @@
+"""Save models atomically (temp file + rename): whole protos, external data, or a graph
+streamed tensor by tensor so the whole model is never built in memory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx.external_data_helper import ExternalDataInfo
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from fusekit.errors import InputError
+from fusekit.model_io.export import _export_stubbed, to_model_proto
+from fusekit.model_io.values import WEIGHTLESS_PLACEHOLDER, MappedValues, _copy, _set_location
+from fusekit.model_io.wire import _GRAPH_INITIALIZER, _LEN, _MODEL_GRAPH, _RAW_DATA_KEY, _key, _varint
+
+
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+# Models whose weights pass this size are saved with external data by default.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+# Tensors smaller than this stay inside the .onnx file when external data is written.
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Total bytes of the model's initializers, wherever they are stored."""
+    return sum(_tensor_nbytes(t) for t in model.graph.initializer)
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int:
+    if onnx.external_data_helper.uses_external_data(t):
+        info = ExternalDataInfo(t)
+        return info.length or 0
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    return t.ByteSize()
+
+
+def inline_external_data(model: onnx.ModelProto) -> None:
+    """Read every external tensor (already resolved to an absolute path) into the proto."""
+    for t in model.graph.initializer:
+        if onnx.external_data_helper.uses_external_data(t):
+            info = ExternalDataInfo(t)
+            data = MappedValues(t, Path(info.location)).read_bytes()
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = data
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
+               external_data: bool | None = None) -> list[Path]:
+    """Write ``model`` atomically; return the files written.
+
+    ``external_data=None`` writes a single file unless the weights are too large for
+    protobuf. The model proto is consumed: its tensors are converted in place.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: output folder {path.parent} does not exist")
+    if external_data is None:
+        external_data = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    if not external_data:
+        inline_external_data(model)
+        atomic_write(path, lambda f: f.write(model.SerializeToString()))
+        return [path]
+    data_path = path.with_name(path.name + ".data")
+    sources = {ExternalDataInfo(t).location for t in model.graph.initializer
+               if onnx.external_data_helper.uses_external_data(t)}
+    if str(data_path.resolve()) in sources:
+        raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
+    atomic_write(data_path, lambda f: _write_tensors_external(model, f, data_path.name))
+    atomic_write(path, lambda f: f.write(model.SerializeToString()))
+    return [path, data_path]
+
+
+def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike, *,
+               external_data: bool | None = None) -> list[Path]:
+    """Write the graph as :func:`save_model` would write ``to_model_proto(graph, shell)``,
+    streaming each large weight from where it lives (an array, or a memory map of the
+    input file) into the output: the whole model is never built in memory.
+
+    The model is exported weightless and serialized without its initializers; they follow
+    as a second ``graph`` field holding only ``initializer`` entries, each written as its
+    header fields then its ``raw_data`` (protobuf merges repeated fields of a message, so
+    readers see one graph with every initializer, in order). A model that needs external
+    data (``external_data``, or weights over ``EXTERNAL_DATA_THRESHOLD``) is saved by
+    :func:`save_model`.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: output folder {path.parent} does not exist")
+    model, originals = _export_stubbed(graph, shell)
+    sources = {str(t._values.path) for t in originals.values() if isinstance(t._values, MappedValues)}
+    if str(path.resolve()) in sources:
+        raise InputError(f"{path}: the model's weights are read from this file; choose another output path")
+    tensors = [_tensor_record(t, originals) for t in model.graph.initializer]
+    weights = sum(len(header) + length for header, _, length in tensors)
+    if external_data or (external_data is None and weights > EXTERNAL_DATA_THRESHOLD):
+        del model, tensors
+        return save_model(to_model_proto(graph, shell), path, external_data=True)
+    del model.graph.initializer[:]
+    head = model.SerializeToString()
+    del model
+    records = []
+    for header, data, length in tensors:
+        size = len(header) + len(_RAW_DATA_KEY) + len(_varint(length)) + length if data is not None else len(header)
+        records.append((_key(_GRAPH_INITIALIZER, _LEN) + _varint(size), header, data, length))
+    body = sum(len(prefix) + len(header) + (len(_RAW_DATA_KEY) + len(_varint(length)) + length if data is not None else 0)
+               for prefix, header, data, length in records)
+    if len(head) + body > PROTOBUF_LIMIT:
+        raise InputError(f"{path}: the model is over 2 GB, too large for one protobuf file; "
+                         "save it with external data (--external-data)")
+
+    def write(out: BinaryIO) -> None:
+        out.write(head)
+        if not records:
+            return
+        out.write(_key(_MODEL_GRAPH, _LEN) + _varint(body))
+        for prefix, header, data, length in records:
+            out.write(prefix)
+            out.write(header)
+            if data is not None:
+                out.write(_RAW_DATA_KEY + _varint(length))
+                data(out)
+
+    atomic_write(path, write)
+    return [path]
+
+
+def _tensor_record(proto: onnx.TensorProto, originals: dict[str, gs.Constant]):
+    """(serialized fields, writer of the raw_data bytes or None, their length) of one
+    initializer of a stubbed export: the stub's real values, or the proto itself."""
+    tensor = originals.get(proto.name)
+    if tensor is None or ExternalDataInfo(proto).location != WEIGHTLESS_PLACEHOLDER:
+        return proto.SerializeToString(), None, 0
+    values = tensor._values
+    if isinstance(values, MappedValues):
+        header = _copy(values.tensor)
+        del header.external_data[:]
+        header.ClearField("data_location")
+        header.name = tensor.name
+        return header.SerializeToString(), values.copy_to, values.length
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biufc" and tensor.data_location is None \
+            and getattr(tensor, "export_dtype", values.dtype) == values.dtype:
+        array = np.require(values, requirements="C")
+        header = onnx.TensorProto(name=tensor.name, dims=array.shape,
+                                  data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        return header.SerializeToString(), lambda out: out.write(data), data.nbytes
+    # Anything else (protos held as they are, converted dtypes): as onnx-graphsurgeon writes it.
+    if isinstance(values, LazyValues):
+        exported = values.tensor
+        if exported.name != tensor.name:
+            exported = _copy(exported)
+            exported.name = tensor.name
+    else:
+        exported = OnnxExporter.export_tensor_proto(tensor)
+    return exported.SerializeToString(), None, 0
+
+
+def _write_tensors_external(model: onnx.ModelProto, out: BinaryIO, location: str) -> None:
+    for t in model.graph.initializer:
+        nbytes = _tensor_nbytes(t)
+        if nbytes < EXTERNAL_TENSOR_MIN_BYTES and not onnx.external_data_helper.uses_external_data(t):
+            continue
+        pad = -out.tell() % 4096  # page-aligned, so readers can memory-map each tensor
+        out.write(b"\0" * pad)
+        offset = out.tell()
+        if onnx.external_data_helper.uses_external_data(t):
+            MappedValues(t, Path(ExternalDataInfo(t).location)).copy_to(out)
+        else:
+            if not t.HasField("raw_data"):
+                t.raw_data = onnx.numpy_helper.to_array(t).tobytes()
+            out.write(t.raw_data)
+        length = out.tell() - offset
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                      "uint64_data", "string_data"):
+            t.ClearField(field)
+        _set_location(t, location, offset, length)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temp file beside ``path``, then rename it over ``path``.
+
+    A failure leaves ``path`` as it was. The file gets the usual permissions (umask),
+    not the private ones of a temp file.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

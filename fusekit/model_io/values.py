@@ -1,0 +1,117 @@
+"""Lazy values of constants: memory-mapped file slices, copy-on-use protos, stubs."""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+from onnx.external_data_helper import ExternalDataInfo
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+
+class MappedValues(LazyValues):
+    """Values of an external-data tensor, memory-mapped from its file when loaded."""
+
+    def __init__(self, tensor: onnx.TensorProto, path: Path) -> None:
+        super().__init__(tensor)
+        self.path = path
+        info = ExternalDataInfo(tensor)
+        self.offset = info.offset or 0
+        self.length = info.length or self.nbytes
+
+    def load(self) -> np.ndarray:
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
+        if np_dtype.kind in "OV" or self.tensor.data_type in _PACKED_TYPES:
+            return onnx.numpy_helper.to_array(_inline_copy(self.tensor, self.read_bytes()))
+        # copy-on-write: a pass that edits the array in place gets private pages, the file stays
+        array = np.memmap(self.path, dtype=np_dtype, mode="c", offset=self.offset,
+                          shape=tuple(self.shape))
+        return array.view(np.ndarray) if array.ndim else np.array(array)
+
+    def read_bytes(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.length)
+
+    def copy_to(self, out: BinaryIO) -> None:
+        """Stream the tensor's bytes into ``out`` without holding them all in memory."""
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            step = 64 << 20
+            for start in range(self.offset, self.offset + self.length, step):
+                out.write(m[start:min(start + step, self.offset + self.length)])
+
+
+_PACKED_TYPES = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+class FileSliceValues(MappedValues):
+    """Values of an initializer stored in the model file itself (its ``raw_data``),
+    memory-mapped from that file: loading the model never copies them."""
+
+
+# In-file initializers with at least this many bytes of raw_data are memory-mapped from
+# the model file instead of parsed (above WEIGHTLESS_INLINE_MAX_BYTES: checks never see them).
+MAPPED_MIN_BYTES = 4096
+
+
+def _set_location(proto: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del proto.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = proto.external_data.add()
+        entry.key, entry.value = key, value
+    proto.data_location = onnx.TensorProto.EXTERNAL
+
+
+class _CopyOnUseValues(LazyValues):
+    """Lazy values whose ``TensorProto`` is copied from the caller's model when first
+    exported; reading the values needs no copy."""
+
+    def __init__(self, values: LazyValues) -> None:  # noqa: super().__init__ would read the tensor
+        self._source, self._own = values.tensor, None
+        self.shape, self.dtype, self.nbytes = values.shape, values.dtype, values.nbytes
+
+    @property
+    def tensor(self) -> onnx.TensorProto:
+        if self._own is None:
+            self._own = _copy(self._source)
+        return self._own
+
+    @tensor.setter
+    def tensor(self, value: onnx.TensorProto) -> None:
+        self._source, self._own = value, value
+
+    def load(self) -> np.ndarray:  # reading needs no copy of the proto
+        return np.array(onnx.numpy_helper.to_array(self._own if self._own is not None else self._source))
+
+
+def _copy(message):
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
+
+
+# Weightless exports point large constants at this (empty) file; constants at or below
+# WEIGHTLESS_INLINE_MAX_BYTES keep their bytes, so shape inference still folds shape arithmetic.
+WEIGHTLESS_PLACEHOLDER = "weightless.bin"
+WEIGHTLESS_INLINE_MAX_BYTES = 1024
+
+
+class _StubValues(LazyValues):
+    """Stands in for a large constant during a weightless export: dims and type only."""
+
+    def __init__(self, original: LazyValues | np.ndarray, name: str) -> None:
+        dtype = onnx.helper.np_dtype_to_tensor_dtype(original.dtype) if isinstance(original, np.ndarray) \
+            else original.tensor.data_type
+        stub = onnx.TensorProto(name=name, dims=original.shape, data_type=dtype)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=WEIGHTLESS_PLACEHOLDER)
+        super().__init__(stub)
+
+
+def _inline_copy(proto: onnx.TensorProto, data: bytes) -> onnx.TensorProto:
+    copy = onnx.TensorProto(name=proto.name, dims=proto.dims, data_type=proto.data_type)
+    copy.raw_data = data
+    return copy
