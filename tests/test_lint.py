@@ -92,8 +92,15 @@ def test_fk102_op_whose_only_substitution_is_a_plugin():
 
 
 def test_fk104_opset_range():
+    from fusekit.builder.support import supported_opsets
+
+    (low, high), table = supported_opsets()  # the installed TensorRT's table: tensorrt_rtx-1.7 here
+    assert (low, high) == (9, 24) and table.startswith(("tensorrt_rtx-", "tensorrt-"))
     old = parse('<ir_version: 3, opset_import: ["" : 7]>\ng (float[1,3] x) => (float[1,3] y) { y = Relu(x) }')
     assert "FK104" in codes(old)
+    newer = parse('<ir_version: 10, opset_import: ["" : 25]>\ng (float[1,3] x) => (float[1,3] y) { y = Relu(x) }')
+    found = codes(newer)["FK104"]
+    assert f"support table {table} 9..24" in found[0].message
     assert "FK104" not in codes(parse("g (float[1,3] x) => (float[1,3] y) { y = Relu(x) }"))
     assert "FK104" in codes(parse("g (float[1,3] x) => (float[1,3] y) { y = Relu(x) }"),
                             LintConfig(trt=False, opset=(9, 16)))

@@ -65,6 +65,25 @@ def load_table(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def table_for(backend) -> str:
+    """The shipped table of ``backend``'s release (same name and major.minor), else the newest."""
+    if backend is not None:
+        name = f"{backend.name}-{'.'.join(backend.version.split('.')[:2])}"
+        if name in table_names():
+            return name
+    return DEFAULT_TABLE
+
+
+def supported_opsets() -> tuple[tuple[int, int], str]:
+    """The default-domain opsets the installed TensorRT parses (from its support table, or the
+    newest shipped one when no backend imports), and the table they come from."""
+    from fusekit.builder import backend as backends
+
+    name = table_for(backends.installed())
+    low, high = load_table(name)["opset"]
+    return (low, high), name
+
+
 def node_name(node: onnx.NodeProto) -> str:
     """The name the parser reports for ``node``."""
     return node.name or (f"node_of_{node.output[0]}" if node.output else "")

@@ -70,7 +70,7 @@ class Target:
     proto: onnx.ModelProto  # as stored (external data not loaded)
     loaded: LoadedModel  # shapes annotated
     path: Path | None = None
-    opset_range: tuple[int, int] = (9, onnx.defs.onnx_opset_version())
+    opset_range: tuple[int, int] | None = None  # None: the installed TensorRT's range
     trt: bool = True  # ask TensorRT's parser or support table (FK101, FK102)
     notes: list[str] = field(default_factory=list)
 
@@ -133,11 +133,17 @@ def check_trt(t: Target) -> Iterator[LintFinding]:
 
 def check_opset(t: Target) -> Iterator[LintFinding]:
     """FK104: the default-domain opset against the configured range."""
-    low, high = t.opset_range
+    if t.opset_range is None:
+        from fusekit.builder.support import supported_opsets
+
+        (low, high), table = supported_opsets()
+        source = f"the range of support table {table}"
+    else:
+        (low, high), source = t.opset_range, "the configured range"
     for entry in t.proto.opset_import:
         if entry.domain in ("", "ai.onnx") and not low <= entry.version <= high:
             side = "older" if entry.version < low else "newer"
-            yield t.finding("FK104", f"opset {entry.version} is {side} than the supported range "
+            yield t.finding("FK104", f"opset {entry.version} is {side} than {source} "
                                      f"{low}..{high}", key=str(entry.version))
 
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-import onnx
 
 from fusekit.errors import InputError
 from fusekit.lint.rules import RULES, Severity
@@ -42,7 +41,7 @@ class LintConfig:
     ignore: tuple[str, ...] = ()
     fail_on: Severity = Severity.WARNING
     severity: dict[str, Severity] = field(default_factory=dict)
-    opset: tuple[int, int] = (9, onnx.defs.onnx_opset_version())
+    opset: tuple[int, int] | None = None  # None: the installed TensorRT's range (support table)
     trt: bool = True
     source: str | None = None  # the pyproject.toml it came from
 

@@ -69,13 +69,15 @@ _RULES = [
          "(`fusekit optimize --plugins auto`), or load your plugin library before building.",
          needs_trt=True),
     Rule("FK104", "opset-out-of-range", Severity.WARNING,
-         "the model's default-domain opset is outside the configured TensorRT range",
+         "the model's default-domain opset is outside the installed TensorRT's range",
          "Opsets TensorRT's parser was not written for are a source of silent semantic "
          "differences (ops whose meaning changed between opsets) or refused nodes. The default "
-         "range is 9 to the newest opset the installed onnx package defines; tensorrt_rtx 1.7 "
-         "was measured to parse single-Relu models of opset 7 and 25 without a word, so the "
-         "parser does not enforce a range itself: set `opset = [LOW, HIGH]` under "
-         "[tool.fusekit.lint] to the range your TensorRT documents. Fix: re-export with a "
+         "range is the one documented for the installed TensorRT release, from fusekit's support "
+         "table of that release (onnx-tensorrt's operators.md: opset 9 to 24 for TensorRT 10.15; "
+         "tensorrt_rtx 1.7 follows it), or of the newest release shipped when no TensorRT is "
+         "installed. The parser itself does not enforce it: tensorrt_rtx 1.7 was measured to "
+         "parse single-Relu models of opset 7 and 25 without a word. `opset = [LOW, HIGH]` under "
+         "[tool.fusekit.lint] sets another range. Fix: re-export with a "
          "supported opset (torch.onnx.export(..., opset_version=N)) or convert it with "
          "onnx.version_converter."),
     Rule("FK201", "dynamic-dim-without-profile", Severity.WARNING,
