@@ -1,0 +1,227 @@
+"""The NMS tail -> EfficientNMS_TRT plugin spec (plugins/efficient_nms.py).
+
+The pattern is the documented "batched NMS -> top-K padded" tail (built by
+:func:`nms_tail_model`, dynamic batch): the spec's NumPy reference matches onnxruntime
+running it at batch sizes 1 and 3 (hypothesis); the substitution is opt-in and declines
+variants it cannot vouch for; the optimized model parses with tensorrt_rtx into exactly
+one PLUGIN_V3 layer named for the NMS node, builds (dynamic batch, in a subprocess), and
+the engine bytes hold the plugin name, the field names and the thresholds' values.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import fusekit.api as fk
+from fusekit import registry
+from fusekit.builder import backend as backends
+from fusekit.plugin_infra import PLUGIN_DOMAIN
+from tests.helpers import run_ort
+
+BACKEND = backends.installed()
+OUTPUTS = ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
+
+
+def nms_tail_model(n=6, c=3, k=5, per_class=10, iou=0.5, score=0.1, center=0, batch="B",
+                   score_input=False, extra_output=False, topk_sorted=1) -> onnx.ModelProto:
+    """boxes [B,N,4], scores [B,N,C] -> NonMaxSuppression + the tail in the spec's docstring."""
+    inits = [nh.from_array(np.array([per_class], np.int64), "max_per_class"),
+             nh.from_array(np.array([iou], np.float32), "iou_threshold"),
+             nh.from_array(np.array(n, np.int64), "num_boxes"),
+             nh.from_array(np.array([c * n], np.int64), "num_candidates"),
+             nh.from_array(np.array([k], np.int64), "k"),
+             nh.from_array(np.array([0], np.int64), "zero_1d"),
+             nh.from_array(np.array(-3.0e38, np.float32), "fill"),
+             nh.from_array(np.array(0, np.int64), "i0"), nh.from_array(np.array(1, np.int64), "i1"),
+             nh.from_array(np.array(2, np.int64), "i2"), nh.from_array(np.array([1], np.int64), "ax1"),
+             nh.from_array(np.array([-1], np.int64), "axm1"),
+             nh.from_array(np.array(0, np.float32), "f0"), nh.from_array(np.array(0, np.int32), "z32")]
+    if not score_input:
+        inits.append(nh.from_array(np.array([score], np.float32), "score_threshold"))
+    N = h.make_node
+    nodes = [
+        N("Transpose", ["scores"], ["scores_cn"], perm=[0, 2, 1]),
+        N("NonMaxSuppression", ["boxes", "scores_cn", "max_per_class", "iou_threshold", "score_threshold"],
+          ["selected"], center_point_box=center, name="nms"),
+        N("Gather", ["selected", "i0"], ["sel_b"], axis=1),
+        N("Gather", ["selected", "i1"], ["sel_c"], axis=1),
+        N("Gather", ["selected", "i2"], ["sel_n"], axis=1),
+        N("Mul", ["sel_c", "num_boxes"], ["sel_cn"]),
+        N("Add", ["sel_cn", "sel_n"], ["sel_flat"]),
+        N("Unsqueeze", ["sel_b", "ax1"], ["sel_b2"]),
+        N("Unsqueeze", ["sel_flat", "ax1"], ["sel_flat2"]),
+        N("Concat", ["sel_b2", "sel_flat2"], ["scatter_idx"], axis=1),
+        N("GatherND", ["scores_cn", "selected"], ["sel_scores"]),
+        N("Shape", ["boxes"], ["boxes_shape"]),
+        N("Slice", ["boxes_shape", "zero_1d", "ax1"], ["batch"]),
+        N("Concat", ["batch", "num_candidates"], ["dense_shape"], axis=0),
+        N("Expand", ["fill", "dense_shape"], ["dense_fill"]),
+        N("ScatterND", ["dense_fill", "scatter_idx", "sel_scores"], ["dense"]),
+        N("TopK", ["dense", "k"], ["top_scores", "top_idx"], axis=1, largest=1, sorted=topk_sorted),
+        N("Greater", ["top_scores", "fill"], ["valid"]),
+        N("Cast", ["valid"], ["valid32"], to=T.INT32),
+        N("ReduceSum", ["valid32", "ax1"], ["num_detections"], keepdims=1),
+        N("Div", ["top_idx", "num_boxes"], ["top_c"]),
+        N("Mod", ["top_idx", "num_boxes"], ["top_n"]),
+        N("Unsqueeze", ["top_n", "axm1"], ["top_n2"]),
+        N("GatherND", ["boxes", "top_n2"], ["top_boxes"], batch_dims=1),
+        N("Unsqueeze", ["valid", "axm1"], ["valid3"]),
+        N("Where", ["valid3", "top_boxes", "f0"], ["detection_boxes"]),
+        N("Where", ["valid", "top_scores", "f0"], ["detection_scores"]),
+        N("Cast", ["top_c"], ["top_c32"], to=T.INT32),
+        N("Where", ["valid", "top_c32", "z32"], ["detection_classes"]),
+    ]
+    inputs = [h.make_tensor_value_info("boxes", T.FLOAT, [batch, n, 4]),
+              h.make_tensor_value_info("scores", T.FLOAT, [batch, n, c])]
+    if score_input:
+        inputs.append(h.make_tensor_value_info("score_threshold", T.FLOAT, [1]))
+    outputs = [h.make_tensor_value_info("num_detections", T.INT32, [batch, 1]),
+               h.make_tensor_value_info("detection_boxes", T.FLOAT, [batch, k, 4]),
+               h.make_tensor_value_info("detection_scores", T.FLOAT, [batch, k]),
+               h.make_tensor_value_info("detection_classes", T.INT32, [batch, k])]
+    if extra_output:
+        outputs.append(h.make_tensor_value_info("selected", T.INT64, ["S", 3]))
+    graph = h.make_graph(nodes, "nms_tail", inputs, outputs, inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def random_inputs(rng, batch: int, n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    xy = rng.uniform(0, 10, size=(batch, n, 2))
+    wh = rng.uniform(1, 6, size=(batch, n, 2))
+    boxes = np.concatenate([xy, xy + wh], -1)
+    return boxes.astype(np.float32), rng.uniform(0, 1, size=(batch, n, c)).astype(np.float32)
+
+
+def plugin_node(m: onnx.ModelProto) -> onnx.NodeProto:
+    [node] = [n for n in m.graph.node if n.op_type == "EfficientNMS_TRT"]
+    return node
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_substitution_is_opt_in_and_replaces_the_whole_tail():
+    m = nms_tail_model(k=7, iou=0.4375, score=0.171875)
+    assert "NonMaxSuppression" in [n.op_type for n in fk.optimize(m).graph.node]
+    out = fk.optimize(m, plugins=["efficient-nms"])
+    assert [(n.op_type, n.name, n.domain) for n in out.graph.node] == [("EfficientNMS_TRT", "nms", PLUGIN_DOMAIN)]
+    node = plugin_node(out)
+    assert list(node.input) == ["boxes", "scores"] and list(node.output) == OUTPUTS
+    assert [o.name for o in out.graph.output] == OUTPUTS
+    assert attrs(node) == {"background_class": -1, "max_output_boxes": 7, "score_threshold": 0.171875,
+                           "iou_threshold": 0.4375, "score_activation": 0, "class_agnostic": 0, "box_coding": 0,
+                           "plugin_version": b"1", "plugin_namespace": b""}
+    assert plugin_node(fk.optimize(m, plugins="auto")).name == "nms"
+
+
+@pytest.mark.parametrize("variant, reason", [
+    (dict(per_class=3, k=5), "max_output_boxes_per_class 3 < K 5"),
+    (dict(extra_output=True), "the graph has 5 outputs"),
+    (dict(score_input=True), "must be constants"),
+    (dict(center=1), "outputs corner boxes"),
+    (dict(topk_sorted=0), "TopK is unsorted")])
+def test_variants_it_cannot_vouch_for_are_declined(variant, reason):
+    import onnx_graphsurgeon as gs
+
+    from fusekit.pass_infra import Decline
+
+    graph = gs.import_onnx(nms_tail_model(**variant))
+    [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
+    verdict = registry.discover_plugins()[0]["efficient-nms"].obj().match(graph, nms)
+    assert isinstance(verdict, Decline) and reason in verdict.reason
+    out = fk.optimize(nms_tail_model(**variant), plugins="auto")
+    assert "NonMaxSuppression" in [n.op_type for n in out.graph.node]
+    assert "EfficientNMS_TRT" not in [n.op_type for n in out.graph.node]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), c=st.integers(1, 4), k=st.integers(1, 8), iou=st.sampled_from([0.2, 0.5, 0.7]),
+       score=st.sampled_from([0.0, 0.3, 0.8]), seed=st.integers(0, 999))
+def test_reference_matches_onnxruntime_at_batch_1_and_3(n, c, k, iou, score, seed):
+    k = min(k, n * c)
+    m = nms_tail_model(n=n, c=c, k=k, per_class=k + 2, iou=iou, score=score)
+    spec = registry.discover_plugins()[0]["efficient-nms"].obj()
+    fields = attrs(plugin_node(fk.optimize(m, plugins="efficient-nms")))
+    rng = np.random.default_rng(seed)
+    for batch in (1, 3):
+        boxes, scores = random_inputs(rng, batch, n, c)
+        expected = run_ort(m, {"boxes": boxes, "scores": scores})
+        got = spec.reference([boxes, scores], fields)
+        for name, value in zip(OUTPUTS, got):
+            assert value.dtype == expected[name].dtype and value.shape == expected[name].shape, name
+            np.testing.assert_array_equal(value, expected[name], err_msg=name)
+
+
+DRIVER = textwrap.dedent("""
+    import json, sys
+    import onnx
+    from fusekit.builder import backend as backends, plugins
+    model = onnx.load(sys.argv[1])
+    be = backends.load()
+    trt = be.trt
+    plugins.prepare(be, model)
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse(model.SerializeToString())
+    out = {"parsed": ok, "errors": [parser.get_error(i).desc() for i in range(parser.num_errors)]}
+    if ok:
+        out["plugin_layers"] = sorted(plugins.plugin_layers(network, trt))
+        out["layers"] = network.num_layers
+        out["fields"] = plugins.registered_creator("EfficientNMS_TRT").received
+        out["outputs"] = [(network.get_output(i).name, str(network.get_output(i).dtype),
+                           list(network.get_output(i).shape)) for i in range(network.num_outputs)]
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        profile.set_shape("boxes", (1, 6, 4), (2, 6, 4), (3, 6, 4))
+        profile.set_shape("scores", (1, 6, 3), (2, 6, 3), (3, 6, 3))
+        config.add_optimization_profile(profile)
+        engine = builder.build_serialized_network(network, config)
+        out["built"] = engine is not None
+        if engine is not None:
+            data = bytes(engine)
+            out["in_engine"] = [w for w in json.loads(sys.argv[2]) if w.encode("latin-1") in data]
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.trt
+def test_optimized_model_parses_and_builds_with_tensorrt(tmp_path):
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    out = fk.optimize(nms_tail_model(k=7, iou=0.4375, score=0.171875), plugins="efficient-nms")
+    path = tmp_path / "nms.onnx"
+    onnx.save(out, path)
+    names = ["EfficientNMS_TRT", "background_class", "max_output_boxes", "score_threshold", "iou_threshold",
+             "score_activation", "class_agnostic", "box_coding"]
+    values = [np.float32(0.4375).tobytes().decode("latin-1"), np.float32(0.171875).tobytes().decode("latin-1"),
+              np.int32(-1).tobytes().decode("latin-1")]
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(path), json.dumps(names + values)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["parsed"], result["errors"]
+    assert result["plugin_layers"] == ["nms"] and result["layers"] == 1
+    assert result["fields"] == [{"background_class": -1, "max_output_boxes": 7, "score_threshold": 0.171875,
+                                 "iou_threshold": 0.4375, "score_activation": 0, "class_agnostic": 0,
+                                 "box_coding": 0}]
+    assert result["outputs"] == [["num_detections", "DataType.INT32", [-1, 1]],
+                                 ["detection_boxes", "DataType.FLOAT", [-1, 7, 4]],
+                                 ["detection_scores", "DataType.FLOAT", [-1, 7]],
+                                 ["detection_classes", "DataType.INT32", [-1, 7]]]
+    assert result["built"]
+    assert result["in_engine"] == names + values
