@@ -75,7 +75,7 @@ class DecomposeDftPass(NodeRewritePass):
         base = dft.name or "DFT"
         dtype = np_dtype(x)
         k = n // 2 + 1 if onesided else n
-        angle = 2.0 * np.pi * np.outer(np.arange(n), np.arange(k)) / n
+        basis_cos, basis_sin = dft_basis(n, k)
         scale = 1.0 / n if inverse else 1.0
         nodes: list[gs.Node] = []
 
@@ -88,7 +88,7 @@ class DecomposeDftPass(NodeRewritePass):
             nodes.append(node(graph, kind, f"{base}/{kind}", list(inputs), [result], **attrs))
             return result
 
-        cos, sin = const("cos", np.cos(angle) * scale), const("sin", np.sin(angle) * scale)
+        cos, sin = const("cos", basis_cos * scale), const("sin", basis_sin * scale)
         part = [op("Gather", x, make_constant(graph, f"{base}_part{i}", np.array(i, dtype=np.int64)), axis=-1)
                 for i in range(2 if complex_input else 1)]
         xr = part[0]
@@ -99,11 +99,17 @@ class DecomposeDftPass(NodeRewritePass):
             imag = op("Add" if inverse else "Sub", op("MatMul", xi, cos), op("MatMul", xr, sin))
         else:
             real = op("MatMul", xr, cos)
-            imag = op("MatMul", xr, const("signed_sin", np.sin(angle) * scale * sign))
+            imag = op("MatMul", xr, const("signed_sin", basis_sin * scale * sign))
         minus_one = make_constant(graph, f"{base}_last_axis", np.array([-1], dtype=np.int64))
         result = op("Concat", op("Unsqueeze", real, minus_one), op("Unsqueeze", imag, minus_one), axis=-1)
         result.shape = out.shape
         replace_pattern(graph, [dft], out, nodes, result)
+
+
+def dft_basis(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 [n, k] bases C[j, m] = cos(2 pi j m / n) and S[j, m] = sin(2 pi j m / n)."""
+    angle = 2.0 * np.pi * np.outer(np.arange(n), np.arange(k)) / n
+    return np.cos(angle), np.sin(angle)
 
 
 def _axis_input(dft: gs.Node) -> int | None:
