@@ -63,7 +63,10 @@ class Affine:
     def factor(self) -> np.ndarray:
         """The constant as what multiplies (scale) or is added to (shift) ``x``, in float64."""
         v = np.asarray(self.value, np.float64)
-        return {"Mul": v, "Div": 1.0 / v, "Add": v, "Sub": -v}[self.node.op]
+        op = self.node.op
+        if op == "Div":
+            return 1.0 / v  # a Div by a constant holding a zero is declined before folding
+        return -v if op == "Sub" else v
 
 
 def as_affine(graph: gs.Graph, node: gs.Node) -> Affine | Decline:
