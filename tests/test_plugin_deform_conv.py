@@ -12,10 +12,6 @@ engine bytes hold the plugin name, the field names and values.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import onnx
@@ -33,6 +29,7 @@ from fusekit.builder import backend as backends
 from fusekit.pass_infra import Decline
 from fusekit.plugin_infra import PLUGIN_DOMAIN
 from tests.helpers import run_ort
+from tests.plugin_build import parse_and_build
 
 BACKEND = backends.installed()
 
@@ -159,38 +156,6 @@ def test_reference_matches_onnxruntime_at_batch_1_and_2(cg, ocg, group, offset_g
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-DRIVER = textwrap.dedent("""
-    import json, sys
-    import onnx
-    from fusekit.builder import backend as backends, plugins
-    model = onnx.load(sys.argv[1])
-    be = backends.load()
-    trt = be.trt
-    plugins.prepare(be, model)
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    ok = parser.parse(model.SerializeToString())
-    out = {"parsed": ok, "errors": [parser.get_error(i).desc() for i in range(parser.num_errors)]}
-    if ok:
-        out["plugin_layers"] = sorted(plugins.plugin_layers(network, trt))
-        out["fields"] = plugins.registered_creator("ModulatedDeformConv2d").received
-        out["outputs"] = [(network.get_output(i).name, str(network.get_output(i).dtype),
-                           list(network.get_output(i).shape)) for i in range(network.num_outputs)]
-        config = builder.create_builder_config()
-        profile = builder.create_optimization_profile()
-        profile.set_shape("X", (1, 4, 7, 6), (2, 4, 7, 6), (3, 4, 7, 6))
-        profile.set_shape("offset", (1, 24, 4, 8), (2, 24, 4, 8), (3, 24, 4, 8))
-        profile.set_shape("mask", (1, 12, 4, 8), (2, 12, 4, 8), (3, 12, 4, 8))
-        config.add_optimization_profile(profile)
-        engine = builder.build_serialized_network(network, config)
-        out["built"] = engine is not None
-        if engine is not None:
-            data = bytes(engine)
-            out["in_engine"] = [w for w in json.loads(sys.argv[2]) if w.encode("latin-1") in data]
-    print(json.dumps(out))
-""")
 
 
 @pytest.mark.trt
@@ -199,17 +164,15 @@ def test_optimized_model_parses_and_builds_with_tensorrt(tmp_path):
         pytest.skip("no TensorRT backend imports")
     m = deform_model(strides=(2, 1), pads=(1, 2, 1, 2), dilations=(1, 2), group=2, offset_group=2)
     out = fk.optimize(m, plugins="deform-conv")
-    path = tmp_path / "dcn.onnx"
-    onnx.save(out, path)
     names = ["ModulatedDeformConv2d", "stride", "padding", "dilation", "group", "deformable_group"]
     values = [np.array(v, np.int32).tobytes().decode("latin-1") for v in ([2, 1], [1, 2], [1, 2])]
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(path), json.dumps(names + values)],
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    profile = {"X": ((1, 4, 7, 6), (2, 4, 7, 6), (3, 4, 7, 6)), "offset": ((1, 24, 4, 8), (2, 24, 4, 8), (3, 24, 4, 8)),
+               "mask": ((1, 12, 4, 8), (2, 12, 4, 8), (3, 12, 4, 8))}
+    result = parse_and_build(tmp_path, out, creators=("ModulatedDeformConv2d",), profile=profile,
+                             words=names + values)
     assert result["parsed"], result["errors"]
     assert result["plugin_layers"] == ["dcn"]
-    assert result["fields"] == [{"stride": [2, 1], "padding": [1, 2], "dilation": [1, 2], "group": 2,
+    assert result["fields"]["ModulatedDeformConv2d"] == [{"stride": [2, 1], "padding": [1, 2], "dilation": [1, 2], "group": 2,
                                  "deformable_group": 2}]
     assert result["outputs"] == [["Y", "DataType.FLOAT", [-1, 6, 4, 8]]]
     assert result["built"]

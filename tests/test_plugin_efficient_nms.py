@@ -10,10 +10,6 @@ the engine bytes hold the plugin name, the field names and the thresholds' value
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import onnx
@@ -29,6 +25,7 @@ from fusekit import registry
 from fusekit.builder import backend as backends
 from fusekit.plugin_infra import PLUGIN_DOMAIN
 from tests.helpers import run_ort
+from tests.plugin_build import parse_and_build
 
 BACKEND = backends.installed()
 OUTPUTS = ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
@@ -165,38 +162,6 @@ def test_reference_matches_onnxruntime_at_batch_1_and_3(n, c, k, iou, score, see
             np.testing.assert_array_equal(value, expected[name], err_msg=name)
 
 
-DRIVER = textwrap.dedent("""
-    import json, sys
-    import onnx
-    from fusekit.builder import backend as backends, plugins
-    model = onnx.load(sys.argv[1])
-    be = backends.load()
-    trt = be.trt
-    plugins.prepare(be, model)
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    ok = parser.parse(model.SerializeToString())
-    out = {"parsed": ok, "errors": [parser.get_error(i).desc() for i in range(parser.num_errors)]}
-    if ok:
-        out["plugin_layers"] = sorted(plugins.plugin_layers(network, trt))
-        out["layers"] = network.num_layers
-        out["fields"] = plugins.registered_creator("EfficientNMS_TRT").received
-        out["outputs"] = [(network.get_output(i).name, str(network.get_output(i).dtype),
-                           list(network.get_output(i).shape)) for i in range(network.num_outputs)]
-        config = builder.create_builder_config()
-        profile = builder.create_optimization_profile()
-        profile.set_shape("boxes", (1, 6, 4), (2, 6, 4), (3, 6, 4))
-        profile.set_shape("scores", (1, 6, 3), (2, 6, 3), (3, 6, 3))
-        config.add_optimization_profile(profile)
-        engine = builder.build_serialized_network(network, config)
-        out["built"] = engine is not None
-        if engine is not None:
-            data = bytes(engine)
-            out["in_engine"] = [w for w in json.loads(sys.argv[2]) if w.encode("latin-1") in data]
-    print(json.dumps(out))
-""")
 
 
 @pytest.mark.trt
@@ -204,19 +169,15 @@ def test_optimized_model_parses_and_builds_with_tensorrt(tmp_path):
     if BACKEND is None:
         pytest.skip("no TensorRT backend imports")
     out = fk.optimize(nms_tail_model(k=7, iou=0.4375, score=0.171875), plugins="efficient-nms")
-    path = tmp_path / "nms.onnx"
-    onnx.save(out, path)
     names = ["EfficientNMS_TRT", "background_class", "max_output_boxes", "score_threshold", "iou_threshold",
              "score_activation", "class_agnostic", "box_coding"]
     values = [np.float32(0.4375).tobytes().decode("latin-1"), np.float32(0.171875).tobytes().decode("latin-1"),
               np.int32(-1).tobytes().decode("latin-1")]
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(path), json.dumps(names + values)],
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    profile = {"boxes": ((1, 6, 4), (2, 6, 4), (3, 6, 4)), "scores": ((1, 6, 3), (2, 6, 3), (3, 6, 3))}
+    result = parse_and_build(tmp_path, out, creators=("EfficientNMS_TRT",), profile=profile, words=names + values)
     assert result["parsed"], result["errors"]
     assert result["plugin_layers"] == ["nms"] and result["layers"] == 1
-    assert result["fields"] == [{"background_class": -1, "max_output_boxes": 7, "score_threshold": 0.171875,
+    assert result["fields"]["EfficientNMS_TRT"] == [{"background_class": -1, "max_output_boxes": 7, "score_threshold": 0.171875,
                                  "iou_threshold": 0.4375, "score_activation": 0, "class_agnostic": 0,
                                  "box_coding": 0}]
     assert result["outputs"] == [["num_detections", "DataType.INT32", [-1, 1]],

@@ -29,6 +29,7 @@ from fusekit.builder import backend as backends
 from fusekit.errors import InputError
 from fusekit.plugin_infra import PLUGIN_DOMAIN, validate_spec_class
 from tests.helpers import run_ort
+from tests.plugin_build import parse_and_build
 
 BACKEND = backends.installed()
 HEADER = '<ir_version: 8, opset_import: ["" : 17, "my.ops": 1]>\n'
@@ -99,42 +100,7 @@ def test_roi_align_reference_matches_onnxruntime(batch, rois, size, out_h, out_w
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-DRIVER = textwrap.dedent("""
-    import json, sys
-    import onnx
-    import fusekit.api as fk
-    from fusekit.builder import backend as backends, plugins
-    model = onnx.load(sys.argv[1])
-    be = backends.load()
-    trt = be.trt
-    if sys.argv[2] == "register":
-        needed, notes = plugins.prepare(be, model)
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    ok = parser.parse(model.SerializeToString())
-    out = {"parsed": ok, "errors": [parser.get_error(i).desc() for i in range(parser.num_errors)]}
-    if ok:
-        out["plugin_layers"] = sorted(plugins.plugin_layers(network, trt))
-        out["fields"] = {n: plugins.registered_creator(n).received for n in ("ROIAlign_TRT", "Swish3")
-                         if plugins.registered_creator(n) is not None}
-        engine = builder.build_serialized_network(network, builder.create_builder_config())
-        out["built"] = engine is not None
-        if engine is not None:
-            data = bytes(engine)
-            out["in_engine"] = [w for w in sys.argv[3:] if w.encode() in data]
-    print(json.dumps(out))
-""")
 
-
-def drive(tmp_path, m: onnx.ModelProto, mode: str, *words: str) -> dict:
-    path = tmp_path / "m.onnx"
-    onnx.save(m, path)
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(path), mode, *words], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.trt
@@ -143,8 +109,9 @@ def test_substituted_model_parses_and_builds_with_generated_creators(tmp_path):
         pytest.skip("no TensorRT backend imports")
     fixed = model(MODEL.replace("float[B,4,8,8]", "float[2,4,8,8]"))
     out = fk.optimize(fixed, plugins="auto")
-    result = drive(tmp_path, out, "register", "ROIAlign_TRT", "Swish3", "spatial_scale", "output_width",
-                   "flavour", "fast", "tags")
+    result = parse_and_build(tmp_path, out, creators=("ROIAlign_TRT", "Swish3"),
+                             words=["ROIAlign_TRT", "Swish3", "spatial_scale", "output_width", "flavour", "fast",
+                                    "tags"])
     assert result["parsed"], result["errors"]
     assert result["plugin_layers"] == ["RoiAlign_0", "Swish3_0"]
     assert result["fields"]["ROIAlign_TRT"] == [{"coordinate_transformation_mode": 1, "mode": 1, "output_height": 2,
@@ -160,7 +127,7 @@ def test_without_a_creator_the_parser_says_plugin_not_found(tmp_path):
     if BACKEND is None:
         pytest.skip("no TensorRT backend imports")
     out = fk.optimize(model(MODEL.replace("float[B,4,8,8]", "float[2,4,8,8]")), plugins="auto")
-    result = drive(tmp_path, out, "none")
+    result = parse_and_build(tmp_path, out, register=False)
     assert not result["parsed"]
     assert any("Plugin not found" in e for e in result["errors"])
 
