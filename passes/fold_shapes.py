@@ -116,18 +116,30 @@ class FoldShapesPass(Pass):
                 plan.declines.append((node, _dynamic_shape_reason(node, analysis)))
         return plan
 
-    def _reshape(self, node: gs.Node, analysis: Analysis, constant: set[int], plan: Plan) -> None:
+    @staticmethod
+    def _computed_target(node: gs.Node, analysis: Analysis, constant: set[int], plan: Plan,
+                         need_input_shape: bool):
+        """(input shape, target, its analysed value) of a Reshape/Expand whose computed target
+        may become constant; None when the node is a no-op (planned for removal), its target
+        is constant already, or the analysis cannot follow the target (decline planned)."""
         data, target = node.inputs[0], node.inputs[1]
         in_shape, out_shape = analysis.shape(data), analysis.shape(node.outputs[0])
         if _same_shape(in_shape, out_shape):
             plan.noops.append(node)
-            return
+            return None
         if is_constant(target) or id(target) in constant:
-            return
+            return None
         value = analysis.value(target)
-        if value is None or value.scalar:
+        if value is None or value.scalar or (need_input_shape and in_shape is None):
             plan.declines.append((node, f"target {target.name!r} is not a small integer vector the analysis follows"))
+            return None
+        return in_shape, target, value
+
+    def _reshape(self, node: gs.Node, analysis: Analysis, constant: set[int], plan: Plan) -> None:
+        found = self._computed_target(node, analysis, constant, plan, need_input_shape=False)
+        if found is None:
             return
+        in_shape, target, value = found
         allowzero = bool(node.attrs.get("allowzero", 0))
         new: list[int | None] = []
         for i, e in enumerate(value.elems):
@@ -148,17 +160,10 @@ class FoldShapesPass(Pass):
         plan.targets.append((node, np.array(new, dtype=np.int64)))
 
     def _expand(self, node: gs.Node, analysis: Analysis, constant: set[int], plan: Plan) -> None:
-        data, target = node.inputs[0], node.inputs[1]
-        in_shape, out_shape = analysis.shape(data), analysis.shape(node.outputs[0])
-        if _same_shape(in_shape, out_shape):
-            plan.noops.append(node)
+        found = self._computed_target(node, analysis, constant, plan, need_input_shape=True)
+        if found is None:
             return
-        if is_constant(target) or id(target) in constant:
-            return
-        value = analysis.value(target)
-        if value is None or value.scalar or in_shape is None:
-            plan.declines.append((node, f"target {target.name!r} is not a small integer vector the analysis follows"))
-            return
+        in_shape, target, value = found
         n, rank = len(value.elems), len(in_shape)
         new, pending = [], []
         for j, e in enumerate(value.elems):
