@@ -93,7 +93,8 @@ def test_parser_rejects_the_same_restrictions():
 
 
 def test_unknown_table_is_an_input_error():
-    with pytest.raises(InputError, match="known tables: tensorrt-10.15"):
+    known = "tensorrt-10.0, tensorrt-10.1, tensorrt-10.15, tensorrt_rtx-1.7"  # in release order
+    with pytest.raises(InputError, match=f"known tables: {known}"):
         fk.check_trt(model(CLEAN), table="tensorrt-9")
 
 
@@ -101,7 +102,60 @@ def test_shipped_tables_are_consistent():
     for name in support.table_names():
         data = support.load_table(name)
         assert not set(data["supported"]) & set(data["unsupported"]), name
-        assert {"Unique", "Det", "MaxUnpool"} <= set(data["unsupported"])
+        assert {"Unique", "Det", "MaxUnpool", "Col2Im"} <= set(data["unsupported"])
+        assert name == f"{data['backend']}-{data['version']}"
+        low, high = data["opset"]
+        assert 9 <= low < high
+
+
+@pytest.mark.parametrize(("backend", "version", "table"), [
+    ("tensorrt", "10.0.1.6", "tensorrt-10.0"),
+    ("tensorrt", "10.1.0", "tensorrt-10.1"),
+    ("tensorrt", "10.8.0.43", "tensorrt-10.1"),  # no 10.2..10.14 table: the closest older release
+    ("tensorrt", "10.15.1.29", "tensorrt-10.15"),
+    ("tensorrt", "10.16.0", "tensorrt-10.15"),
+    ("tensorrt", "8.6.1", "tensorrt-10.0"),  # older than every table: the oldest
+    ("tensorrt_rtx", "1.7.1.116", "tensorrt_rtx-1.7"),
+    ("tensorrt_rtx", "1.9.0", "tensorrt_rtx-1.7"),
+    ("other", "1.0", support.DEFAULT_TABLE),
+])
+def test_table_for_picks_the_closest_release_at_or_below(backend, version, table):
+    assert support.table_for(backends.Backend(backend, None, version)) == table
+
+
+def test_no_backend_uses_the_default_table():
+    assert support.table_for(None) == support.DEFAULT_TABLE == "tensorrt-10.15"
+
+
+@pytest.mark.parametrize(("version", "opsets"), [("10.0.1", (9, 20)), ("10.1.0", (9, 20)), ("10.15.1", (9, 24))])
+def test_opset_range_follows_the_installed_release(monkeypatch, version, opsets):
+    monkeypatch.setattr(backends, "installed", lambda: backends.Backend("tensorrt", None, version))
+    assert support.supported_opsets()[0] == opsets
+
+
+DEFORM = HEADER.replace('"" : 17', '"" : 19') + """
+g (float[1,1,4,4] x, float[1,1,2,2] w, float[1,8,3,3] o) => (float[1,1,3,3] y) {
+  y = DeformConv<kernel_shape=[2,2]>(x, w, o) }"""
+HANN = HEADER + """g (float[8] x) => (float[8] y) {
+  n = Constant<value_int=8>()
+  w = HannWindow(n)
+  y = Mul(x, w) }"""
+
+
+def test_tables_follow_ops_added_between_releases():
+    """DeformConv: onnx-tensorrt lists it from the 10.1 GA release on; HannWindow and STFT
+    after 10.1 (supported in 10.15)."""
+    [deform] = fk.check_trt(model(DEFORM), table="tensorrt-10.0")
+    assert deform.op == "DeformConv" and deform.reason == "not in the support table of TensorRT 10.0"
+    assert fk.check_trt(model(DEFORM), table="tensorrt-10.1") == []
+    assert fk.check_trt(model(DEFORM), table="tensorrt-10.15") == []
+    for table in ("tensorrt-10.0", "tensorrt-10.1"):
+        assert [u.op for u in fk.check_trt(model(HANN), table=table)] == ["HannWindow"]
+    assert fk.check_trt(model(HANN), table="tensorrt-10.15") == []
+    older, newer = support.load_table("tensorrt-10.1"), support.load_table("tensorrt-10.15")
+    added = set(newer["supported"]) - set(older["supported"])
+    assert {"STFT", "HannWindow", "RMSNormalization", "Attention"} <= added
+    assert not set(older["supported"]) - set(newer["supported"])  # nothing dropped from 10.1 to 10.15
 
 
 def test_cli_exit_codes_and_json(tmp_path, capsys):

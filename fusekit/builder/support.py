@@ -4,7 +4,9 @@ With a backend installed, the whole model goes through the ONNX parser once; the
 reports every failing node (it goes on after a failure) with the node's index, which maps
 each error back to its node. Without a backend, the shipped support table of one release
 is used (``fusekit/data/trt_support/*.json``: onnx-tensorrt's ``docs/operators.md`` for
-TensorRT 10.15, and what the tensorrt_rtx 1.7 parser was measured to reject), with the
+TensorRT 10.0, 10.1 (made by ``tools/trt_support_table.py``) and 10.15, and what the
+tensorrt_rtx 1.7 parser was measured to reject; :func:`table_for` picks the one of the
+installed release), with the
 restrictions fusekit can check without TensorRT (a MaxPool ``Indices`` output in use,
 reduction axes that are not constant, TopK's K limit).
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -53,8 +56,19 @@ class UnsupportedNode:
         return asdict(self)
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """A version's (major, minor): "10.15.1.29" -> (10, 15), so 10.8 sorts before 10.15."""
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+def _table_key(name: str) -> tuple[str, tuple[int, ...]]:
+    backend, _, version = name.rpartition("-")
+    return backend, _release(version)
+
+
 def table_names() -> list[str]:
-    return sorted(p.stem for p in TABLES.glob("*.json"))
+    """The shipped tables, by backend and then release (tensorrt-10.0, tensorrt-10.1, ... tensorrt-10.15)."""
+    return sorted((p.stem for p in TABLES.glob("*.json")), key=_table_key)
 
 
 @lru_cache(maxsize=None)
@@ -66,12 +80,20 @@ def load_table(name: str) -> dict:
 
 
 def table_for(backend) -> str:
-    """The shipped table of ``backend``'s release (same name and major.minor), else the newest."""
-    if backend is not None:
-        name = f"{backend.name}-{'.'.join(backend.version.split('.')[:2])}"
-        if name in table_names():
-            return name
-    return DEFAULT_TABLE
+    """The shipped table closest to ``backend``'s release: of the same backend, the newest whose
+    major.minor is at most the installed one (tensorrt 10.8 -> tensorrt-10.1, tensorrt 10.15.1
+    -> tensorrt-10.15); the oldest when every table is newer; DEFAULT_TABLE when no backend
+    imports or none of its tables is shipped."""
+    if backend is None:
+        return DEFAULT_TABLE
+    mine = [name for name in table_names() if _table_key(name)[0] == backend.name]
+    if not mine:
+        return DEFAULT_TABLE
+    installed = _release(backend.version)
+    older = [name for name in mine if _table_key(name)[1] <= installed]
+    if not older:
+        log.warning("%s is older than every shipped support table of it; using %s", backend.describe(), mine[0])
+    return older[-1] if older else mine[0]
 
 
 def supported_opsets() -> tuple[tuple[int, int], str]:
