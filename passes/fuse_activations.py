@@ -1,4 +1,5 @@
-"""Fuse decomposed activations into HardSigmoid, HardSwish and Mish; recognise SiLU.
+"""Fuse decomposed activations into HardSigmoid, HardSwish and Mish; recognise SiLU; write
+a HardSwish that only a reduction reads in the form TensorRT fuses into the reduction.
 
 Rules, one per root op (x any float tensor, constants scalars):
 
@@ -22,12 +23,28 @@ Rules, one per root op (x any float tensor, constants scalars):
   none), its ActivationType has no Swish, and ONNX's Swish op needs opset 24, so there is
   nothing better to rewrite it into. TensorRT imports HardSwish itself as kHARD_SIGMOID(1/6, 1/2) times x,
   so the HardSigmoid/HardSwish rewrites mostly shrink the graph and make it readable.
+- HardSwish read only by a reduction (ReduceMean, ReduceSum, ReduceMax over any axes,
+  GlobalAveragePool: a classifier head's pool) is written ``x * Clip(x + 3, 0, 6) / 6``
+  (the same function: HardSwish(x) = x * max(0, min(1, x/6 + 1/2))), from the HardSwish
+  op, ``x * HardSigmoid<1/6, 1/2>(x)`` or any other Clip form above, and that form is
+  kept rather than fused. Measured with tensorrt_rtx 1.7.1 (builder log of the engine's
+  layers, Conv -> activation -> reduction, 64..1024 channels, 4x4..16x16, batch
+  profiles 1:2:4 and 1:8:32): Myelin fuses ``x * Clip(x + 3, 0, 6) / 6`` (or ``* 1/6``)
+  into the reduction's kernel in every case; the HardSwish op (parsed as kHARD_SIGMOID
+  times x), ``x * HardSigmoid(x)``, ``x * Clip(x/6 + 1/2, 0, 1)`` and
+  ``x * (Clip(x + 3, 0, 6) / 6)`` end in a product of two tensors that is reduced, and for
+  some sizes (e.g. 256 channels at 8x8, the zoo MobileNet's head) stay a kernel of their
+  own: one engine layer more. The raw export only escapes that because its BatchNorm
+  (one more pointwise op) sits in the same kernel; once fold-batchnorm removes it the
+  head would cost a layer.
 
 Constants must equal their exact values within float32 rounding (or x's dtype, if
 coarser). Must not rewrite when: Clip's lower bound is not 0 or its bounds are not
 constant; hi * f is not 1; alpha/beta are not HardSwish's; the two x operands are
 different tensors; an intermediate is read outside the pattern or is a graph output; a
-constant would broadcast x to a higher rank; the opset lacks the target op.
+constant would broadcast x to a higher rank; the opset lacks the target op. A HardSwish
+(op or form) read by anything but one reduction, or that is a graph output, is not
+written as the Clip form.
 """
 
 from __future__ import annotations
@@ -37,7 +54,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import is_graph_io, onnx_type, type_name
+from fusekit.graph_edit import is_graph_io, make_constant, onnx_type, type_name
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._fusion import (close, constant_operand, consumer, escaping, float_type, node, np_dtype,
                                     only_consumer, op_of, other_input, rank_of, replace_pattern, scale_of, scalar,
@@ -45,6 +62,10 @@ from fusekit.passes._fusion import (close, constant_operand, consumer, escaping,
 
 Verdict = Match | Decline
 HARDSWISH_OPSET, MISH_OPSET = 14, 18
+CLIP_INPUTS_OPSET = 11  # Clip's bounds are inputs from opset 11, attributes before
+# Readers of a HardSwish for which it is written x * Clip(x + 3, 0, 6) / 6 (see the docstring).
+REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "GlobalAveragePool")
+CLIP_FORM = "x * Clip(x + 3, 0, 6) / 6"
 SILU_KEPT = ("SiLU x * Sigmoid(x) recognised; kept as Sigmoid + Mul, which TensorRT fuses into one pointwise "
              "kernel (its ONNX parser has no Swish importer)")
 
@@ -102,7 +123,8 @@ def _hard_sigmoid_match(graph: gs.Graph, clip: gs.Node, rank, dtype) -> dict | s
         f = factor[1]
         if not close(hi * f, 1.0, dtype):
             return f"Clip upper bound {hi:g} times scale {f:.7g} is not 1"
-        return dict(x=x, alpha=a * f, beta=b * f, nodes=[*nodes, post, last], out=last.outputs[0], times_x=True)
+        return dict(x=x, alpha=a * f, beta=b * f, nodes=[*nodes, post, last], out=last.outputs[0], times_x=True,
+                    clip_form=[n.op for n in nodes] == ["Add", "Clip"] and hi == 6.0 and last.op == "Div")
     if close(hi, 1.0, dtype):
         return dict(x=x, alpha=a, beta=b, nodes=nodes, out=c, times_x=False)
     return f"Clip(x + b, 0, {hi:g}) is not scaled by 1/{hi:g}"
@@ -112,13 +134,27 @@ def _is_hard_swish(alpha: float, beta: float, dtype=np.float32) -> bool:
     return close(alpha, 1 / 6, dtype) and close(beta, 0.5, dtype)
 
 
+def _reduced_by(graph: gs.Graph, out: gs.Tensor) -> gs.Node | None:
+    """The reduction that is the only reader of ``out`` (not a graph output), if any."""
+    if is_graph_io(graph, out):
+        return None
+    reader = only_consumer(out, *REDUCTIONS)
+    return reader if reader is not None and reader.inputs[0] is out else None
+
+
+def _as_clip_form(reduction: gs.Node, replaced: str, data: dict) -> tuple[str, dict]:
+    return (f"{replaced} read by {reduction.op} becomes {CLIP_FORM}, which TensorRT fuses into the reduction",
+            {**data, "build": "ClipHardSwish"})
+
+
 class FuseActivationsPass(NodeRewritePass):
-    """Fuse HardSigmoid, HardSwish and Mish forms into their ops; recognise SiLU."""
+    """Fuse HardSigmoid, HardSwish and Mish forms into their ops; recognise SiLU; a HardSwish
+    only a reduction reads becomes x * Clip(x + 3, 0, 6) / 6."""
 
     name = "fuse-activations"
     stage = Stage.FUSION
     priority = 14
-    ops = frozenset({"Clip", "HardSigmoid", "Softplus", "Sigmoid"})
+    ops = frozenset({"Clip", "HardSigmoid", "HardSwish", "Softplus", "Sigmoid"})
 
     def check(self, graph: gs.Graph, root: gs.Node, ctx: PassContext) -> Verdict:
         x_in = root.inputs[0]
@@ -142,6 +178,11 @@ class FuseActivationsPass(NodeRewritePass):
         attrs = f"alpha {m['alpha']:.6g}, beta {m['beta']:.6g}"
         if not m["times_x"]:
             return f"HardSigmoid({attrs}) replaces {len(m['nodes'])} nodes", {**m, "build": "HardSigmoid"}
+        reduction = _reduced_by(graph, m["out"]) if _is_hard_swish(m["alpha"], m["beta"], dtype) else None
+        if reduction is not None:
+            if m["clip_form"]:
+                return f"HardSwish as {CLIP_FORM} read by {reduction.op} is kept: TensorRT fuses it into the reduction"
+            return _as_clip_form(reduction, f"HardSwish of {len(m['nodes'])} nodes", m)
         if _is_hard_swish(m["alpha"], m["beta"], dtype) and graph.opset >= HARDSWISH_OPSET:
             return f"HardSwish replaces {len(m['nodes'])} nodes", {**m, "build": "HardSwish"}
         return f"x * HardSigmoid({attrs}) replaces {len(m['nodes'])} nodes", {**m, "build": "MulHardSigmoid"}
@@ -154,9 +195,19 @@ class FuseActivationsPass(NodeRewritePass):
             return "HardSigmoid output is not only multiplied by its input"
         if not _is_hard_swish(alpha, beta, dtype):
             return f"x * HardSigmoid(alpha {alpha:.6g}, beta {beta:.6g}) is not HardSwish (alpha 1/6, beta 1/2)"
+        data = dict(x=x, nodes=[hs, mul], out=mul.outputs[0])
+        reduction = _reduced_by(graph, mul.outputs[0])
+        if reduction is not None:
+            return _as_clip_form(reduction, "x * HardSigmoid(x)", data)
         if graph.opset < HARDSWISH_OPSET:
             return f"HardSwish needs opset {HARDSWISH_OPSET}, the model has {graph.opset}"
-        return "HardSwish replaces 2 nodes", dict(x=x, nodes=[hs, mul], out=mul.outputs[0], build="HardSwish")
+        return "HardSwish replaces 2 nodes", {**data, "build": "HardSwish"}
+
+    def _hardswish(self, graph, hs, rank, dtype):
+        reduction = _reduced_by(graph, hs.outputs[0])
+        if reduction is None:
+            return "HardSwish is kept: it is not read by a reduction only"
+        return _as_clip_form(reduction, "HardSwish", dict(x=hs.inputs[0], nodes=[hs], out=hs.outputs[0]))
 
     def _softplus(self, graph, softplus, rank, dtype):
         x = softplus.inputs[0]
@@ -188,6 +239,22 @@ class FuseActivationsPass(NodeRewritePass):
             new = [node(graph, "HardSigmoid", f"{base}/HardSigmoid", [x], [h],
                         alpha=float(data["alpha"]), beta=float(data["beta"])),
                    node(graph, "Mul", f"{base}/Mul", [x, h], [out])]
+        elif build == "ClipHardSwish":
+            new = self._clip_form(graph, base, x, out)
         else:
             new = [node(graph, build, f"{base}/{build}", [x], [out])]
         replace_pattern(graph, data["nodes"], data["out"], new, out)
+
+    @staticmethod
+    def _clip_form(graph: gs.Graph, base: str, x: gs.Tensor, out: gs.Tensor) -> list[gs.Node]:
+        """x * Clip(x + 3, 0, 6) / 6 computing ``out``, constants in x's dtype."""
+        const = lambda name, v: make_constant(graph, f"{base}_{name}", np.array(v, dtype=np_dtype(x)))  # noqa: E731
+        three, six = const("three", 3.0), const("six", 6.0)
+        shifted, clipped, product = (variable(graph, f"{base}_{name}_output", x) for name in ("Add", "Clip", "Mul"))
+        if graph.opset >= CLIP_INPUTS_OPSET:
+            clip = node(graph, "Clip", f"{base}/Clip", [shifted, const("zero", 0.0), six], [clipped])
+        else:
+            clip = node(graph, "Clip", f"{base}/Clip", [shifted], [clipped], min=0.0, max=6.0)
+        return [node(graph, "Add", f"{base}/Add", [x, three], [shifted]), clip,
+                node(graph, "Mul", f"{base}/Mul", [x, clipped], [product]),
+                node(graph, "Div", f"{base}/Div", [product, six], [out])]

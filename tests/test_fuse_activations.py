@@ -8,7 +8,11 @@ float32 and float16 at opsets 10-18, and compare under onnxruntime at N = 1 and 
 (float32: 1e-5, relative for large values; float16: 4e-3) after onnx.checker (full). The
 target op must appear only where the opset has it. Near misses (bounds, scale, alpha,
 another tensor in place of x, an intermediate used elsewhere) must stay and say why.
-Real model: the raw MobileNet export keeps its 7 HardSwish and its ReLU6 Clips.
+A HardSwish in any form (op, x * HardSigmoid(x), the Clip forms, a pre-scaled x) read only
+by ReduceMean/ReduceSum/ReduceMax/GlobalAveragePool becomes x * Clip(x + 3, 0, 6) / 6 and
+stays so, compared the same way (opsets 10-18, float32 and float16).
+Real model: the raw MobileNet export keeps its ReLU6 Clips and its 6 HardSwish in the
+body; the head's, read by ReduceMean, becomes the Clip form.
 """
 
 from __future__ import annotations
@@ -137,20 +141,112 @@ def test_near_miss_is_kept_with_its_reason(case):
     assert not finding.applies and DEFECTS[defect] in finding.message, finding.message
 
 
+POOLED_FORMS = ["hardswish-op", "hardswish-hs", "hardswish-clip", "hardswish-clip-mul", "hardswish-two-step"]
+REDUCTIONS = ["ReduceMean", "ReduceSum", "ReduceMax", "GlobalAveragePool"]
+
+
+@st.composite
+def pooled_hardswish(draw, form: str):
+    """(model, dtype, form, reduction, whether x is scaled by 4 in front): a HardSwish form
+    read only by a reduction over some of x's axes (keepdims, so the output keeps x's rank)."""
+    reduction = draw(st.sampled_from(REDUCTIONS))
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float16])))
+    opset = draw(st.sampled_from([14, 17, 18] if form == "hardswish-op" else [10, 13, 14, 18]))
+    dims = draw(st.lists(st.integers(1, 5), min_size=2, max_size=3))
+    seed = draw(st.integers(0, 2**16 - 1))
+    b = Builder(dtype, dims, opset, as_node=lambda i: bool((seed >> (i % 16)) & 1))
+    order = lambda a, c: (a, c) if draw(st.booleans()) else (c, a)  # noqa: E731
+    prefixed = draw(st.booleans())
+    x = b.op("Mul", "x", b.const(4.0)) if prefixed else "x"
+
+    def clip(t: str) -> str:
+        if opset < 11:
+            return b.op("Clip", t, min=0.0, max=6.0)
+        return b.op("Clip", t, b.const(0.0), b.const(6.0))
+
+    if form == "hardswish-op":
+        y = b.op("HardSwish", x)
+    elif form == "hardswish-hs":
+        y = b.op("Mul", *order(x, b.op("HardSigmoid", x, alpha=1 / 6, beta=0.5)))
+    else:
+        c = clip(b.op("Add", *order(x, b.const(3.0))))
+        if form == "hardswish-two-step":
+            y = b.op("Mul", *order(x, b.op("Div", c, b.const(6.0))))
+        elif form == "hardswish-clip-mul":
+            y = b.op("Mul", *order(b.op("Mul", *order(x, c)), b.const(1 / 6)))
+        else:
+            y = b.op("Div", b.op("Mul", *order(x, c)), b.const(6.0))
+    if reduction == "GlobalAveragePool":
+        pooled = b.op(reduction, y, name="pool")
+    else:
+        axes = sorted(draw(st.sets(st.integers(1, len(dims)), min_size=1)))
+        if opset >= (13 if reduction == "ReduceSum" else 18):
+            pooled = b.op(reduction, y, b.const(axes, np.int64), keepdims=1, name="pool")
+        else:
+            pooled = b.op(reduction, y, axes=axes, keepdims=1, name="pool")
+    b.output(pooled)
+    return b.model(), dtype, form, reduction, prefixed
+
+
+@pytest.mark.parametrize("form", POOLED_FORMS)
+@given(data=st.data())
+def test_hardswish_read_by_a_reduction_becomes_the_clip_form(form, data):
+    model, dtype, form, reduction, prefixed = data.draw(pooled_hardswish(form))
+    note(onnx.printer.to_text(model.graph))
+    optimized, report = check_fused(model, PASSES, dtype, f"{form} pooled")
+    note(onnx.printer.to_text(optimized.graph))
+    after = op_counts(optimized)
+    after["Mul"] -= prefixed
+    del after["Constant"]
+    assert +after == {"Add": 1, "Clip": 1, "Mul": 1, "Div": 1, reduction: 1}, after
+    producer = {o: n for n in optimized.graph.node for o in n.output}
+    (pool,) = [n for n in optimized.graph.node if n.op_type == reduction]
+    div = producer[pool.input[0]]
+    mul = producer[div.input[0]]
+    (clip,) = [producer[t] for t in mul.input if t in producer and producer[t].op_type == "Clip"]
+    (x,) = set(mul.input) - {clip.output[0]}
+    add = producer[clip.input[0]]
+    assert (add.op_type, mul.op_type, div.op_type) == ("Add", "Mul", "Div") and x in add.input
+    findings = inspect_pass(optimized, "fuse-activations")
+    (kept,) = findings[clip.name]
+    assert not kept.applies and kept.message == (f"HardSwish as x * Clip(x + 3, 0, 6) / 6 read by {reduction} is "
+                                                  "kept: TensorRT fuses it into the reduction")
+    assert not any(f.applies for fs in findings.values() for f in fs)
+
+
+def test_hardswish_read_by_anything_else_stays_the_op():
+    model = parse('<ir_version: 8, opset_import: ["" : 14]>\n'
+                  "g (float[N,4,3,3] x) => (float[N,4,1,1] y, float[N,4,3,3] z, float[N,4,1,1] w, float[N,4,3,3] v) {\n"
+                  " [both] h = HardSwish(x)\n y = ReduceMean<axes = [2, 3]>(h)\n z = Relu(h)\n"
+                  " [relu] g = HardSwish(x)\n w = GlobalMaxPool(g)\n [out] v = HardSwish(x)\n}")
+    findings = {n: [(f.applies, f.message) for f in fs] for n, fs in inspect_pass(model, "fuse-activations").items()}
+    kept = [(False, "HardSwish is kept: it is not read by a reduction only")]
+    assert findings == {"both": kept, "relu": kept, "out": kept}
+    optimized, report = check_fused(model, PASSES, np.float32, "hardswish kept")
+    assert op_counts(optimized) == op_counts(model) and rewrites(report, "fuse-activations") == 0
+
+
 # ---------------------------------------------------------------- fixed cases
 
 def test_messages_say_what_happens():
     model = parse('<ir_version: 8, opset_import: ["" : 14]>\n'
-                  "g (float[N,4] x) => (float[N,4] y, float[N,4] z, float[N,4] w) "
+                  "g (float[N,4] x) => (float[N,4] y, float[N,4] z, float[N,4] w, float[N,1] q, float s) "
                   "<float three = {3.0}, float zero = {0.0}, float six = {6.0}> {\n"
                   " a = Add(x, three)\n [clip] c = Clip(a, zero, six)\n m = Mul(x, c)\n y = Div(m, six)\n"
                   " [hs] h = HardSigmoid<alpha = 0.2>(x)\n z = Mul(h, x)\n"
-                  " [relu6] r = Clip(x, zero, six)\n w = Div(r, six)\n}")
+                  " [relu6] r = Clip(x, zero, six)\n w = Div(r, six)\n"
+                  " [head] p = HardSwish(x)\n q = ReduceMean<axes = [1]>(p)\n"
+                  " a2 = Add(x, three)\n [pooled] c2 = Clip(a2, zero, six)\n m2 = Mul(x, c2)\n d2 = Div(m2, six)\n"
+                  " s = ReduceSum<keepdims = 0>(d2)\n}")
     findings = {n: [(f.applies, f.message) for f in fs] for n, fs in inspect_pass(model, "fuse-activations").items()}
     assert findings == {
         "clip": [(True, "HardSwish replaces 4 nodes")],
         "hs": [(False, "x * HardSigmoid(alpha 0.2, beta 0.5) is not HardSwish (alpha 1/6, beta 1/2)")],
         "relu6": [(False, "Clip input is not x + constant (a ReLU6-like clip, not a hard sigmoid)")],
+        "head": [(True, "HardSwish read by ReduceMean becomes x * Clip(x + 3, 0, 6) / 6, which TensorRT fuses "
+                        "into the reduction")],
+        "pooled": [(False, "HardSwish as x * Clip(x + 3, 0, 6) / 6 read by ReduceSum is kept: TensorRT fuses it "
+                           "into the reduction")],
     }
 
 
@@ -177,15 +273,23 @@ def test_pre_scaled_input_multiplied_whole_is_hardswish_of_it():
 
 # ---------------------------------------------------------------- real model
 
-def test_mobilenet_keeps_its_hardswish_and_relu6():
+def test_mobilenet_keeps_its_hardswish_and_relu6_and_writes_the_head_as_clip_form():
     """torch exports nn.Hardswish as HardSwish at opset 14 already; ReLU6 is Clip(x, 0, 6)
-    with nothing added, which must stay a Clip."""
+    with nothing added, which must stay a Clip. The head's HardSwish, read by the pool's
+    ReduceMean, becomes x * Clip(x + 3, 0, 6) / 6 (test_builder: one engine layer less)."""
     original, optimized, report, worst = zoo_run("mobilenet")
     before, after = op_counts(original), op_counts(optimized)
-    assert before["HardSwish"] == after["HardSwish"] == 7
-    assert before["Clip"] == after["Clip"] == 5
-    assert rewrites(report, "fuse-activations") == 0
-    clips = [n.name for n in optimized.graph.node if n.op_type == "Clip"]
+    assert before["HardSwish"] == 7 and after["HardSwish"] == 6
+    assert before["Clip"] == 5 and after["Clip"] == 6
+    assert rewrites(report, "fuse-activations") == 1
+    (pool,) = [n for n in optimized.graph.node if n.op_type == "ReduceMean"]
+    producer = {o: n for n in optimized.graph.node for o in n.output}
+    div = producer[pool.input[0]]
+    mul = producer[div.input[0]]
+    assert (div.op_type, mul.op_type) == ("Div", "Mul") and div.name == "/head/head.2/Div"
     findings = inspect_pass(optimized, "fuse-activations")
-    assert all("not x + constant" in findings[c][0].message for c in clips)
+    clips = [n.name for n in optimized.graph.node if n.op_type == "Clip"]
+    assert sorted(findings[c][0].message.split(":")[0] for c in clips) == [
+        "Clip input is not x + constant (a ReLU6-like clip, not a hard sigmoid)"] * 5 + [
+        "HardSwish as x * Clip(x + 3, 0, 6) / 6 read by ReduceMean is kept"]
     MAX_DIFF["mobilenet (default pipeline)"] = worst
