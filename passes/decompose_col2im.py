@@ -98,10 +98,13 @@ class DecomposeCol2ImPass(NodeRewritePass):
         length = shape[2]
         if isinstance(length, (int, np.integer)) and length != counts[0] * counts[1]:
             return Decline(f"input dim 2 is {length}, not the {counts[0]}*{counts[1]} block positions")
+        # tensorrt_rtx 1.7 builds strided or dilated deconvolutions, not both (measured: "Strided &
+        # Dilated Deconv are currently not supported"): then the dilations go into the filter
+        spread = max(strides) > 1 and max(dilations) > 1
         data = dict(channels=int(rows) // k, block=block, counts=counts, strides=strides, dilations=dilations,
-                    pads=pads, output_padding=[span % strides[a] for a, span in enumerate(spans)])
+                    pads=pads, output_padding=[span % strides[a] for a, span in enumerate(spans)], spread=spread)
         return Match(f"Col2Im to {image} of {block} blocks written as Reshape + ConvTranspose "
-                     f"(group {data['channels']})", data)
+                     f"(group {data['channels']}){' with the dilations in the filter' if spread else ''}", data)
 
     def rewrite(self, graph: gs.Graph, col2im: gs.Node, match: Match, ctx: PassContext) -> None:
         d = match.data
@@ -110,11 +113,8 @@ class DecomposeCol2ImPass(NodeRewritePass):
         (kh, kw), (lh, lw) = d["block"], d["counts"]
         rows = d["channels"] * kh * kw
         target = make_constant(graph, f"{base}_shape", np.array([0, rows, lh, lw], dtype=np.int64))
-        # tensorrt_rtx 1.7 builds strided or dilated deconvolutions, not both (measured: "Strided &
-        # Dilated Deconv are currently not supported"): then the dilations go into the filter
-        spread = max(d["strides"]) > 1 and max(d["dilations"]) > 1
-        dilations = d["dilations"] if spread else [1, 1]
-        filt = block_filter(d["channels"], kh, kw, np_dtype(x), dilations)
+        spread = d["spread"]
+        filt = block_filter(d["channels"], kh, kw, np_dtype(x), d["dilations"] if spread else (1, 1))
         weights = make_constant(graph, f"{base}_filter", filt)
         grid = variable(graph, f"{base}/Reshape_output", x)
         grid.shape = [x.shape[0], rows, lh, lw]

@@ -96,6 +96,18 @@ def test_dynamic_batch_at_two_sizes():
     assert_same_outputs(model, optimized, feeds, rtol=1e-6, atol=1e-6)
 
 
+def test_unknown_block_count_is_rewritten():
+    """A symbolic dim 2 is taken to be Lh*Lw (the Reshape fails at run time otherwise, as Col2Im does)."""
+    model = parse(HEADER + """g (float[N,12,L] x) => (float[N,2,7,6] y) {
+      image = Constant<value=int64[2] {7, 6}>()
+      block = Constant<value=int64[2] {3, 2}>()
+      y = Col2Im<strides=[2, 1], dilations=[1, 2], pads=[1, 0, 2, 1]>(x, image, block) }""")
+    optimized, _ = optimize_with(model, PASS)
+    assert op_counts(optimized)["Col2Im"] == 0
+    x = np.random.default_rng(1).normal(size=(2, 12, 20)).astype(np.float32)
+    assert_same_outputs(model, optimized, [{"x": x}], rtol=1e-6, atol=1e-6)
+
+
 def _with_constant_shapes(model: onnx.ModelProto, feeds: list) -> onnx.ModelProto:
     """The corpus model with its image_shape and block_shape inputs turned into initializers."""
     frozen = onnx.ModelProto()
