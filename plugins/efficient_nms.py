@@ -1,31 +1,33 @@
 """A detector's NMS tail -> NVIDIA's ``EfficientNMS_TRT`` plugin (version 1, default namespace).
 
-The pattern is the NonMaxSuppression node an exporter emits plus one documented
-"batched NMS -> top-K padded" post-processing tail, replaced as a whole only when that
-tail ends at exactly four graph outputs with EfficientNMS_TRT's semantics:
+The pattern is the NonMaxSuppression node plus the post-processing between it and the
+graph outputs it reaches, replaced as a whole when that post-processing is one of the
+tails in ``plugins/_nms_tails.py`` (each written there as an ONNX-text pattern graph and
+matched node by node: op types, attributes, constants, wiring), nothing else reads its
+intermediate values, and its constants are ones the substitution is exact for:
 
-    scores_cn = Transpose<perm=[0,2,1]>(scores)              # scores [B,N,C] -> [B,C,N]
-    selected  = NonMaxSuppression<center_point_box=0>(boxes, scores_cn,
-                    max_output_boxes_per_class, iou_threshold, score_threshold)  # constants
-    b, c, n   = Gather<axis=1>(selected, 0 | 1 | 2)
-    flat      = Add(Mul(c, N), n)                            # candidate index c*N + n
-    idx       = Concat<axis=1>(Unsqueeze(b, [1]), Unsqueeze(flat, [1]))
-    s         = GatherND(scores_cn, selected)
-    shape     = Concat<axis=0>(Slice(Shape(boxes), [0], [1]), [C*N])
-    dense     = ScatterND(Expand(FILL, shape), idx, s)       # [B, C*N], FILL = -3e38
-    top, ti   = TopK<axis=1, largest=1, sorted=1>(dense, [K])
-    valid     = Greater(top, FILL)
-    num_detections    = ReduceSum<keepdims=1>(Cast<int32>(valid), [1])            # [B,1] int32
-    detection_boxes   = Where(Unsqueeze(valid, [-1]),
-                              GatherND<batch_dims=1>(boxes, Unsqueeze(Mod(ti, N), [-1])), 0)  # [B,K,4]
-    detection_scores  = Where(valid, top, 0)                                       # [B,K]
-    detection_classes = Where(valid, Cast<int32>(Div(ti, N)), 0)                   # [B,K] int32
+- the documented tail: ``scores [B,N,C]`` -> Transpose -> NonMaxSuppression; the selected
+  scores scattered into a dense ``[B, C*N]`` filled with -3e38; TopK K; outputs
+  num_detections ``[B,1]`` int32, detection_boxes ``[B,K,4]``, detection_scores ``[B,K]``,
+  detection_classes ``[B,K]`` int32, zero past num_detections (EfficientNMS_TRT's own four,
+  one to one);
+- mmdeploy's ``_multiclass_nms`` + ``_select_nms_index`` (``mmdeploy/mmcv/ops/nms.py``,
+  dynamic batch, pre_top_k -1) with a constant keep_top_k K: ``dets [B,K,5]`` (box, score)
+  and ``labels [B,K]`` int64. Those are rebuilt from the plugin's four outputs with
+  ordinary nodes (Less, ReduceSum, Equal, Where, Cast, Unsqueeze, Concat): rows past an
+  image's detections are mmdeploy's zeroed rows of other images (dets 0, label -1) in index
+  order, then its one appended zero row (label 0) at position S, the number of selections
+  in the whole batch; a padding row can only be at S when S < K, and then S is the sum of
+  num_detections, so every padding label is determined. Where onnxruntime fails on the
+  original (TopK's K > S + 1, fewer than K - 1 selections in the batch) the substitute
+  returns padded rows.
 
-The match checks the nodes between (boxes, scores) and the four outputs against that
-list (the same op types, each as often), that nothing else reads them, the constants
-(Transpose perm, TopK K/axis/largest, N in Mul/Div/Mod, NMS inputs), and maps each output
-by its producer. Anything else (another tail, outputs read elsewhere, non-constant
-thresholds) is declined: it may compute something else.
+Declined, with the reason: thresholds or K computed at run time; center_point_box 1;
+scores not ``Transpose<perm=[0,2,1]>`` of ``[B,N,C]``; N or C not static; a per-class cap
+below K; score_threshold < 0 for mmdeploy (a kept score could tie a padding row's 0);
+outputs whose length is known only at run time -- mmdeploy's ONNX Runtime export clamps
+K to ``min(keep_top_k, S + 1)`` (``topk__dynamic``), yolov7's ``ONNX_ORT`` end2end export
+writes one row per selection ``[S, 7]``: a fixed-size plugin cannot produce either.
 
 Fields (TensorRT's ``plugin/efficientNMSPlugin`` README): int32 ``background_class``
 (-1: none), ``max_output_boxes`` (K), ``score_activation`` (0), ``class_agnostic`` (0),
@@ -35,8 +37,8 @@ int32, detection_boxes [B,K,4], detection_scores [B,K], detection_classes [B,K] 
 zero past num_detections.
 
 center_point_box=1 is declined: EfficientNMS writes detection_boxes as corners whatever
-the input coding (a comment in NVIDIA's kernel, read in a port of it), while this tail
-gathers the input boxes as given, so with center boxes the two differ.
+the input coding (a comment in NVIDIA's kernel, read in a port of it), while the tails
+gather the input boxes as given, so with center boxes the two differ.
 
 Equivalence, and its limits: per class, greedy NMS on boxes scoring above
 score_threshold, then the K best of all classes by score. ONNX caps each class at
@@ -51,36 +53,34 @@ onnxruntime does); whether EfficientNMS accepts flipped corners is not establish
 
 from __future__ import annotations
 
-from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from fusekit.graph_edit import fresh_name, replace_uses
 from fusekit.pass_infra import Decline
 from fusekit.plugin_infra import PluginMatch, PluginSpec
-
-FILL = -3.0e38
-# The op types of the documented tail (NonMaxSuppression and the scores Transpose included).
-TAIL_OPS = Counter({"Transpose": 1, "NonMaxSuppression": 1, "Gather": 3, "Mul": 1, "Add": 1, "Unsqueeze": 4,
-                    "Concat": 2, "GatherND": 2, "Shape": 1, "Slice": 1, "Expand": 1, "ScatterND": 1, "TopK": 1,
-                    "Greater": 1, "Cast": 2, "ReduceSum": 1, "Div": 1, "Mod": 1, "Where": 3})
+from fusekit.plugins._nms_tails import TAILS, Pattern, Tail, scalar
 
 
-def _const(t: gs.Tensor):
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
-    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and "value" in t.inputs[0].attrs:
-        return np.asarray(t.inputs[0].attrs["value"].values)
-    return None
+@lru_cache(maxsize=32)
+def _pattern(index: int, n: int, c: int) -> Pattern:
+    return Pattern(TAILS[index].text, n, c)
 
 
-def _scalar(t: gs.Tensor):
-    v = _const(t)
-    return None if v is None or v.size != 1 else v.reshape(-1)[0].item()
+@dataclass
+class RebuildMatch(PluginMatch):
+    """A match whose graph outputs are rebuilt from the plugin's (``outputs`` are placeholders)."""
+
+    graph: gs.Graph | None = None
+    finish: Callable[[], None] | None = None
 
 
 class EfficientNmsSpec(PluginSpec):
-    """NonMaxSuppression + the documented top-K padded tail as NVIDIA's EfficientNMS_TRT."""
+    """NonMaxSuppression + a known post-processing tail as NVIDIA's EfficientNMS_TRT."""
 
     name = "efficient-nms"
     plugin = "EfficientNMS_TRT"
@@ -90,11 +90,20 @@ class EfficientNmsSpec(PluginSpec):
               "iou_threshold": "float32", "score_activation": "int32", "class_agnostic": "int32",
               "box_coding": "int32"}
 
+    def plugin_name(self, match: PluginMatch) -> str:
+        """The plugin's op type. substitute-plugins calls this once, as it applies ``match``;
+        PluginMatch has no field for nodes written after the plugin, so a tail whose
+        outputs are rebuilt from the plugin's adds those nodes here."""
+        if isinstance(match, RebuildMatch) and match.finish is not None:
+            finish, match.finish = match.finish, None
+            finish()
+        return self.plugin
+
     def match(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
         if len(node.inputs) != 5 or any(t.name == "" for t in node.inputs):
             return Decline("NonMaxSuppression needs all five inputs (thresholds given as constants)")
         boxes, scores_cn, per_class_t, iou_t, score_t = node.inputs
-        per_class, iou, score = _scalar(per_class_t), _scalar(iou_t), _scalar(score_t)
+        per_class, iou, score = scalar(per_class_t), scalar(iou_t), scalar(score_t)
         if per_class is None or iou is None or score is None:
             return Decline("max_output_boxes_per_class, iou_threshold and score_threshold must be constants")
         center = int(node.attrs.get("center_point_box", 0))
@@ -108,77 +117,55 @@ class EfficientNmsSpec(PluginSpec):
         scores = scores_cn.inputs[0].inputs[0]
         if boxes.shape is None or len(boxes.shape) != 3 or not isinstance(boxes.shape[1], int):
             return Decline("boxes are not [B,N,4] with a static N")
-        num = boxes.shape[1]
-        # The graph outputs downstream of the NMS node, and the nodes between them and (boxes, scores).
-        below, todo = set(), [node]
-        while todo:
-            n = todo.pop()
-            if id(n) in below:
+        if scores.shape is None or len(scores.shape) != 3 or not isinstance(scores.shape[2], int):
+            return Decline("scores are not [B,N,C] with a static C")
+        num, classes = boxes.shape[1], scores.shape[2]
+        outs = _outputs_below(graph, node)
+        tried = []
+        for i, tail in enumerate(TAILS):
+            bound = _pattern(i, num, classes).match(outs, boxes, scores)
+            if isinstance(bound, str):
+                tried.append(f"{tail.name}: {bound}")
                 continue
-            below.add(id(n))
-            todo += [c for t in n.outputs for c in t.outputs]
-        outs = [t for t in graph.outputs if t.inputs and id(t.inputs[0]) in below]
-        if len(outs) != 4 or len(graph.outputs) != 4:
-            return Decline(f"the graph has {len(graph.outputs)} outputs, {len(outs)} downstream of the NMS; "
-                           "EfficientNMS_TRT's four must be the graph's outputs")
-        region: dict[int, gs.Node] = {}
-        stack = [t for t in outs]
-        seen: set[int] = set()
-        while stack:
-            t = stack.pop()
-            if id(t) in seen or t is boxes or t is scores or _const(t) is not None:
+            if node not in bound.nodes.values():
+                tried.append(f"{tail.name}: matched around another NonMaxSuppression")
                 continue
-            seen.add(id(t))
-            if not t.inputs:
-                return Decline(f"the tail reads graph input {t.name!r} besides boxes and scores")
-            n = t.inputs[0]
-            if id(n) not in region:
-                region[id(n)] = n
-                stack += list(n.inputs)
-        nodes = [node] + [n for n in region.values() if n is not node]  # the plugin node takes the NMS's name
-        got = Counter(n.op for n in nodes if not (n.op == "Constant"))
-        if got != TAIL_OPS or id(node) not in region:
-            return Decline("the post-processing is not the documented top-K padded tail "
-                           f"(ops differ: {dict((got - TAIL_OPS) + (TAIL_OPS - got))})")
-        out_ids = {id(t) for t in outs}
-        for n in nodes:
-            for t in n.outputs:
-                if id(t) not in out_ids and any(id(c) not in region for c in t.outputs):
-                    return Decline(f"{t.name!r} is read outside the NMS tail")
-        [topk] = [n for n in nodes if n.op == "TopK"]
-        k = _scalar(topk.inputs[1])
-        if k is None or int(topk.attrs.get("axis", -1)) not in (1, -1) or int(topk.attrs.get("largest", 1)) != 1:
-            return Decline("TopK is not a constant-K, largest, axis-1 TopK")
-        if int(topk.attrs.get("sorted", 1)) != 1:
-            return Decline("TopK is unsorted: detections would come out in any order")
-        k = int(k)
-        [expand] = [n for n in nodes if n.op == "Expand"]
-        [greater] = [n for n in nodes if n.op == "Greater"]
-        fill = _scalar(expand.inputs[0])
-        if fill is None or fill > -1e38 or _scalar(greater.inputs[1]) != fill or \
-                greater.inputs[0] is not topk.outputs[0]:
-            return Decline("the padding is not a fill below every score (<= -1e38) that Greater(top, fill) tells apart")
-        if any(_scalar(n.inputs[1]) != num for n in nodes if n.op in ("Mul", "Div", "Mod")):
-            return Decline(f"the candidate index is not class * {num} + box")
-        if per_class < k:
-            return Decline(f"max_output_boxes_per_class {per_class} < K {k}: the per-class cap could change "
-                           "the K best")
-        by_op = {t.inputs[0].op: t for t in outs}
-        where = [t for t in outs if t.inputs[0].op == "Where"]
-        if "ReduceSum" not in by_op or len(where) != 3:
-            return Decline("the outputs are not ReduceSum + three Where")
-        det_boxes = next((t for t in where if t.inputs[0].inputs[1].inputs and
-                          t.inputs[0].inputs[1].inputs[0].op == "GatherND"), None)
-        det_scores = next((t for t in where if t.inputs[0].inputs[1] is topk.outputs[0]), None)
-        det_classes = next((t for t in where if t.inputs[0].inputs[1].inputs and
-                            t.inputs[0].inputs[1].inputs[0].op == "Cast"), None)
-        if any(t is None for t in (det_boxes, det_scores, det_classes)):
-            return Decline("cannot tell detection_boxes, detection_scores and detection_classes apart")
-        fields = {"background_class": -1, "max_output_boxes": k, "score_threshold": float(score),
-                  "iou_threshold": float(iou), "score_activation": 0, "class_agnostic": 0, "box_coding": center}
-        return PluginMatch(nodes, [boxes, scores], [by_op["ReduceSum"], det_boxes, det_scores, det_classes], fields,
-                           f"NonMaxSuppression + top-{k} tail ({len(nodes)} nodes) -> {self.plugin} "
-                           f"(iou {iou:g}, score {score:g}, box_coding {center})")
+            k, why = tail.top_k(bound)
+            if why:
+                return Decline(f"{tail.name}: {why}")
+            if per_class < k:
+                return Decline(f"max_output_boxes_per_class {per_class} < K {k}: the per-class cap could "
+                               "change the K best")
+            nodes = [node] + [n for n in bound.nodes.values() if n is not node]  # the plugin takes its name
+            why = _read_outside(graph, nodes, outs)
+            if why:
+                return Decline(why)
+            fields = {"background_class": -1, "max_output_boxes": k, "score_threshold": float(score),
+                      "iou_threshold": float(iou), "score_activation": 0, "class_agnostic": 0, "box_coding": 0}
+            message = (f"NonMaxSuppression + {tail.name} ({len(nodes)} nodes) -> {self.plugin} "
+                       f"(K {k}, iou {iou:g}, score {score:g}){'; ' + tail.note if tail.note else ''}")
+            return self._plugin_match(graph, tail, nodes, boxes, scores, outs, fields, message)
+        return Decline(_variable_length(outs, boxes) or
+                       "the post-processing is none of the tails EfficientNMS_TRT can replace (" +
+                       "; ".join(tried) + ")")
+
+    def _plugin_match(self, graph, tail: Tail, nodes, boxes, scores, outs, fields, message) -> PluginMatch:
+        if tail.rebuild is None:
+            return PluginMatch(nodes, [boxes, scores], outs, fields, message)
+        k, batch = fields["max_output_boxes"], boxes.shape[0]
+        kinds = [("num_detections", np.int32, [batch, 1]), ("detection_boxes", boxes.dtype, [batch, k, 4]),
+                 ("detection_scores", scores.dtype, [batch, k]), ("detection_classes", np.int32, [batch, k])]
+        held = [gs.Variable(f"{nodes[0].name or 'nms'}/{n}", dtype=d, shape=s) for n, d, s in kinds]
+        m = RebuildMatch(nodes, [boxes, scores], held, fields, message, graph=graph)
+
+        def finish():
+            made, new_outs = tail.rebuild(graph, held, outs, k, lambda base: fresh_name(graph, base))
+            graph.nodes.extend(made)
+            for old, new in zip(outs, new_outs):
+                replace_uses(graph, old, new)
+
+        m.finish = finish
+        return m
 
     def output_dims(self, fields, input_ranks):
         k = int(fields["max_output_boxes"])
@@ -227,3 +214,43 @@ def _iou(p: np.ndarray, q: np.ndarray) -> float:
     inter = max(0.0, min(p[2], q[2]) - max(p[0], q[0])) * max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
     union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
     return 0.0 if union <= 0 else inter / union
+
+
+def _outputs_below(graph: gs.Graph, node: gs.Node) -> list[gs.Tensor]:
+    """The graph outputs computed from ``node``, in the graph's order."""
+    below, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if id(n) in below:
+            continue
+        below.add(id(n))
+        todo += [c for t in n.outputs for c in t.outputs]
+    return [t for t in graph.outputs if t.inputs and id(t.inputs[0]) in below]
+
+
+def _read_outside(graph: gs.Graph, nodes: list[gs.Node], outs: list[gs.Tensor]) -> str | None:
+    inside = {id(n) for n in nodes}
+    out_ids = {id(t) for t in outs}
+    graph_outs = {id(t) for t in graph.outputs}
+    for n in nodes:
+        for t in n.outputs:
+            if id(t) in out_ids:
+                continue
+            if id(t) in graph_outs or any(id(c) not in inside for c in t.outputs):
+                return f"{t.name!r} is read outside the NMS tail"
+    return None
+
+
+def _variable_length(outs: list[gs.Tensor], boxes: gs.Tensor) -> str | None:
+    """Why the tail's outputs have a length known only at run time, if they do."""
+    for t in outs:
+        shape = list(t.shape or [])
+        late = [d for d in shape[1:] if not isinstance(d, int)]
+        if late:
+            return (f"output {t.name!r} {shape} has a length known only at run time ({late[0]!r}; e.g. mmdeploy's "
+                    "ONNX Runtime export takes min(keep_top_k, selections + 1) rows): EfficientNMS_TRT's "
+                    "outputs have a fixed K")
+        if shape and len(outs) == 1 and shape[0] != boxes.shape[0]:
+            return (f"output {t.name!r} {shape} has one row per selected box (like yolov7's ONNX_ORT end2end "
+                    "export): a length known only at run time, while EfficientNMS_TRT pads to a fixed K")
+    return None

@@ -1,11 +1,13 @@
 """The NMS tail -> EfficientNMS_TRT plugin spec (plugins/efficient_nms.py).
 
-The pattern is the documented "batched NMS -> top-K padded" tail (built by
-:func:`nms_tail_model`, dynamic batch): the spec's NumPy reference matches onnxruntime
-running it at batch sizes 1 and 3 (hypothesis); the substitution is opt-in and declines
-variants it cannot vouch for; the optimized model parses with tensorrt_rtx into exactly
-one PLUGIN_V3 layer named for the NMS node, builds (dynamic batch, in a subprocess), and
-the engine bytes hold the plugin name, the field names and the thresholds' values.
+The patterns are the documented "batched NMS -> top-K padded" tail (built by
+:func:`nms_tail_model`, dynamic batch) and the tails detector exporters write, re-created
+in ``tests/nms_exporters.py`` (mmdeploy's batched multiclass_nms, yolov7's ONNX_ORT). The
+spec's NumPy reference (plus, for mmdeploy, the nodes that rebuild dets/labels from the
+plugin's outputs, run by onnxruntime) matches onnxruntime running the original at batch
+sizes 1 and 3; the substitution is opt-in and declines variants it cannot vouch for; the
+optimized models parse with tensorrt_rtx into exactly one PLUGIN_V3 layer named for the
+NMS node and build (dynamic batch, in a subprocess).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from onnx import numpy_helper as nh
 import fusekit.api as fk
 from fusekit import registry
 from fusekit.builder import backend as backends
+from fusekit.pass_infra import Decline
 from fusekit.plugin_infra import PLUGIN_DOMAIN
+from tests import nms_exporters
 from tests.helpers import run_ort
 from tests.plugin_build import parse_and_build
 
@@ -126,10 +130,10 @@ def test_substitution_is_opt_in_and_replaces_the_whole_tail():
 
 @pytest.mark.parametrize("variant, reason", [
     (dict(per_class=3, k=5), "max_output_boxes_per_class 3 < K 5"),
-    (dict(extra_output=True), "the graph has 5 outputs"),
+    (dict(extra_output=True), "the NMS reaches 5 graph outputs"),
     (dict(score_input=True), "must be constants"),
     (dict(center=1), "outputs corner boxes"),
-    (dict(topk_sorted=0), "TopK is unsorted")])
+    (dict(topk_sorted=0), "(TopK) has sorted=0")])
 def test_variants_it_cannot_vouch_for_are_declined(variant, reason):
     import onnx_graphsurgeon as gs
 
@@ -186,3 +190,135 @@ def test_optimized_model_parses_and_builds_with_tensorrt(tmp_path):
                                  ["detection_classes", "DataType.INT32", [-1, 7]]]
     assert result["built"]
     assert result["in_engine"] == names + values
+
+
+# --- detector exporters' tails (tests/nms_exporters.py) ----------------------------------
+
+def efficient_nms_spec():
+    return registry.discover_plugins()[0]["efficient-nms"].obj()
+
+
+def verdict_on(model: onnx.ModelProto):
+    """The spec's verdict on the model as fusekit's default pipeline leaves it."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(fk.optimize(model))
+    [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
+    return efficient_nms_spec().match(graph, nms)
+
+
+def without_plugin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.NodeProto]:
+    """The substituted model with the plugin node cut out: its four outputs become graph
+    inputs, so onnxruntime runs the rebuild nodes on the NumPy reference's outputs."""
+    node = plugin_node(model)
+    types = [T.INT32, T.FLOAT, T.FLOAT, T.INT32]
+    inputs = [h.make_tensor_value_info(name, t, None) for name, t in zip(node.output, types)]
+    graph = h.make_graph([n for n in model.graph.node if n is not node], "rebuild", inputs, list(model.graph.output),
+                         list(model.graph.initializer))
+    opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return h.make_model(graph, opset_imports=opsets, ir_version=model.ir_version), node
+
+
+def selections_per_image(boxes, scores, iou, score) -> np.ndarray:
+    """How many boxes NonMaxSuppression selects in each image (the reference with K = N*C)."""
+    n, c = scores.shape[1:]
+    fields = {"background_class": -1, "max_output_boxes": n * c, "score_threshold": score, "iou_threshold": iou,
+              "box_coding": 0}
+    return efficient_nms_spec().reference([boxes, scores], fields)[0][:, 0]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_mmdeploy_batched_tail_becomes_the_plugin_plus_a_rebuild_of_dets_and_labels(opset):
+    m = nms_exporters.mmdeploy_batched(n=50, c=3, per_class=20, iou=0.4375, score=0.171875, keep_top_k=10,
+                                       opset=opset)
+    out, report = fk.optimize(m, plugins=["efficient-nms"], return_report=True)
+    onnx.checker.check_model(out, full_check=True)
+    assert [o.name for o in out.graph.output] == ["dets", "labels"]
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("EfficientNMS_TRT") == 1 and "NonMaxSuppression" not in ops
+    assert sorted(ops) == sorted(["EfficientNMS_TRT", "Less", "ReduceSum", "Equal", "Where", "Cast", "Where",
+                                  "Unsqueeze", "Concat", "Unsqueeze", "Where"])
+    node = plugin_node(out)
+    assert list(node.input) == ["boxes", "scores"]
+    assert attrs(node) == {"background_class": -1, "max_output_boxes": 10, "score_threshold": 0.171875,
+                           "iou_threshold": 0.4375, "score_activation": 0, "class_agnostic": 0, "box_coding": 0,
+                           "plugin_version": b"1", "plugin_namespace": b""}
+    assert "dets/labels rebuilt from the plugin's outputs" in str(report.to_dict())
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("score, k_of", [(0.05, lambda s: 10), (0.8, lambda s: s + 1), (0.8, lambda s: max(1, s - 3)),
+                                         (0.6, lambda s: min(s + 1, 25))])
+def test_mmdeploy_batched_reference_and_rebuild_equal_onnxruntime(batch, score, k_of):
+    rng = np.random.default_rng(batch * 100 + int(score * 10))
+    n, c, iou = 40, 3, 0.5
+    boxes, scores = random_inputs(rng, batch, n, c)
+    s = int(selections_per_image(boxes, scores, iou, score).sum())
+    k = k_of(s)  # onnxruntime runs the original only while K <= S + 1
+    m = nms_exporters.mmdeploy_batched(n=n, c=c, per_class=200, iou=iou, score=score, keep_top_k=k)
+    expected = run_ort(m, {"boxes": boxes, "scores": scores})
+    rebuild, node = without_plugin(fk.optimize(m, plugins="efficient-nms"))
+    reference = efficient_nms_spec().reference([boxes, scores], attrs(node))
+    got = run_ort(rebuild, dict(zip(node.output, reference)))
+    for name in ("dets", "labels"):
+        assert got[name].dtype == expected[name].dtype and got[name].shape == expected[name].shape, name
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    if k == s + 1:  # mmdeploy's appended zero row is the last one, with label 0
+        assert (expected["labels"][:, -1] == 0).all() and (expected["dets"][:, -1] == 0).all()
+
+
+def test_mmdeploy_batched_near_misses_are_declined():
+    import onnx_graphsurgeon as gs
+
+    base = fk.optimize(nms_exporters.mmdeploy_batched(keep_top_k=10))
+    # a changed constant: padding labels -2 instead of -1
+    graph = gs.import_onnx(base)
+    [where] = [n for n in graph.nodes if n.op == "Where" and n.inputs[1].dtype == np.int64]
+    where.inputs[2] = gs.Constant("minus_two", np.array([-2], np.int64))
+    [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
+    verdict = efficient_nms_spec().match(graph, nms)
+    assert "is not the constant [-1]" in verdict.reason
+    # an intermediate (the batch size, Shape(scores)[0]) read outside the tail
+    graph = gs.import_onnx(base)
+    [batch] = [n.outputs[0] for n in graph.nodes if n.op == "Gather" and n.inputs[0].inputs
+               and n.inputs[0].inputs[0].op == "Shape" and n.inputs[0].inputs[0].inputs[0].name == "scores"]
+    seen = gs.Variable("batch_seen", dtype=np.int64, shape=[])
+    graph.nodes.append(gs.Node("Identity", "seen", inputs=[batch], outputs=[seen]))
+    graph.outputs.append(seen)
+    [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
+    assert "is read outside the NMS tail" in efficient_nms_spec().match(graph, nms).reason
+    cases = [
+        (dict(score_input=True), "must be constants"),
+        (dict(per_class=5, keep_top_k=10), "max_output_boxes_per_class 5 < K 10"),
+        (dict(score=-0.5), "score_threshold < 0"),
+        (dict(clamp_k=True), "has a length known only at run time"),
+    ]
+    for variant, reason in cases:
+        m = nms_exporters.mmdeploy_batched(**variant)
+        verdict = verdict_on(m)
+        assert isinstance(verdict, Decline) and reason in verdict.reason, (variant, verdict)
+        assert "EfficientNMS_TRT" not in [n.op_type for n in fk.optimize(m, plugins="auto").graph.node]
+
+
+def test_yolov7_ort_end2end_tail_is_declined_for_its_variable_length_output():
+    verdict = verdict_on(nms_exporters.yolov7_ort(n=40, c=3))
+    assert isinstance(verdict, Decline) and "one row per selected box" in verdict.reason
+
+
+@pytest.mark.trt
+def test_mmdeploy_batched_substitute_parses_and_builds_with_tensorrt(tmp_path):
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    out = fk.optimize(nms_exporters.mmdeploy_batched(n=50, c=3, per_class=20, iou=0.4375, score=0.171875,
+                                                     keep_top_k=10), plugins="efficient-nms")
+    profile = {"boxes": ((1, 50, 4), (2, 50, 4), (4, 50, 4)), "scores": ((1, 50, 3), (2, 50, 3), (4, 50, 3))}
+    result = parse_and_build(tmp_path, out, creators=("EfficientNMS_TRT",), profile=profile,
+                             words=["EfficientNMS_TRT"])
+    assert result["parsed"], result["errors"]
+    assert result["plugin_layers"] == [plugin_node(out).name]
+    assert result["fields"]["EfficientNMS_TRT"][0]["max_output_boxes"] == 10
+    assert [o[0] for o in result["outputs"]] == ["dets", "labels"]
+    assert result["outputs"][0][2] == [-1, 10, 5] and result["outputs"][1][2] == [-1, 10]
+    assert result["built"], result
+    assert result["in_engine"] == ["EfficientNMS_TRT"]
+    print("tensorrt layers:", result["layers"])

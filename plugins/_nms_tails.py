@@ -1,0 +1,346 @@
+"""The NMS post-processing tails ``efficient_nms`` can replace, and the one matcher for them.
+
+A tail is a pattern graph written in ONNX text, as fusekit's cleanup stages leave the
+exporter's graph (constants folded, common subexpressions merged): the matcher walks the
+pattern and the graph back from the outputs together, node by node, and requires the same
+op types, attributes (defaults filled in), literal constants (``$N``: boxes per image,
+``$CN``: classes * boxes) and wiring. The pattern's graph inputs other than ``boxes`` and
+``scores`` (the NonMaxSuppression inputs, TopK's K, ...) bind to whatever the graph has
+there; the tail's ``check`` then says whether those values are ones it can vouch for.
+Unsqueeze/Squeeze axes match whether given as attribute (opset < 13) or input.
+
+A tail whose outputs are EfficientNMS_TRT's own maps them one to one; one with other
+outputs (mmdeploy's dets/labels) gives ``rebuild``, the ordinary ONNX nodes that compute
+its outputs, exactly, from the plugin's four.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+AXES_OPS = frozenset({"Unsqueeze", "Squeeze"})
+
+
+def const(t) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or Constant node output), else None."""
+    if isinstance(t, np.ndarray):
+        return t
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and "value" in t.inputs[0].attrs:
+        return np.asarray(t.inputs[0].attrs["value"].values)
+    return None
+
+
+def scalar(t):
+    v = const(t)
+    return None if v is None or v.size != 1 else v.reshape(-1)[0].item()
+
+
+@dataclass
+class Bound:
+    """A pattern matched: pattern tensor name -> graph tensor, and the graph nodes it covers."""
+
+    tensors: dict[str, gs.Tensor] = field(default_factory=dict)
+    nodes: dict[int, gs.Node] = field(default_factory=dict)  # id(pattern node) -> graph node
+
+
+class Pattern:
+    """A tail's pattern graph (ONNX text) for boxes/image ``n`` and ``c`` classes."""
+
+    def __init__(self, text: str, n: int, c: int):
+        proto = onnx.parser.parse_graph(text.replace("$CN", str(c * n)).replace("$N", str(n)))
+        self.graph = gs.import_onnx(onnx.helper.make_model(proto, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+        self.free = {t.name for t in self.graph.inputs}
+
+    def match(self, outputs: list[gs.Tensor], boxes: gs.Tensor, scores: gs.Tensor) -> Bound | str:
+        """Bind the pattern's outputs, in order, to ``outputs``; a reason string when they differ."""
+        if len(outputs) != len(self.graph.outputs):
+            return f"the NMS reaches {len(outputs)} graph outputs, this tail ends at {len(self.graph.outputs)}"
+        bound = Bound()
+        bound.tensors.update(boxes=boxes, scores=scores)
+        for p, g in zip(self.graph.outputs, outputs):
+            why = self._value(p, g, bound)
+            if why:
+                return why
+        return bound
+
+    def _value(self, p: gs.Tensor, g, bound: Bound) -> str | None:
+        if p.name in bound.tensors:
+            return None if bound.tensors[p.name] is g else f"{_name(g)} is not the pattern's {p.name}"
+        if p.name in self.free:
+            if isinstance(g, np.ndarray):
+                return f"{p.name} is an attribute"
+            bound.tensors[p.name] = g
+            return None
+        if isinstance(p, gs.Constant):
+            want, got = np.asarray(p.values), const(g)
+            if got is None or got.dtype != want.dtype or got.shape != want.shape or not np.array_equal(got, want):
+                return f"{_name(g)} is not the constant {want.tolist()} ({want.dtype})"
+            return None
+        pn = p.inputs[0]
+        if isinstance(g, np.ndarray) or len(g.inputs) != 1:
+            return f"{_name(g)} is not computed by {pn.op}"
+        gn = g.inputs[0]
+        if gn.op != pn.op or (gn.domain or "") not in ("", "ai.onnx"):
+            return f"{g.name!r} comes from {gn.op}, the pattern has {pn.op}"
+        if pn.outputs.index(p) != gn.outputs.index(g) or len(pn.outputs) != len(gn.outputs):
+            return f"{gn.name!r} ({gn.op}) has other outputs than the pattern's"
+        if id(pn) in bound.nodes:
+            return None if bound.nodes[id(pn)] is gn else f"{gn.name!r} stands for a node matched elsewhere"
+        if any(gn is n for n in bound.nodes.values()):
+            return f"{gn.name!r} ({gn.op}) would stand for two pattern nodes"
+        p_attrs, p_ins = _operands(pn)
+        g_attrs, g_ins = _operands(gn)
+        if len(p_ins) != len(g_ins):
+            return f"{gn.name!r} ({gn.op}) has {len(g_ins)} inputs, the pattern {len(p_ins)}"
+        for key in set(p_attrs) | set(g_attrs):
+            if not _same_attr(_attr(pn.op, p_attrs, key), _attr(gn.op, g_attrs, key)):
+                return f"{gn.name!r} ({gn.op}) has {key}={_attr(gn.op, g_attrs, key)!r}, " \
+                       f"the pattern {_attr(pn.op, p_attrs, key)!r}"
+        bound.nodes[id(pn)] = gn
+        for pt, gt in zip(pn.outputs, gn.outputs):
+            bound.tensors[pt.name] = gt
+        for pt, gt in zip(p_ins, g_ins):
+            if isinstance(pt, np.ndarray):  # the pattern's axes attribute (never: patterns use inputs)
+                pt = gs.Constant(f"{pn.name}_axes", pt)
+            why = self._value(pt, gt, bound)
+            if why:
+                return why
+        return None
+
+
+def _name(t) -> str:
+    return "an attribute" if isinstance(t, np.ndarray) else repr(t.name)
+
+
+def _operands(node: gs.Node) -> tuple[dict, list]:
+    """Attributes and inputs, with an Unsqueeze/Squeeze ``axes`` attribute as a constant input."""
+    attrs, ins = dict(node.attrs), list(node.inputs)
+    if node.op in AXES_OPS and "axes" in attrs:
+        ins.append(np.asarray(attrs.pop("axes"), np.int64))
+    return attrs, ins
+
+
+def _attr(op: str, attrs: dict, key: str):
+    if key in attrs:
+        v = attrs[key]
+        return np.asarray(v.values) if isinstance(v, gs.Constant) else v
+    try:
+        default = onnx.defs.get_schema(op).attributes[key].default_value
+    except Exception:
+        return None
+    return None if default is None or not default.name else onnx.helper.get_attribute_value(default)
+
+
+def _same_attr(a, b) -> bool:
+    if isinstance(a, onnx.TensorProto):
+        a = onnx.numpy_helper.to_array(a)
+    if isinstance(b, onnx.TensorProto):
+        b = onnx.numpy_helper.to_array(b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return a is not None and b is not None and np.asarray(a).dtype == np.asarray(b).dtype and \
+            np.array_equal(a, b)
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return list(a or []) == list(b or [])
+    return a == b
+
+
+@dataclass
+class Tail:
+    """One post-processing form: its pattern, what it takes from the bound values, its outputs."""
+
+    name: str
+    text: str
+    # bound -> (K, reason or None); K is the number of rows the tail keeps per image
+    top_k: Callable[[Bound], tuple[int | None, str | None]]
+    # (graph, plugin outputs, the tail's outputs, K, fresh name) -> (nodes, new outputs); None: one to one
+    rebuild: Callable | None = None
+    note: str = ""
+
+
+# The documented tail (plugins/efficient_nms.py's docstring), outputs one to one.
+DOCUMENTED = """
+documented (float boxes, float scores, int64 per_class, float iou, float score_thr, float fill, int64 k)
+    => (int32 num_detections, float detection_boxes, float detection_scores, int32 detection_classes)
+<int64 i0 = {0}, int64 i1 = {1}, int64 i2 = {2}, int64 n = {$N}, int64[1] ax1 = {1}, int64[1] axm1 = {-1},
+ int64[1] zero_1d = {0}, int64[1] cn = {$CN}, float f0 = {0}, int32 z32 = {0}>
+{
+    scores_cn = Transpose <perm = [0, 2, 1]> (scores)
+    selected = NonMaxSuppression (boxes, scores_cn, per_class, iou, score_thr)
+    sel_b = Gather <axis = 1> (selected, i0)
+    sel_c = Gather <axis = 1> (selected, i1)
+    sel_n = Gather <axis = 1> (selected, i2)
+    sel_cn = Mul (sel_c, n)
+    sel_flat = Add (sel_cn, sel_n)
+    sel_b2 = Unsqueeze (sel_b, ax1)
+    sel_flat2 = Unsqueeze (sel_flat, ax1)
+    scatter_idx = Concat <axis = 1> (sel_b2, sel_flat2)
+    sel_scores = GatherND (scores_cn, selected)
+    boxes_shape = Shape (boxes)
+    batch = Slice (boxes_shape, zero_1d, ax1)
+    dense_shape = Concat <axis = 0> (batch, cn)
+    dense_fill = Expand (fill, dense_shape)
+    dense = ScatterND (dense_fill, scatter_idx, sel_scores)
+    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (dense, k)
+    valid = Greater (top_scores, fill)
+    valid32 = Cast <to = 6> (valid)
+    num_detections = ReduceSum <keepdims = 1> (valid32, ax1)
+    top_c = Div (top_idx, n)
+    top_n = Mod (top_idx, n)
+    top_n2 = Unsqueeze (top_n, axm1)
+    top_boxes = GatherND <batch_dims = 1> (boxes, top_n2)
+    valid3 = Unsqueeze (valid, axm1)
+    detection_boxes = Where (valid3, top_boxes, f0)
+    detection_scores = Where (valid, top_scores, f0)
+    top_c32 = Cast <to = 6> (top_c)
+    detection_classes = Where (valid, top_c32, z32)
+}
+"""
+
+# mmdeploy/mmcv/ops/nms.py: _multiclass_nms (pre_top_k -1, dynamic batch) + _select_nms_index with a
+# constant keep_top_k, as torch 2.x's TorchScript exporter writes it (opsets 11..17) after cleanup.
+MMDEPLOY_BATCHED = """
+mmdeploy_batched (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k,
+                  int64 labels_shape) => (float dets, int64 labels)
+<int64 i0 = {0}, int64 i1 = {1}, int64 i2 = {2}, int64 im1 = {-1}, int64[1] n = {$N}, int64[1] cn = {$CN},
+ int64[1] m1 = {-1}, int64[1] one = {1}, int64[1] zero_ax = {0}, int64[1] one_ax = {1}, int64[1] m1_ax = {-1},
+ int64[1] five = {5}, float[1] f0 = {0}, int64[1] m1_label = {-1}, int64[2] col = {-1, 1}, int64[1] one_idx = {1}>
+{
+    shape_s = Shape (scores)
+    batch = Gather <axis = 0> (shape_s, i0)
+    scores_cn = Transpose <perm = [0, 2, 1]> (scores)
+    selected = NonMaxSuppression (boxes, scores_cn, per_class, iou, score_thr)
+    sel_b = Gather <axis = 1> (selected, i0)
+    sel_c = Gather <axis = 1> (selected, i1)
+    sel_n = Gather <axis = 1> (selected, i2)
+    scores_flat = Flatten <axis = 3> (scores_cn)
+    c_n = Mul (sel_c, n)
+    cn_n = Add (sel_n, c_n)
+    b_cn = Mul (sel_b, cn)
+    flat = Add (cn_n, b_cn)
+    sel_score2 = Gather <axis = 0> (scores_flat, flat)
+    sel_score1 = Reshape (sel_score2, m1)
+    sel_score = Unsqueeze (sel_score1, one_ax)
+    boxes_flat = Flatten <axis = 2> (boxes)
+    b_n = Mul (sel_b, n)
+    bn_n = Add (sel_n, b_n)
+    sel_boxes = Gather <axis = 0> (boxes_flat, bn_n)
+    dets0 = Concat <axis = 1> (sel_boxes, sel_score)
+    dets1 = Unsqueeze (dets0, zero_ax)
+    batch1 = Unsqueeze (batch, zero_ax)
+    reps3 = Concat <axis = 0> (batch1, one, one)
+    dets_tiled = Tile (dets1, reps3)
+    templ = Range (i0, batch, i1)
+    templ2 = Unsqueeze (templ, one_ax)
+    same = Equal (sel_b, templ2)
+    same3 = Unsqueeze (same, m1_ax)
+    dets_b = Where (same3, dets_tiled, f0)
+    labels1 = Unsqueeze (sel_c, zero_ax)
+    reps2 = Concat <axis = 0> (batch1, one)
+    labels_tiled = Tile (labels1, reps2)
+    labels_b = Where (same, labels_tiled, m1_label)
+    dets_shape = Shape (dets_b)
+    rows = Gather <axis = 0> (dets_shape, i0)
+    rows1 = Unsqueeze (rows, zero_ax)
+    pad_shape = Concat <axis = 0> (rows1, one, five)
+    pad = ConstantOfShape <value = float[1] {0}> (pad_shape)
+    dets_p = Concat <axis = 1> (dets_b, pad)
+    lpad_shape = Concat <axis = 0> (rows1, one)
+    lpad = ConstantOfShape <value = int64[1] {0}> (lpad_shape)
+    labels_p = Concat <axis = 1> (labels_b, lpad)
+    det_scores = Gather <axis = 2> (dets_p, im1)
+    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k)
+    templ_col = Reshape (templ, col)
+    dshape = Shape (dets_p)
+    drows = Gather <axis = 0> (dshape, one_idx)
+    dets_flat = Flatten <axis = 2> (dets_p)
+    doff = Mul (templ_col, drows)
+    didx = Add (top_idx, doff)
+    dets = Gather <axis = 0> (dets_flat, didx)
+    lshape = Shape (labels_p)
+    lrows = Gather <axis = 0> (lshape, one_idx)
+    labels_flat = Flatten <axis = 2> (labels_p)
+    loff = Mul (templ_col, lrows)
+    lidx = Add (top_idx, loff)
+    labels3 = Gather <axis = 0> (labels_flat, lidx)
+    labels = Reshape (labels3, labels_shape)
+}
+"""
+
+
+def _constant_k(bound: Bound) -> tuple[int | None, str | None]:
+    k = scalar(bound.tensors["k"])
+    if k is None:
+        return None, "TopK's K is computed at run time"
+    return int(k), None
+
+
+def _documented_k(bound: Bound) -> tuple[int | None, str | None]:
+    fill = scalar(bound.tensors["fill"])
+    if fill is None or fill > -1e38:
+        return None, "the padding is not a constant fill below every score (<= -1e38)"
+    return _constant_k(bound)
+
+
+def _mmdeploy_k(bound: Bound) -> tuple[int | None, str | None]:
+    k, why = _constant_k(bound)
+    if why:
+        return k, why
+    shape = const(bound.tensors["labels_shape"])
+    if shape is None or shape.tolist() != [-1, k]:
+        return None, f"labels are not reshaped to [-1, {k}]"
+    if scalar(bound.tensors["score_thr"]) < 0:
+        return None, "score_threshold < 0: a kept score can tie the zero score of padding rows"
+    return k, None
+
+
+def _mmdeploy_rebuild(graph: gs.Graph, plugin_out: list[gs.Tensor], outs: list[gs.Tensor], k: int,
+                      fresh: Callable[[str], str]) -> tuple[list[gs.Node], list[gs.Tensor]]:
+    """dets [B,K,5] and labels [B,K] from num_detections, boxes, scores and classes.
+
+    Rows past num_detections: dets 0 and label -1, except the row at position S (the
+    number of selections over the whole batch), which is mmdeploy's appended zero row and
+    has label 0; S < K exactly when it is the sum of num_detections (no image was capped)."""
+    num, boxes, scores, classes = plugin_out
+    dets, labels = outs
+    opset = graph.opset or 11
+    nodes: list[gs.Node] = []
+
+    def op(kind, inputs, dtype, attrs=None, name=None):
+        out = gs.Variable(fresh(f"{name or kind}_out"), dtype=dtype)
+        nodes.append(gs.Node(kind, fresh(f"{dets.name}_{kind}"), attrs=attrs or {}, inputs=inputs, outputs=[out]))
+        return out
+
+    def unsqueeze(x, axis, dtype):
+        if opset >= 13:
+            return op("Unsqueeze", [x, gs.Constant(fresh("axes"), np.array([axis], np.int64))], dtype)
+        return op("Unsqueeze", [x], dtype, {"axes": [axis]})
+
+    pos = gs.Constant(fresh("positions"), np.arange(k, dtype=np.int32))
+    valid = op("Less", [pos, num], np.bool_, name="valid")  # [B,K]
+    total = op("ReduceSum", [num], np.int32, {"keepdims": 0}, name="selections")  # scalar
+    last = op("Equal", [pos, total], np.bool_, name="zero_row")  # [K]
+    pad_label = op("Where", [last, gs.Constant(fresh("label0"), np.array(0, np.int64)),
+                             gs.Constant(fresh("label_m1"), np.array(-1, np.int64))], np.int64)
+    classes64 = op("Cast", [classes], np.int64, {"to": onnx.TensorProto.INT64})
+    new_labels = op("Where", [valid, classes64, pad_label], np.int64, name=labels.name)
+    score3 = unsqueeze(scores, 2, dets.dtype)
+    rows = op("Concat", [boxes, score3], dets.dtype, {"axis": 2})
+    valid3 = unsqueeze(valid, 2, np.bool_)
+    new_dets = op("Where", [valid3, rows, gs.Constant(fresh("zero"), np.zeros((), dets.dtype))], dets.dtype,
+                  name=dets.name)
+    new_dets.shape, new_labels.shape = dets.shape, labels.shape
+    return nodes, [new_dets, new_labels]
+
+
+TAILS = [
+    Tail("documented top-K tail", DOCUMENTED, _documented_k),
+    Tail("mmdeploy multiclass_nms (dynamic batch)", MMDEPLOY_BATCHED, _mmdeploy_k, _mmdeploy_rebuild,
+         note="dets/labels rebuilt from the plugin's outputs"),
+]
