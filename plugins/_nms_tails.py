@@ -17,6 +17,7 @@ its outputs, exactly, from the plugin's four.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -203,14 +204,13 @@ documented (float boxes, float scores, int64 per_class, float iou, float score_t
 }
 """
 
-# mmdeploy/mmcv/ops/nms.py: _multiclass_nms (pre_top_k -1, dynamic batch) + _select_nms_index with a
-# constant keep_top_k, as torch 2.x's TorchScript exporter writes it (opsets 11..17) after cleanup.
-MMDEPLOY_BATCHED = """
-mmdeploy_batched (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k,
-                  int64 labels_shape) => (float dets, int64 labels)
+# mmdeploy/mmcv/ops/nms.py: _multiclass_nms (pre_top_k -1, dynamic batch) + _select_nms_index, as torch 2.x's
+# TorchScript exporter writes it (opsets 11..17) after cleanup: nodes up to the score column TopK ranks...
+_MMDEPLOY_CONSTANTS = """
 <int64 i0 = {0}, int64 i1 = {1}, int64 i2 = {2}, int64 im1 = {-1}, int64[1] n = {$N}, int64[1] cn = {$CN},
  int64[1] m1 = {-1}, int64[1] one = {1}, int64[1] zero_ax = {0}, int64[1] one_ax = {1}, int64[1] m1_ax = {-1},
- int64[1] five = {5}, float[1] f0 = {0}, int64[1] m1_label = {-1}, int64[2] col = {-1, 1}, int64[1] one_idx = {1}>
+ int64[1] five = {5}, float[1] f0 = {0}, int64[1] m1_label = {-1}, int64[2] col = {-1, 1}, int64[1] one_idx = {1},
+ int64[2] m1_5 = {-1, 5}>
 {
     shape_s = Shape (scores)
     batch = Gather <axis = 0> (shape_s, i0)
@@ -255,7 +255,13 @@ mmdeploy_batched (float boxes, float scores, int64 per_class, float iou, float s
     lpad = ConstantOfShape <value = int64[1] {0}> (lpad_shape)
     labels_p = Concat <axis = 1> (labels_b, lpad)
     det_scores = Gather <axis = 2> (dets_p, im1)
-    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k)
+"""
+
+# ... with a constant keep_top_k: dets [B,K,5], labels [B,K] ...
+MMDEPLOY_BATCHED = """
+mmdeploy_batched (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k,
+                  int64 labels_shape) => (float dets, int64 labels)
+""" + _MMDEPLOY_CONSTANTS + """    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k)
     templ_col = Reshape (templ, col)
     dshape = Shape (dets_p)
     drows = Gather <axis = 0> (dshape, one_idx)
@@ -270,6 +276,41 @@ mmdeploy_batched (float boxes, float scores, int64 per_class, float iou, float s
     lidx = Add (top_idx, loff)
     labels3 = Gather <axis = 0> (labels_flat, lidx)
     labels = Reshape (labels3, labels_shape)
+}
+"""
+
+# ... and as mmdeploy's ONNX Runtime export writes it: Tensor.topk rewritten by topk__dynamic
+# (mmdeploy/pytorch/functions/topk.py) to K' = where(K < rows, K, rows), rows = S + 1: dets [B,K',5].
+MMDEPLOY_BATCHED_RUNTIME_K = """
+mmdeploy_batched_runtime_k (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k)
+    => (float dets, int64 labels)
+""" + _MMDEPLOY_CONSTANTS + """
+    sshape = Shape (det_scores)
+    srows = Gather <axis = 0> (sshape, i1)
+    k_less = Less (k, srows)
+    k_rt = Where (k_less, k, srows)
+    k1 = Reshape (k_rt, one)
+    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k1)
+    templ_col = Reshape (templ, col)
+    dshape = Shape (dets_p)
+    drows = Gather <axis = 0> (dshape, one_idx)
+    dets_flat = Flatten <axis = 2> (dets_p)
+    doff = Mul (templ_col, drows)
+    didx = Add (top_idx, doff)
+    dets_g = Gather <axis = 0> (dets_flat, didx)
+    dets_r = Reshape (dets_g, m1_5)
+    ishape = Shape (didx)
+    dets_outshape = Concat <axis = 0> (ishape, five)
+    dets = Reshape (dets_r, dets_outshape)
+    lshape = Shape (labels_p)
+    lrows = Gather <axis = 0> (lshape, one_idx)
+    labels_flat = Flatten <axis = 2> (labels_p)
+    loff = Mul (templ_col, lrows)
+    lidx = Add (top_idx, loff)
+    labels_g = Gather <axis = 0> (labels_flat, lidx)
+    labels_r = Reshape (labels_g, m1)
+    lishape = Shape (lidx)
+    labels = Reshape (labels_r, lishape)
 }
 """
 
@@ -292,21 +333,24 @@ def _mmdeploy_k(bound: Bound) -> tuple[int | None, str | None]:
     k, why = _constant_k(bound)
     if why:
         return k, why
-    shape = const(bound.tensors["labels_shape"])
-    if shape is None or shape.tolist() != [-1, k]:
-        return None, f"labels are not reshaped to [-1, {k}]"
+    if "labels_shape" in bound.tensors:
+        shape = const(bound.tensors["labels_shape"])
+        if shape is None or shape.tolist() != [-1, k]:
+            return None, f"labels are not reshaped to [-1, {k}]"
     if scalar(bound.tensors["score_thr"]) < 0:
         return None, "score_threshold < 0: a kept score can tie the zero score of padding rows"
     return k, None
 
 
 def _mmdeploy_rebuild(graph: gs.Graph, plugin_out: list[gs.Tensor], outs: list[gs.Tensor], k: int,
-                      fresh: Callable[[str], str]) -> tuple[list[gs.Node], list[gs.Tensor]]:
+                      fresh: Callable[[str], str], runtime_k: bool = False) -> tuple[list[gs.Node], list[gs.Tensor]]:
     """dets [B,K,5] and labels [B,K] from num_detections, boxes, scores and classes.
 
     Rows past num_detections: dets 0 and label -1, except the row at position S (the
     number of selections over the whole batch), which is mmdeploy's appended zero row and
-    has label 0; S < K exactly when it is the sum of num_detections (no image was capped)."""
+    has label 0; S < K exactly when it is the sum of num_detections (no image was capped).
+    ``runtime_k``: the first min(K, S + 1) rows (a Slice to min(K, sum + 1): the sum of
+    num_detections is S whenever S + 1 <= K, and >= K whenever an image was capped)."""
     num, boxes, scores, classes = plugin_out
     dets, labels = outs
     opset = graph.opset or 11
@@ -335,6 +379,16 @@ def _mmdeploy_rebuild(graph: gs.Graph, plugin_out: list[gs.Tensor], outs: list[g
     valid3 = unsqueeze(valid, 2, np.bool_)
     new_dets = op("Where", [valid3, rows, gs.Constant(fresh("zero"), np.zeros((), dets.dtype))], dets.dtype,
                   name=dets.name)
+    if runtime_k:
+        total64 = op("Cast", [total], np.int64, {"to": onnx.TensorProto.INT64})
+        k_t = gs.Constant(fresh("k"), np.array([k], np.int64))
+        all_rows = op("Add", [total64, gs.Constant(fresh("one"), np.array([1], np.int64))], np.int64)
+        fewer = op("Less", [k_t, all_rows], np.bool_)  # Min has no int64 before opset 12
+        rows_kept = op("Where", [fewer, k_t, all_rows], np.int64, name="rows")
+        zero = gs.Constant(fresh("start"), np.array([0], np.int64))
+        axis = gs.Constant(fresh("axis"), np.array([1], np.int64))
+        new_dets = op("Slice", [new_dets, zero, rows_kept, axis], dets.dtype, name=dets.name)
+        new_labels = op("Slice", [new_labels, zero, rows_kept, axis], np.int64, name=labels.name)
     new_dets.shape, new_labels.shape = dets.shape, labels.shape
     return nodes, [new_dets, new_labels]
 
@@ -343,4 +397,7 @@ TAILS = [
     Tail("documented top-K tail", DOCUMENTED, _documented_k),
     Tail("mmdeploy multiclass_nms (dynamic batch)", MMDEPLOY_BATCHED, _mmdeploy_k, _mmdeploy_rebuild,
          note="dets/labels rebuilt from the plugin's outputs"),
+    Tail("mmdeploy multiclass_nms (dynamic batch, run-time K)", MMDEPLOY_BATCHED_RUNTIME_K, _mmdeploy_k,
+         partial(_mmdeploy_rebuild, runtime_k=True),
+         note="dets/labels rebuilt from the plugin's outputs, sliced to min(K, selections + 1) rows"),
 ]

@@ -12,22 +12,24 @@ intermediate values, and its constants are ones the substitution is exact for:
   detection_classes ``[B,K]`` int32, zero past num_detections (EfficientNMS_TRT's own four,
   one to one);
 - mmdeploy's ``_multiclass_nms`` + ``_select_nms_index`` (``mmdeploy/mmcv/ops/nms.py``,
-  dynamic batch, pre_top_k -1) with a constant keep_top_k K: ``dets [B,K,5]`` (box, score)
-  and ``labels [B,K]`` int64. Those are rebuilt from the plugin's four outputs with
-  ordinary nodes (Less, ReduceSum, Equal, Where, Cast, Unsqueeze, Concat): rows past an
-  image's detections are mmdeploy's zeroed rows of other images (dets 0, label -1) in index
-  order, then its one appended zero row (label 0) at position S, the number of selections
-  in the whole batch; a padding row can only be at S when S < K, and then S is the sum of
-  num_detections, so every padding label is determined. Where onnxruntime fails on the
-  original (TopK's K > S + 1, fewer than K - 1 selections in the batch) the substitute
-  returns padded rows.
+  dynamic batch, pre_top_k -1): ``dets [B,K,5]`` (box, score) and ``labels [B,K]`` int64,
+  with a constant keep_top_k K, or -- as mmdeploy's ONNX Runtime export writes it, its
+  ``topk__dynamic`` rewrite taking ``K' = min(K, S + 1)`` rows, S the number of selections
+  in the whole batch -- ``[B,K',5]`` and ``[B,K']``. Those are rebuilt from the plugin's four
+  outputs with ordinary nodes (Less, ReduceSum, Equal, Where, Cast, Unsqueeze, Concat; a
+  Slice to ``min(K, sum(num_detections) + 1)`` rows for K', which equals K' because the sum
+  is S whenever S + 1 <= K and >= K once an image is capped). Rows past an image's
+  detections are mmdeploy's zeroed rows of other images (dets 0, label -1) in index order,
+  then its one appended zero row (label 0) at position S; a padding row can only be at S
+  when S < K, and then S is the sum of num_detections, so every padding label is
+  determined. With a constant K, where onnxruntime fails on the original (K > S + 1) the
+  substitute returns padded rows.
 
 Declined, with the reason: thresholds or K computed at run time; center_point_box 1;
 scores not ``Transpose<perm=[0,2,1]>`` of ``[B,N,C]``; N or C not static; a per-class cap
 below K; score_threshold < 0 for mmdeploy (a kept score could tie a padding row's 0);
-outputs whose length is known only at run time -- mmdeploy's ONNX Runtime export clamps
-K to ``min(keep_top_k, S + 1)`` (``topk__dynamic``), yolov7's ``ONNX_ORT`` end2end export
-writes one row per selection ``[S, 7]``: a fixed-size plugin cannot produce either.
+outputs with one row per selection, like yolov7's ``ONNX_ORT`` end2end export
+(``[S, 7]``): a fixed-size plugin cannot produce them; any other tail.
 
 Fields (TensorRT's ``plugin/efficientNMSPlugin`` README): int32 ``background_class``
 (-1: none), ``max_output_boxes`` (K), ``score_activation`` (0), ``class_agnostic`` (0),
@@ -145,9 +147,9 @@ class EfficientNmsSpec(PluginSpec):
             message = (f"NonMaxSuppression + {tail.name} ({len(nodes)} nodes) -> {self.plugin} "
                        f"(K {k}, iou {iou:g}, score {score:g}){'; ' + tail.note if tail.note else ''}")
             return self._plugin_match(graph, tail, nodes, boxes, scores, outs, fields, message)
-        return Decline(_variable_length(outs, boxes) or
-                       "the post-processing is none of the tails EfficientNMS_TRT can replace (" +
-                       "; ".join(tried) + ")")
+        late = _variable_length(outs, boxes)
+        return Decline((late + "; " if late else "") + "the post-processing is none of the tails "
+                       "EfficientNMS_TRT can replace (" + "; ".join(tried) + ")")
 
     def _plugin_match(self, graph, tail: Tail, nodes, boxes, scores, outs, fields, message) -> PluginMatch:
         if tail.rebuild is None:
@@ -247,10 +249,8 @@ def _variable_length(outs: list[gs.Tensor], boxes: gs.Tensor) -> str | None:
         shape = list(t.shape or [])
         late = [d for d in shape[1:] if not isinstance(d, int)]
         if late:
-            return (f"output {t.name!r} {shape} has a length known only at run time ({late[0]!r}; e.g. mmdeploy's "
-                    "ONNX Runtime export takes min(keep_top_k, selections + 1) rows): EfficientNMS_TRT's "
-                    "outputs have a fixed K")
+            return f"output {t.name!r} {shape} has a length known only at run time ({late[0]!r})"
         if shape and len(outs) == 1 and shape[0] != boxes.shape[0]:
             return (f"output {t.name!r} {shape} has one row per selected box (like yolov7's ONNX_ORT end2end "
-                    "export): a length known only at run time, while EfficientNMS_TRT pads to a fixed K")
+                    "export), a length known only at run time: EfficientNMS_TRT pads to a fixed K")
     return None

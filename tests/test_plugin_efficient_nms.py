@@ -227,35 +227,45 @@ def selections_per_image(boxes, scores, iou, score) -> np.ndarray:
     return efficient_nms_spec().reference([boxes, scores], fields)[0][:, 0]
 
 
+MMDEPLOY_REBUILD = ["EfficientNMS_TRT", "Less", "ReduceSum", "Equal", "Where", "Cast", "Where", "Unsqueeze", "Concat",
+                    "Unsqueeze", "Where"]
+RUNTIME_K_SLICE = ["Cast", "Add", "Less", "Where", "Slice", "Slice"]
+
+
 @pytest.mark.parametrize("opset", [11, 13, 17])
-def test_mmdeploy_batched_tail_becomes_the_plugin_plus_a_rebuild_of_dets_and_labels(opset):
+@pytest.mark.parametrize("runtime_k", [False, True])
+def test_mmdeploy_batched_tail_becomes_the_plugin_plus_a_rebuild_of_dets_and_labels(opset, runtime_k):
     m = nms_exporters.mmdeploy_batched(n=50, c=3, per_class=20, iou=0.4375, score=0.171875, keep_top_k=10,
-                                       opset=opset)
+                                       opset=opset, clamp_k=runtime_k)
     out, report = fk.optimize(m, plugins=["efficient-nms"], return_report=True)
     onnx.checker.check_model(out, full_check=True)
     assert [o.name for o in out.graph.output] == ["dets", "labels"]
     ops = [n.op_type for n in out.graph.node]
-    assert ops.count("EfficientNMS_TRT") == 1 and "NonMaxSuppression" not in ops
-    assert sorted(ops) == sorted(["EfficientNMS_TRT", "Less", "ReduceSum", "Equal", "Where", "Cast", "Where",
-                                  "Unsqueeze", "Concat", "Unsqueeze", "Where"])
+    assert sorted(ops) == sorted(MMDEPLOY_REBUILD + (RUNTIME_K_SLICE if runtime_k else []))
     node = plugin_node(out)
     assert list(node.input) == ["boxes", "scores"]
     assert attrs(node) == {"background_class": -1, "max_output_boxes": 10, "score_threshold": 0.171875,
                            "iou_threshold": 0.4375, "score_activation": 0, "class_agnostic": 0, "box_coding": 0,
                            "plugin_version": b"1", "plugin_namespace": b""}
-    assert "dets/labels rebuilt from the plugin's outputs" in str(report.to_dict())
+    said = str(report.to_dict())
+    assert "dets/labels rebuilt from the plugin's outputs" in said
+    assert ("sliced to min(K, selections + 1) rows" in said) == runtime_k
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("score, k_of", [(0.05, lambda s: 10), (0.8, lambda s: s + 1), (0.8, lambda s: max(1, s - 3)),
-                                         (0.6, lambda s: min(s + 1, 25))])
-def test_mmdeploy_batched_reference_and_rebuild_equal_onnxruntime(batch, score, k_of):
-    rng = np.random.default_rng(batch * 100 + int(score * 10))
+@pytest.mark.parametrize("runtime_k, score, k_of", [
+    (False, 0.05, lambda s: 10), (False, 0.8, lambda s: s + 1), (False, 0.8, lambda s: max(1, s - 3)),
+    (False, 0.6, lambda s: min(s + 1, 25)),
+    (True, 0.05, lambda s: 10), (True, 0.8, lambda s: s + 1), (True, 0.8, lambda s: s + 7),
+    (True, 0.8, lambda s: max(1, s - 3)), (True, 0.9, lambda s: 60)])
+def test_mmdeploy_batched_reference_and_rebuild_equal_onnxruntime(batch, runtime_k, score, k_of):
+    rng = np.random.default_rng(batch * 100 + int(score * 10) + 7 * runtime_k)
     n, c, iou = 40, 3, 0.5
     boxes, scores = random_inputs(rng, batch, n, c)
     s = int(selections_per_image(boxes, scores, iou, score).sum())
-    k = k_of(s)  # onnxruntime runs the original only while K <= S + 1
-    m = nms_exporters.mmdeploy_batched(n=n, c=c, per_class=200, iou=iou, score=score, keep_top_k=k)
+    k = k_of(s)  # with a constant K, onnxruntime runs the original only while K <= S + 1
+    m = nms_exporters.mmdeploy_batched(n=n, c=c, per_class=200, iou=iou, score=score, keep_top_k=k,
+                                       clamp_k=runtime_k)
     expected = run_ort(m, {"boxes": boxes, "scores": scores})
     rebuild, node = without_plugin(fk.optimize(m, plugins="efficient-nms"))
     reference = efficient_nms_spec().reference([boxes, scores], attrs(node))
@@ -263,21 +273,24 @@ def test_mmdeploy_batched_reference_and_rebuild_equal_onnxruntime(batch, score, 
     for name in ("dets", "labels"):
         assert got[name].dtype == expected[name].dtype and got[name].shape == expected[name].shape, name
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    if k == s + 1:  # mmdeploy's appended zero row is the last one, with label 0
-        assert (expected["labels"][:, -1] == 0).all() and (expected["dets"][:, -1] == 0).all()
+    assert expected["dets"].shape[1] == min(k, s + 1)
+    if k >= s + 1:  # mmdeploy's appended zero row is the last one, with label 0
+        assert (expected["labels"][:, s] == 0).all() and (expected["dets"][:, s] == 0).all()
 
 
 def test_mmdeploy_batched_near_misses_are_declined():
     import onnx_graphsurgeon as gs
+
+    def verdict(graph):
+        [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
+        return efficient_nms_spec().match(graph, nms)
 
     base = fk.optimize(nms_exporters.mmdeploy_batched(keep_top_k=10))
     # a changed constant: padding labels -2 instead of -1
     graph = gs.import_onnx(base)
     [where] = [n for n in graph.nodes if n.op == "Where" and n.inputs[1].dtype == np.int64]
     where.inputs[2] = gs.Constant("minus_two", np.array([-2], np.int64))
-    [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
-    verdict = efficient_nms_spec().match(graph, nms)
-    assert "is not the constant [-1]" in verdict.reason
+    assert "is not the constant [-1]" in verdict(graph).reason
     # an intermediate (the batch size, Shape(scores)[0]) read outside the tail
     graph = gs.import_onnx(base)
     [batch] = [n.outputs[0] for n in graph.nodes if n.op == "Gather" and n.inputs[0].inputs
@@ -285,18 +298,22 @@ def test_mmdeploy_batched_near_misses_are_declined():
     seen = gs.Variable("batch_seen", dtype=np.int64, shape=[])
     graph.nodes.append(gs.Node("Identity", "seen", inputs=[batch], outputs=[seen]))
     graph.outputs.append(seen)
-    [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
-    assert "is read outside the NMS tail" in efficient_nms_spec().match(graph, nms).reason
+    assert "is read outside the NMS tail" in verdict(graph).reason
+    # run-time K: the K compared with the row count is not the K taken
+    graph = gs.import_onnx(fk.optimize(nms_exporters.mmdeploy_batched(keep_top_k=10, clamp_k=True)))
+    [less] = [n for n in graph.nodes if n.op == "Less"]
+    less.inputs[0] = gs.Constant("other_k", np.array(11, np.int64))
+    assert "is not the pattern's k" in verdict(graph).reason
     cases = [
         (dict(score_input=True), "must be constants"),
         (dict(per_class=5, keep_top_k=10), "max_output_boxes_per_class 5 < K 10"),
+        (dict(per_class=5, keep_top_k=10, clamp_k=True), "max_output_boxes_per_class 5 < K 10"),
         (dict(score=-0.5), "score_threshold < 0"),
-        (dict(clamp_k=True), "has a length known only at run time"),
     ]
     for variant, reason in cases:
         m = nms_exporters.mmdeploy_batched(**variant)
-        verdict = verdict_on(m)
-        assert isinstance(verdict, Decline) and reason in verdict.reason, (variant, verdict)
+        v = verdict_on(m)
+        assert isinstance(v, Decline) and reason in v.reason, (variant, v)
         assert "EfficientNMS_TRT" not in [n.op_type for n in fk.optimize(m, plugins="auto").graph.node]
 
 
@@ -306,19 +323,20 @@ def test_yolov7_ort_end2end_tail_is_declined_for_its_variable_length_output():
 
 
 @pytest.mark.trt
-def test_mmdeploy_batched_substitute_parses_and_builds_with_tensorrt(tmp_path):
+@pytest.mark.parametrize("runtime_k", [False, True])
+def test_mmdeploy_batched_substitute_parses_and_builds_with_tensorrt(tmp_path, runtime_k):
     if BACKEND is None:
         pytest.skip("no TensorRT backend imports")
     out = fk.optimize(nms_exporters.mmdeploy_batched(n=50, c=3, per_class=20, iou=0.4375, score=0.171875,
-                                                     keep_top_k=10), plugins="efficient-nms")
+                                                     keep_top_k=10, clamp_k=runtime_k), plugins="efficient-nms")
     profile = {"boxes": ((1, 50, 4), (2, 50, 4), (4, 50, 4)), "scores": ((1, 50, 3), (2, 50, 3), (4, 50, 3))}
     result = parse_and_build(tmp_path, out, creators=("EfficientNMS_TRT",), profile=profile,
                              words=["EfficientNMS_TRT"])
     assert result["parsed"], result["errors"]
     assert result["plugin_layers"] == [plugin_node(out).name]
     assert result["fields"]["EfficientNMS_TRT"][0]["max_output_boxes"] == 10
-    assert [o[0] for o in result["outputs"]] == ["dets", "labels"]
-    assert result["outputs"][0][2] == [-1, 10, 5] and result["outputs"][1][2] == [-1, 10]
+    rows = -1 if runtime_k else 10
+    assert result["outputs"] == [["dets", "DataType.FLOAT", [-1, rows, 5]], ["labels", "DataType.INT64", [-1, rows]]]
     assert result["built"], result
     assert result["in_engine"] == ["EfficientNMS_TRT"]
     print("tensorrt layers:", result["layers"])
