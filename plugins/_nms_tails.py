@@ -49,6 +49,7 @@ class Bound:
 
     tensors: dict[str, gs.Tensor] = field(default_factory=dict)
     nodes: dict[int, gs.Node] = field(default_factory=dict)  # id(pattern node) -> graph node
+    covered: list[gs.Node] = field(default_factory=list)  # If nodes seen through, and their branches' nodes
 
 
 class Pattern:
@@ -72,6 +73,7 @@ class Pattern:
         return bound
 
     def _value(self, p: gs.Tensor, g, bound: Bound) -> str | None:
+        g = _through_if(g, bound)
         if p.name in bound.tensors:
             return None if bound.tensors[p.name] is g else f"{_name(g)} is not the pattern's {p.name}"
         if p.name in self.free:
@@ -114,6 +116,20 @@ class Pattern:
             if why:
                 return why
         return None
+
+
+def _through_if(g, bound: Bound):
+    """The branch output an If with a constant condition returns for ``g``, else ``g`` (torch
+    exports ``squeeze(0)`` of a dim it cannot prove is 1 as such an If)."""
+    while not isinstance(g, np.ndarray) and len(g.inputs) == 1 and g.inputs[0].op == "If":
+        node = g.inputs[0]
+        cond = scalar(node.inputs[0])
+        if cond is None:
+            break
+        if not any(node is n for n in bound.covered):
+            bound.covered += [node] + [n for b in ("then_branch", "else_branch") for n in node.attrs[b].nodes]
+        g = node.attrs["then_branch" if cond else "else_branch"].outputs[node.outputs.index(g)]
+    return g
 
 
 def _name(t) -> str:
@@ -315,6 +331,55 @@ mmdeploy_batched_runtime_k (float boxes, float scores, int64 per_class, float io
 """
 
 
+# mmdeploy/mmcv/ops/nms.py: _multiclass_nms_single (static batch 1, pre_top_k -1): dets [1,K,5], labels [1,K]
+# with a constant keep_top_k, or [1,K',5] / [1,K'] with topk__dynamic's K' = min(keep_top_k, S + 1).
+_MMDEPLOY_SINGLE_CONSTANTS = """
+<int64 i1 = {1}, int64 i2 = {2}, int64 im1 = {-1}, int64[1] n = {$N}, int64[1] zero_ax = {0}, int64[1] two_ax = {2},
+ int64[1] one = {1}, int64[1,1] zero_label = {0}, float[1,1,5] zero_row = {0, 0, 0, 0, 0}>
+{
+    scores_cn = Transpose <perm = [0, 2, 1]> (scores)
+    scores_t = Transpose <perm = [2, 1, 0]> (scores)
+    selected = NonMaxSuppression (boxes, scores_cn, per_class, iou, score_thr)
+    scores_flat = Flatten <axis = 2> (scores_t)
+    sel_c = Gather <axis = 1> (selected, i1)
+    sel_n = Gather <axis = 1> (selected, i2)
+    c_n = Mul (sel_c, n)
+    sel_boxes = Gather <axis = 1> (boxes, sel_n)
+    labels0 = Unsqueeze (sel_c, zero_ax)
+    flat = Add (sel_n, c_n)
+    labels_p = Concat <axis = 1> (labels0, zero_label)
+    sel_score2 = Gather <axis = 0> (scores_flat, flat)
+    sel_score1 = Transpose <perm = [1, 0]> (sel_score2)
+    sel_score = Unsqueeze (sel_score1, two_ax)
+    dets0 = Concat <axis = 2> (sel_boxes, sel_score)
+    dets_p = Concat <axis = 1> (dets0, zero_row)
+    det_scores = Gather <axis = 2> (dets_p, im1)
+"""
+_MMDEPLOY_SINGLE_GATHER = """
+    idx = Squeeze (top_idx, zero_ax)
+    dets = Gather <axis = 1> (dets_p, idx)
+    labels = Gather <axis = 1> (labels_p, idx)
+}
+"""
+MMDEPLOY_SINGLE = """
+mmdeploy_single (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k)
+    => (float dets, int64 labels)
+""" + _MMDEPLOY_SINGLE_CONSTANTS + """
+    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k)
+""" + _MMDEPLOY_SINGLE_GATHER
+MMDEPLOY_SINGLE_RUNTIME_K = """
+mmdeploy_single_runtime_k (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k)
+    => (float dets, int64 labels)
+""" + _MMDEPLOY_SINGLE_CONSTANTS + """
+    sshape = Shape (det_scores)
+    srows = Gather <axis = 0> (sshape, i1)
+    k_less = Less (k, srows)
+    k_rt = Where (k_less, k, srows)
+    k1 = Reshape (k_rt, one)
+    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k1)
+""" + _MMDEPLOY_SINGLE_GATHER
+
+
 def _constant_k(bound: Bound) -> tuple[int | None, str | None]:
     k = scalar(bound.tensors["k"])
     if k is None:
@@ -340,6 +405,12 @@ def _mmdeploy_k(bound: Bound) -> tuple[int | None, str | None]:
     if scalar(bound.tensors["score_thr"]) < 0:
         return None, "score_threshold < 0: a kept score can tie the zero score of padding rows"
     return k, None
+
+
+def _mmdeploy_single_k(bound: Bound) -> tuple[int | None, str | None]:
+    if bound.tensors["boxes"].shape[0] != 1:
+        return None, f"the single-image tail on a batch of {bound.tensors['boxes'].shape[0]}"
+    return _mmdeploy_k(bound)
 
 
 def _mmdeploy_rebuild(graph: gs.Graph, plugin_out: list[gs.Tensor], outs: list[gs.Tensor], k: int,
@@ -398,6 +469,11 @@ TAILS = [
     Tail("mmdeploy multiclass_nms (dynamic batch)", MMDEPLOY_BATCHED, _mmdeploy_k, _mmdeploy_rebuild,
          note="dets/labels rebuilt from the plugin's outputs"),
     Tail("mmdeploy multiclass_nms (dynamic batch, run-time K)", MMDEPLOY_BATCHED_RUNTIME_K, _mmdeploy_k,
+         partial(_mmdeploy_rebuild, runtime_k=True),
+         note="dets/labels rebuilt from the plugin's outputs, sliced to min(K, selections + 1) rows"),
+    Tail("mmdeploy multiclass_nms (batch 1)", MMDEPLOY_SINGLE, _mmdeploy_single_k, _mmdeploy_rebuild,
+         note="dets/labels rebuilt from the plugin's outputs"),
+    Tail("mmdeploy multiclass_nms (batch 1, run-time K)", MMDEPLOY_SINGLE_RUNTIME_K, _mmdeploy_single_k,
          partial(_mmdeploy_rebuild, runtime_k=True),
          note="dets/labels rebuilt from the plugin's outputs, sliced to min(K, selections + 1) rows"),
 ]

@@ -133,12 +133,13 @@ class EfficientNmsSpec(PluginSpec):
                 tried.append(f"{tail.name}: matched around another NonMaxSuppression")
                 continue
             k, why = tail.top_k(bound)
-            if why:
-                return Decline(f"{tail.name}: {why}")
+            if why:  # another tail may match with these values
+                tried.append(f"{tail.name}: {why}")
+                continue
             if per_class < k:
                 return Decline(f"max_output_boxes_per_class {per_class} < K {k}: the per-class cap could "
                                "change the K best")
-            nodes = [node] + [n for n in bound.nodes.values() if n is not node]  # the plugin takes its name
+            nodes = [node] + [n for n in [*bound.nodes.values(), *bound.covered] if n is not node]  # its name
             why = _read_outside(graph, nodes, outs)
             if why:
                 return Decline(why)

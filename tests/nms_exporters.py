@@ -27,13 +27,14 @@ import torch
 
 
 class _OnnxNms(torch.autograd.Function):
-    """mmdeploy's ``ONNXNMSop``: the same symbolic; forward selects (b, 0, n) for every box."""
+    """mmdeploy's ``ONNXNMSop``: the same symbolic; forward a stand-in selecting every (b, c, n)
+    several times over (while tracing, a constant K must not exceed the rows)."""
 
     @staticmethod
     def forward(ctx, boxes, scores, max_per_class, iou, score):
-        b, _, n = scores.shape
-        idx = torch.arange(b * n)
-        return torch.stack([idx // n, torch.zeros_like(idx), idx % n], 1)
+        b, c, n = scores.shape
+        idx = torch.arange(8 * b * c * n) % (b * c * n)
+        return torch.stack([idx // (c * n), idx // n % c, idx % n], 1)
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class, iou, score):

@@ -230,13 +230,15 @@ def selections_per_image(boxes, scores, iou, score) -> np.ndarray:
 MMDEPLOY_REBUILD = ["EfficientNMS_TRT", "Less", "ReduceSum", "Equal", "Where", "Cast", "Where", "Unsqueeze", "Concat",
                     "Unsqueeze", "Where"]
 RUNTIME_K_SLICE = ["Cast", "Add", "Less", "Where", "Slice", "Slice"]
+MMDEPLOY = {"batched": (nms_exporters.mmdeploy_batched, (1, 3)), "single": (nms_exporters.mmdeploy_single, (1,))}
 
 
 @pytest.mark.parametrize("opset", [11, 13, 17])
 @pytest.mark.parametrize("runtime_k", [False, True])
-def test_mmdeploy_batched_tail_becomes_the_plugin_plus_a_rebuild_of_dets_and_labels(opset, runtime_k):
-    m = nms_exporters.mmdeploy_batched(n=50, c=3, per_class=20, iou=0.4375, score=0.171875, keep_top_k=10,
-                                       opset=opset, clamp_k=runtime_k)
+@pytest.mark.parametrize("form", sorted(MMDEPLOY))
+def test_mmdeploy_tail_becomes_the_plugin_plus_a_rebuild_of_dets_and_labels(form, runtime_k, opset):
+    m = MMDEPLOY[form][0](n=50, c=3, per_class=20, iou=0.4375, score=0.171875, keep_top_k=10, opset=opset,
+                          clamp_k=runtime_k)
     out, report = fk.optimize(m, plugins=["efficient-nms"], return_report=True)
     onnx.checker.check_model(out, full_check=True)
     assert [o.name for o in out.graph.output] == ["dets", "labels"]
@@ -248,34 +250,37 @@ def test_mmdeploy_batched_tail_becomes_the_plugin_plus_a_rebuild_of_dets_and_lab
                            "iou_threshold": 0.4375, "score_activation": 0, "class_agnostic": 0, "box_coding": 0,
                            "plugin_version": b"1", "plugin_namespace": b""}
     said = str(report.to_dict())
+    assert f"mmdeploy multiclass_nms ({'dynamic batch' if form == 'batched' else 'batch 1'}" in said
     assert "dets/labels rebuilt from the plugin's outputs" in said
     assert ("sliced to min(K, selections + 1) rows" in said) == runtime_k
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("runtime_k, score, k_of", [
-    (False, 0.05, lambda s: 10), (False, 0.8, lambda s: s + 1), (False, 0.8, lambda s: max(1, s - 3)),
-    (False, 0.6, lambda s: min(s + 1, 25)),
-    (True, 0.05, lambda s: 10), (True, 0.8, lambda s: s + 1), (True, 0.8, lambda s: s + 7),
-    (True, 0.8, lambda s: max(1, s - 3)), (True, 0.9, lambda s: 60)])
-def test_mmdeploy_batched_reference_and_rebuild_equal_onnxruntime(batch, runtime_k, score, k_of):
+K_CHOICES = {  # K from S, the selections in the batch; with a constant K onnxruntime needs K <= S + 1
+    False: [lambda s: 10, lambda s: s + 1, lambda s: max(1, s - 3)],
+    True: [lambda s: 10, lambda s: s + 1, lambda s: s + 7, lambda s: max(1, s - 3)]}
+
+
+@pytest.mark.parametrize("form, batch", [("batched", 1), ("batched", 3), ("single", 1)])
+@pytest.mark.parametrize("runtime_k", [False, True])
+@pytest.mark.parametrize("score", [0.05, 0.6, 0.9])
+def test_mmdeploy_reference_and_rebuild_equal_onnxruntime(form, batch, runtime_k, score):
     rng = np.random.default_rng(batch * 100 + int(score * 10) + 7 * runtime_k)
     n, c, iou = 40, 3, 0.5
-    boxes, scores = random_inputs(rng, batch, n, c)
-    s = int(selections_per_image(boxes, scores, iou, score).sum())
-    k = k_of(s)  # with a constant K, onnxruntime runs the original only while K <= S + 1
-    m = nms_exporters.mmdeploy_batched(n=n, c=c, per_class=200, iou=iou, score=score, keep_top_k=k,
-                                       clamp_k=runtime_k)
-    expected = run_ort(m, {"boxes": boxes, "scores": scores})
-    rebuild, node = without_plugin(fk.optimize(m, plugins="efficient-nms"))
-    reference = efficient_nms_spec().reference([boxes, scores], attrs(node))
-    got = run_ort(rebuild, dict(zip(node.output, reference)))
-    for name in ("dets", "labels"):
-        assert got[name].dtype == expected[name].dtype and got[name].shape == expected[name].shape, name
-        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    assert expected["dets"].shape[1] == min(k, s + 1)
-    if k >= s + 1:  # mmdeploy's appended zero row is the last one, with label 0
-        assert (expected["labels"][:, s] == 0).all() and (expected["dets"][:, s] == 0).all()
+    for k_of in K_CHOICES[runtime_k]:
+        boxes, scores = random_inputs(rng, batch, n, c)
+        s = int(selections_per_image(boxes, scores, iou, score).sum())
+        k = k_of(s)
+        m = MMDEPLOY[form][0](n=n, c=c, per_class=1000, iou=iou, score=score, keep_top_k=k, clamp_k=runtime_k)
+        expected = run_ort(m, {"boxes": boxes, "scores": scores})
+        rebuild, node = without_plugin(fk.optimize(m, plugins="efficient-nms"))
+        reference = efficient_nms_spec().reference([boxes, scores], attrs(node))
+        got = run_ort(rebuild, dict(zip(node.output, reference)))
+        for name in ("dets", "labels"):
+            assert got[name].dtype == expected[name].dtype and got[name].shape == expected[name].shape, name
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        assert expected["dets"].shape[1] == min(k, s + 1)
+        if k >= s + 1:  # mmdeploy's appended zero row, with label 0
+            assert (expected["labels"][:, s] == 0).all() and (expected["dets"][:, s] == 0).all()
 
 
 def test_mmdeploy_batched_near_misses_are_declined():
@@ -317,26 +322,40 @@ def test_mmdeploy_batched_near_misses_are_declined():
         assert "EfficientNMS_TRT" not in [n.op_type for n in fk.optimize(m, plugins="auto").graph.node]
 
 
+def test_mmdeploy_single_near_misses_are_declined():
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(fk.optimize(nms_exporters.mmdeploy_single(keep_top_k=10, clamp_k=True)))
+    [concat] = [n for n in graph.nodes if n.op == "Concat" and n.inputs[1].dtype == np.int64]
+    concat.inputs[1] = gs.Constant("label_three", np.array([[3]], np.int64))  # the appended row's label
+    [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
+    assert "is not the constant [[0]]" in efficient_nms_spec().match(graph, nms).reason
+    v = verdict_on(nms_exporters.mmdeploy_single(per_class=5, keep_top_k=10))
+    assert isinstance(v, Decline) and "max_output_boxes_per_class 5 < K 10" in v.reason
+
+
 def test_yolov7_ort_end2end_tail_is_declined_for_its_variable_length_output():
     verdict = verdict_on(nms_exporters.yolov7_ort(n=40, c=3))
     assert isinstance(verdict, Decline) and "one row per selected box" in verdict.reason
 
 
 @pytest.mark.trt
-@pytest.mark.parametrize("runtime_k", [False, True])
-def test_mmdeploy_batched_substitute_parses_and_builds_with_tensorrt(tmp_path, runtime_k):
+@pytest.mark.parametrize("form, runtime_k", [("batched", False), ("batched", True), ("single", True)])
+def test_mmdeploy_substitute_parses_and_builds_with_tensorrt(tmp_path, form, runtime_k):
     if BACKEND is None:
         pytest.skip("no TensorRT backend imports")
-    out = fk.optimize(nms_exporters.mmdeploy_batched(n=50, c=3, per_class=20, iou=0.4375, score=0.171875,
-                                                     keep_top_k=10, clamp_k=runtime_k), plugins="efficient-nms")
-    profile = {"boxes": ((1, 50, 4), (2, 50, 4), (4, 50, 4)), "scores": ((1, 50, 3), (2, 50, 3), (4, 50, 3))}
+    out = fk.optimize(MMDEPLOY[form][0](n=50, c=3, per_class=20, iou=0.4375, score=0.171875, keep_top_k=10,
+                                        clamp_k=runtime_k), plugins="efficient-nms")
+    profile = {"boxes": ((1, 50, 4), (2, 50, 4), (4, 50, 4)),
+               "scores": ((1, 50, 3), (2, 50, 3), (4, 50, 3))} if form == "batched" else None
     result = parse_and_build(tmp_path, out, creators=("EfficientNMS_TRT",), profile=profile,
                              words=["EfficientNMS_TRT"])
     assert result["parsed"], result["errors"]
     assert result["plugin_layers"] == [plugin_node(out).name]
     assert result["fields"]["EfficientNMS_TRT"][0]["max_output_boxes"] == 10
-    rows = -1 if runtime_k else 10
-    assert result["outputs"] == [["dets", "DataType.FLOAT", [-1, rows, 5]], ["labels", "DataType.INT64", [-1, rows]]]
+    batch, rows = (-1 if form == "batched" else 1), (-1 if runtime_k else 10)
+    assert result["outputs"] == [["dets", "DataType.FLOAT", [batch, rows, 5]],
+                                 ["labels", "DataType.INT64", [batch, rows]]]
     assert result["built"], result
     assert result["in_engine"] == ["EfficientNMS_TRT"]
-    print("tensorrt layers:", result["layers"])
+    print(f"tensorrt layers ({form}, runtime_k={runtime_k}):", result["layers"])
