@@ -24,7 +24,8 @@ Rules, one per root op (x any float tensor, constants scalars):
   nothing better to rewrite it into. TensorRT imports HardSwish itself as kHARD_SIGMOID(1/6, 1/2) times x,
   so the HardSigmoid/HardSwish rewrites mostly shrink the graph and make it readable.
 - HardSwish read only by a reduction (ReduceMean, ReduceSum, ReduceMax over any axes,
-  GlobalAveragePool: a classifier head's pool) is written ``x * Clip(x + 3, 0, 6) / 6``
+  GlobalAveragePool: a classifier head's pool; directly or through a Transpose, as
+  channels-last-mean writes a pool) is written ``x * Clip(x + 3, 0, 6) / 6``
   (the same function: HardSwish(x) = x * max(0, min(1, x/6 + 1/2))), from the HardSwish
   op, ``x * HardSigmoid<1/6, 1/2>(x)`` or any other Clip form above, and that form is
   kept rather than fused. Measured with tensorrt_rtx 1.7.1 (builder log of the engine's
@@ -135,9 +136,13 @@ def _is_hard_swish(alpha: float, beta: float, dtype=np.float32) -> bool:
 
 
 def _reduced_by(graph: gs.Graph, out: gs.Tensor) -> gs.Node | None:
-    """The reduction that is the only reader of ``out`` (not a graph output), if any."""
+    """The reduction that is the only reader of ``out`` (not a graph output), if any; also
+    through a Transpose read only by it (channels-last-mean's form of a pool)."""
     if is_graph_io(graph, out):
         return None
+    transpose = only_consumer(out, "Transpose")
+    if transpose is not None and not is_graph_io(graph, transpose.outputs[0]):
+        out = transpose.outputs[0]
     reader = only_consumer(out, *REDUCTIONS)
     return reader if reader is not None and reader.inputs[0] is out else None
 

@@ -226,6 +226,24 @@ def test_hardswish_read_by_anything_else_stays_the_op():
     assert op_counts(optimized) == op_counts(model) and rewrites(report, "fuse-activations") == 0
 
 
+def test_hardswish_pooled_through_a_transpose_becomes_the_clip_form():
+    """channels-last-mean writes a pool as Transpose then ReduceMean: still a reduction."""
+    model = parse('<ir_version: 8, opset_import: ["" : 17]>\n'
+                  "g (float[N,4,3,3] x) => (float[N,4] y, float[N,4] z, float[N,3,3,4] t) {\n"
+                  " [pooled] h = HardSwish(x)\n n = Transpose<perm = [0, 2, 3, 1]>(h)\n"
+                  " y = ReduceMean<axes = [1, 2], keepdims = 0>(n)\n"
+                  " [shared] g = HardSwish(x)\n t = Transpose<perm = [0, 2, 3, 1]>(g)\n"
+                  " z = ReduceMean<axes = [1, 2], keepdims = 0>(t)\n}")
+    findings = {n: [(f.applies, f.message) for f in fs] for n, fs in inspect_pass(model, "fuse-activations").items()}
+    assert findings == {
+        "pooled": [(True, "HardSwish read by ReduceMean becomes x * Clip(x + 3, 0, 6) / 6, which TensorRT fuses "
+                          "into the reduction")],
+        "shared": [(False, "HardSwish is kept: it is not read by a reduction only")],  # t is a graph output
+    }
+    optimized, report = check_fused(model, PASSES, np.float32, "hardswish through transpose")
+    assert op_counts(optimized)["HardSwish"] == 1 and rewrites(report, "fuse-activations") == 1
+
+
 # ---------------------------------------------------------------- fixed cases
 
 def test_messages_say_what_happens():
@@ -276,7 +294,8 @@ def test_pre_scaled_input_multiplied_whole_is_hardswish_of_it():
 def test_mobilenet_keeps_its_hardswish_and_relu6_and_writes_the_head_as_clip_form():
     """torch exports nn.Hardswish as HardSwish at opset 14 already; ReLU6 is Clip(x, 0, 6)
     with nothing added, which must stay a Clip. The head's HardSwish, read by the pool's
-    ReduceMean, becomes x * Clip(x + 3, 0, 6) / 6 (test_builder: one engine layer less)."""
+    ReduceMean (through channels-last-mean's Transpose), becomes x * Clip(x + 3, 0, 6) / 6
+    (test_builder: one engine layer less)."""
     original, optimized, report, worst = zoo_run("mobilenet")
     before, after = op_counts(original), op_counts(optimized)
     assert before["HardSwish"] == 7 and after["HardSwish"] == 6
@@ -284,8 +303,10 @@ def test_mobilenet_keeps_its_hardswish_and_relu6_and_writes_the_head_as_clip_for
     assert rewrites(report, "fuse-activations") == 1
     (pool,) = [n for n in optimized.graph.node if n.op_type == "ReduceMean"]
     producer = {o: n for n in optimized.graph.node for o in n.output}
-    div = producer[pool.input[0]]
+    transpose = producer[pool.input[0]]  # channels-last-mean's form of the pool
+    div = producer[transpose.input[0]]
     mul = producer[div.input[0]]
+    assert transpose.op_type == "Transpose"
     assert (div.op_type, mul.op_type) == ("Div", "Mul") and div.name == "/head/head.2/Div"
     findings = inspect_pass(optimized, "fuse-activations")
     clips = [n.name for n in optimized.graph.node if n.op_type == "Clip"]
