@@ -2,9 +2,10 @@
 
 The pattern is the NonMaxSuppression node plus the post-processing between it and the
 graph outputs it reaches, replaced as a whole when that post-processing is one of the
-tails in ``plugins/_nms_tails.py`` (each written there as an ONNX-text pattern graph and
-matched node by node: op types, attributes, constants, wiring), nothing else reads its
-intermediate values, and its constants are ones the substitution is exact for:
+tails in ``plugins/_nms_tails.py`` (each an ONNX-text pattern graph, matched node by
+node by ``plugins/_nms_pattern.py``: op types, attributes, constants, wiring), nothing
+else reads its intermediate values, and its constants are ones the substitution is
+exact for:
 
 - the documented tail: ``scores [B,N,C]`` -> Transpose -> NonMaxSuppression; the selected
   scores scattered into a dense ``[B, C*N]`` filled with -3e38; TopK K; outputs
@@ -65,7 +66,8 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import fresh_name, replace_uses
 from fusekit.pass_infra import Decline
 from fusekit.plugin_infra import PluginMatch, PluginSpec
-from fusekit.plugins._nms_tails import TAILS, Pattern, Tail, scalar
+from fusekit.plugins._nms_pattern import Pattern, scalar
+from fusekit.plugins._nms_tails import TAILS, Tail
 
 
 @lru_cache(maxsize=32)
@@ -103,7 +105,8 @@ class EfficientNmsSpec(PluginSpec):
 
     def match(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
         if len(node.inputs) != 5 or any(t.name == "" for t in node.inputs):
-            return Decline("NonMaxSuppression needs all five inputs (thresholds given as constants)")
+            return Decline("NonMaxSuppression needs all five inputs, score_threshold included (torchvision's nms "
+                           "exports four: it keeps every score and outputs one row per kept box)")
         boxes, scores_cn, per_class_t, iou_t, score_t = node.inputs
         per_class, iou, score = scalar(per_class_t), scalar(iou_t), scalar(score_t)
         if per_class is None or iou is None or score is None:
@@ -123,9 +126,13 @@ class EfficientNmsSpec(PluginSpec):
             return Decline("scores are not [B,N,C] with a static C")
         num, classes = boxes.shape[1], scores.shape[2]
         outs = _outputs_below(graph, node)
-        tried = []
+        tried, ends = [], {}
         for i, tail in enumerate(TAILS):
-            bound = _pattern(i, num, classes).match(outs, boxes, scores)
+            pattern = _pattern(i, num, classes)
+            ends.setdefault(len(pattern.graph.outputs), []).append(tail.name)
+            if len(pattern.graph.outputs) != len(outs):
+                continue
+            bound = pattern.match(outs, boxes, scores)
             if isinstance(bound, str):
                 tried.append(f"{tail.name}: {bound}")
                 continue
@@ -149,6 +156,9 @@ class EfficientNmsSpec(PluginSpec):
                        f"(K {k}, iou {iou:g}, score {score:g}){'; ' + tail.note if tail.note else ''}")
             return self._plugin_match(graph, tail, nodes, boxes, scores, outs, fields, message)
         late = _variable_length(outs, boxes)
+        if not tried:
+            tried = [f"the NMS reaches {len(outs)} graph outputs, the tails end at " +
+                     ", ".join(f"{n} ({', '.join(names)})" for n, names in sorted(ends.items()))]
         return Decline((late + "; " if late else "") + "the post-processing is none of the tails "
                        "EfficientNMS_TRT can replace (" + "; ".join(tried) + ")")
 

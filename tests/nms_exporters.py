@@ -12,6 +12,11 @@ shapes matter while tracing). Sources read:
   ``_multiclass_nms_single`` (batch 1). mmdeploy's ONNX Runtime export also rewrites
   ``Tensor.topk`` (``mmdeploy/pytorch/functions/topk.py``, ``topk__dynamic``) to
   ``k = where(k < size, k, size)``: ``clamp_k=True`` re-creates that.
+- torchvision ``torchvision/ops/_register_onnx_ops.py``: ``torchvision::nms`` as
+  NonMaxSuppression of Unsqueezed boxes/scores with max_output_boxes_per_class
+  ``sys.maxsize``, an iou threshold and no score threshold, then ``[:, 2]``; used through
+  ``batched_nms``'s coordinate trick (boxes offset by ``label * (max + 1)``) and a
+  detector's ``keep[:detections_per_img]``: outputs ``[num_kept, ...]``.
 - yolov7 ``models/experimental.py``: ``ORT_NMS`` + ``ONNX_ORT`` (``export.py --end2end
   --max-wh``): class offsets ``category * max_wh`` added to the boxes, the max class score
   as the one NMS class, output ``[num_selected, 7]``.
@@ -112,6 +117,40 @@ class MmdeploySingleNms(torch.nn.Module):
         return dets[:, topk_inds, ...], labels[:, topk_inds, ...]
 
 
+class _TorchvisionNms(torch.autograd.Function):
+    """``torchvision::nms`` with torchvision's symbolic; forward keeps every box, best first."""
+
+    @staticmethod
+    def forward(ctx, boxes, scores, iou_threshold):
+        return torch.argsort(scores, descending=True)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou_threshold):
+        import sys
+        boxes = g.op("Unsqueeze", boxes, g.op("Constant", value_t=torch.tensor([0])))
+        scores = g.op("Unsqueeze", g.op("Unsqueeze", scores, g.op("Constant", value_t=torch.tensor([0]))),
+                      g.op("Constant", value_t=torch.tensor([0])))
+        max_output_per_class = g.op("Constant", value_t=torch.tensor([sys.maxsize], dtype=torch.long))
+        iou = g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float))
+        nms_out = g.op("NonMaxSuppression", boxes, scores, max_output_per_class, iou)
+        column = g.op("Gather", nms_out, g.op("Constant", value_t=torch.tensor([2], dtype=torch.long)), axis_i=1)
+        return g.op("Squeeze", column, g.op("Constant", value_t=torch.tensor([1])))
+
+
+class TorchvisionBatchedNms(torch.nn.Module):
+    """A detector's post-processing: ``batched_nms`` (coordinate trick) then the K best kept."""
+
+    def __init__(self, iou=0.5, detections_per_img=10):
+        super().__init__()
+        self.iou, self.k = iou, detections_per_img
+
+    def forward(self, boxes, scores, labels):
+        offsets = labels.to(boxes) * (boxes.max() + 1)
+        keep = _TorchvisionNms.apply(boxes + offsets[:, None], scores, self.iou)
+        keep = keep[:self.k]
+        return boxes[keep], scores[keep], labels[keep]
+
+
 class _OrtNms(torch.autograd.Function):
     """yolov7's ``ORT_NMS``: the same symbolic (all five inputs passed through)."""
 
@@ -180,6 +219,12 @@ def mmdeploy_batched(n=50, c=3, opset=11, **kw) -> onnx.ModelProto:
 def mmdeploy_single(n=50, c=3, opset=11, **kw) -> onnx.ModelProto:
     return export(MmdeploySingleNms(**kw), {"boxes": torch.rand(1, n, 4), "scores": torch.rand(1, n, c)},
                   ["dets", "labels"], opset=opset, dynamic_batch=False)
+
+
+def torchvision_batched(n=50, opset=13, **kw) -> onnx.ModelProto:
+    inputs = {"boxes": torch.rand(n, 4), "scores": torch.rand(n), "labels": torch.randint(0, 3, (n,))}
+    return export(TorchvisionBatchedNms(**kw), inputs, ["det_boxes", "det_scores", "det_labels"], opset=opset,
+                  dynamic_batch=False)
 
 
 def yolov7_ort(n=50, c=3, opset=12, **kw) -> onnx.ModelProto:

@@ -334,9 +334,15 @@ def test_mmdeploy_single_near_misses_are_declined():
     assert isinstance(v, Decline) and "max_output_boxes_per_class 5 < K 10" in v.reason
 
 
-def test_yolov7_ort_end2end_tail_is_declined_for_its_variable_length_output():
-    verdict = verdict_on(nms_exporters.yolov7_ort(n=40, c=3))
-    assert isinstance(verdict, Decline) and "one row per selected box" in verdict.reason
+@pytest.mark.parametrize("model, reason", [
+    (lambda: nms_exporters.yolov7_ort(n=40, c=3), "has one row per selected box"),
+    (lambda: nms_exporters.torchvision_batched(n=40), "torchvision's nms exports four")])
+def test_tails_with_one_row_per_kept_box_are_declined(model, reason):
+    m = model()
+    verdict = verdict_on(m)
+    assert isinstance(verdict, Decline) and reason in verdict.reason
+    ops = [n.op_type for n in fk.optimize(m, plugins="auto").graph.node]
+    assert "NonMaxSuppression" in ops and "EfficientNMS_TRT" not in ops
 
 
 @pytest.mark.trt
