@@ -3,10 +3,11 @@ streamed tensor by tensor so the whole model is never built in memory."""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 import onnx
@@ -78,7 +79,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
                if onnx.external_data_helper.uses_external_data(t)}
     if str(data_path.resolve()) in sources:
         raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
-    atomic_write(data_path, lambda f: _write_tensors_external(model, f, data_path.name))
+    records = [_proto_record(t) for t in model.graph.initializer]
+    del model.graph.initializer[:]
+    atomic_write(data_path, lambda f: _write_records_external(records, f, data_path.name))
+    model.graph.initializer.extend(header for header, _, _ in records)
     atomic_write(path, lambda f: f.write(model.SerializeToString()))
     return [path, data_path]
 
@@ -89,12 +93,13 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
     streaming each large weight from where it lives (an array, or a memory map of the
     input file) into the output: the whole model is never built in memory.
 
-    The model is exported weightless and serialized without its initializers; they follow
-    as a second ``graph`` field holding only ``initializer`` entries, each written as its
-    header fields then its ``raw_data`` (protobuf merges repeated fields of a message, so
-    readers see one graph with every initializer, in order). A model that needs external
-    data (``external_data``, or weights over ``EXTERNAL_DATA_THRESHOLD``) is saved by
-    :func:`save_model`.
+    The model is exported weightless. Inline (one file), it is serialized without its
+    initializers; they follow as a second ``graph`` field holding only ``initializer``
+    entries, each written as its header fields then its ``raw_data`` (protobuf merges
+    repeated fields of a message, so readers see one graph with every initializer, in
+    order). With external data (``external_data``, or weights over
+    ``EXTERNAL_DATA_THRESHOLD``) the weights stream into ``<path>.data`` and the model
+    file holds their headers.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -104,19 +109,25 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
     if str(path.resolve()) in sources:
         raise InputError(f"{path}: the model's weights are read from this file; choose another output path")
     tensors = [_tensor_record(t, originals) for t in model.graph.initializer]
-    weights = sum(len(header) + length for header, _, length in tensors)
-    if external_data or (external_data is None and weights > EXTERNAL_DATA_THRESHOLD):
-        del model, tensors
-        return save_model(to_model_proto(graph, shell), path, external_data=True)
     del model.graph.initializer[:]
+    weights = sum(header.ByteSize() + length for header, _, length in tensors)
+    if external_data or (external_data is None and weights > EXTERNAL_DATA_THRESHOLD):
+        data_path = path.with_name(path.name + ".data")
+        if str(data_path.resolve()) in sources:
+            raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
+        atomic_write(data_path, lambda f: _write_records_external(tensors, f, data_path.name))
+        model.graph.initializer.extend(header for header, _, _ in tensors)
+        atomic_write(path, lambda f: f.write(model.SerializeToString()))
+        return [path, data_path]
     head = model.SerializeToString()
     del model
     records = []
     for header, data, length in tensors:
-        size = len(header) + len(_RAW_DATA_KEY) + len(_varint(length)) + length if data is not None else len(header)
-        records.append((_key(_GRAPH_INITIALIZER, _LEN) + _varint(size), header, data, length))
-    body = sum(len(prefix) + len(header) + (len(_RAW_DATA_KEY) + len(_varint(length)) + length if data is not None else 0)
-               for prefix, header, data, length in records)
+        fields = header.SerializeToString()
+        size = len(fields) + (len(_RAW_DATA_KEY) + len(_varint(length)) + length if data is not None else 0)
+        records.append((_key(_GRAPH_INITIALIZER, _LEN) + _varint(size), fields, data, length))
+    body = sum(len(prefix) + len(fields) + (len(_RAW_DATA_KEY) + len(_varint(length)) + length if data is not None else 0)
+               for prefix, fields, data, length in records)
     if len(head) + body > PROTOBUF_LIMIT:
         raise InputError(f"{path}: the model is over 2 GB, too large for one protobuf file; "
                          "save it with external data (--external-data)")
@@ -126,9 +137,9 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
         if not records:
             return
         out.write(_key(_MODEL_GRAPH, _LEN) + _varint(body))
-        for prefix, header, data, length in records:
+        for prefix, fields, data, length in records:
             out.write(prefix)
-            out.write(header)
+            out.write(fields)
             if data is not None:
                 out.write(_RAW_DATA_KEY + _varint(length))
                 data(out)
@@ -137,26 +148,30 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
     return [path]
 
 
-def _tensor_record(proto: onnx.TensorProto, originals: dict[str, gs.Constant]):
-    """(serialized fields, writer of the raw_data bytes or None, their length) of one
-    initializer of a stubbed export: the stub's real values, or the proto itself."""
+Record = tuple[onnx.TensorProto, Optional[Callable[[BinaryIO], None]], int]
+
+
+def _tensor_record(proto: onnx.TensorProto, originals: dict[str, gs.Constant]) -> Record:
+    """(the tensor's fields but its raw_data, writer of the raw_data bytes, their length)
+    for one initializer of a stubbed export; (the whole proto, None, 0) when it is
+    written as it is."""
     tensor = originals.get(proto.name)
     if tensor is None or ExternalDataInfo(proto).location != WEIGHTLESS_PLACEHOLDER:
-        return proto.SerializeToString(), None, 0
+        return proto, None, 0
     values = tensor._values
     if isinstance(values, MappedValues):
         header = _copy(values.tensor)
         del header.external_data[:]
         header.ClearField("data_location")
         header.name = tensor.name
-        return header.SerializeToString(), values.copy_to, values.length
+        return header, values.copy_to, values.length
     if isinstance(values, np.ndarray) and values.dtype.kind in "biufc" and tensor.data_location is None \
             and getattr(tensor, "export_dtype", values.dtype) == values.dtype:
         array = np.require(values, requirements="C")
         header = onnx.TensorProto(name=tensor.name, dims=array.shape,
                                   data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
         data = memoryview(array.reshape(-1).view(np.uint8))
-        return header.SerializeToString(), lambda out: out.write(data), data.nbytes
+        return header, lambda out: out.write(data), data.nbytes
     # Anything else (protos held as they are, converted dtypes): as onnx-graphsurgeon writes it.
     if isinstance(values, LazyValues):
         exported = values.tensor
@@ -165,43 +180,60 @@ def _tensor_record(proto: onnx.TensorProto, originals: dict[str, gs.Constant]):
             exported.name = tensor.name
     else:
         exported = OnnxExporter.export_tensor_proto(tensor)
-    return exported.SerializeToString(), None, 0
+    return exported, None, 0
 
 
-def _write_tensors_external(model: onnx.ModelProto, out: BinaryIO, location: str) -> None:
-    for t in model.graph.initializer:
-        nbytes = _tensor_nbytes(t)
-        if nbytes < EXTERNAL_TENSOR_MIN_BYTES and not onnx.external_data_helper.uses_external_data(t):
+def _proto_record(proto: onnx.TensorProto) -> Record:
+    """A record (see :func:`_tensor_record`) of an initializer of a whole model proto: an
+    external tensor (its location resolved to an absolute path) is copied from its file."""
+    if not onnx.external_data_helper.uses_external_data(proto):
+        return proto, None, 0
+    source = MappedValues(proto, Path(ExternalDataInfo(proto).location))
+    header = _copy(proto)
+    del header.external_data[:]
+    header.ClearField("data_location")
+    return header, source.copy_to, source.length
+
+
+def _write_records_external(records: list[Record], out: BinaryIO, location: str) -> None:
+    """Stream each record's data into ``out`` (page-aligned, so readers can memory-map each
+    tensor) and point its header there; small tensors stay in the model file."""
+    for header, data, length in records:
+        if data is None:
+            if _tensor_nbytes(header) < EXTERNAL_TENSOR_MIN_BYTES or header.data_type == onnx.TensorProto.STRING:
+                continue
+            raw = header.raw_data if header.HasField("raw_data") else onnx.numpy_helper.to_array(header).tobytes()
+            data, length = (lambda f, raw=raw: f.write(raw)), len(raw)
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                header.ClearField(field)
+        elif length < EXTERNAL_TENSOR_MIN_BYTES:
+            header.raw_data = _collect(data)
             continue
-        pad = -out.tell() % 4096  # page-aligned, so readers can memory-map each tensor
-        out.write(b"\0" * pad)
+        out.write(b"\0" * (-out.tell() % 4096))
         offset = out.tell()
-        if onnx.external_data_helper.uses_external_data(t):
-            MappedValues(t, Path(ExternalDataInfo(t).location)).copy_to(out)
-        else:
-            if not t.HasField("raw_data"):
-                t.raw_data = onnx.numpy_helper.to_array(t).tobytes()
-            out.write(t.raw_data)
-        length = out.tell() - offset
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
-                      "uint64_data", "string_data"):
-            t.ClearField(field)
-        _set_location(t, location, offset, length)
+        data(out)
+        _set_location(header, location, offset, length)
+
+
+def _collect(data: Callable[[BinaryIO], None]) -> bytes:
+    buffer = io.BytesIO()
+    data(buffer)
+    return buffer.getvalue()
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temp file beside ``path``, then rename it over ``path``.
 
-    A failure leaves ``path`` as it was. The file gets the usual permissions (umask),
-    not the private ones of a temp file.
+    A failure of this process leaves ``path`` as it was. The file gets the usual
+    permissions (umask), not the private ones of a temp file. Like ``onnx.save`` it is
+    not fsync'ed: that would double the time of a save for protection against power loss
+    only, and an output that power loss truncated is refused on load as truncated.
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import mmap
+import errno
+import io
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,11 +39,42 @@ class MappedValues(LazyValues):
             return f.read(self.length)
 
     def copy_to(self, out: BinaryIO) -> None:
-        """Stream the tensor's bytes into ``out`` without holding them all in memory."""
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            step = 64 << 20
-            for start in range(self.offset, self.offset + self.length, step):
-                out.write(m[start:min(start + step, self.offset + self.length)])
+        """Stream the tensor's bytes into ``out``: file to file in the kernel where it can
+        (no page of them enters this process), else in chunks."""
+        with open(self.path, "rb") as f:
+            if _copy_file_range(f, out, self.offset, self.length):
+                return
+            f.seek(self.offset)
+            for start in range(0, self.length, _CHUNK):
+                out.write(f.read(min(_CHUNK, self.length - start)))
+
+
+_CHUNK = 16 << 20
+
+
+def _copy_file_range(src: BinaryIO, out: BinaryIO, offset: int, length: int) -> bool:
+    """Copy ``length`` bytes of ``src`` from ``offset`` to ``out``'s position with
+    ``os.copy_file_range``; False (nothing written) where that is not available."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    try:
+        target = out.fileno()
+        out.flush()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return False
+    done = 0
+    while done < length:
+        try:
+            n = os.copy_file_range(src.fileno(), target, length - done, offset + done)
+        except OSError as exc:
+            if done == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                return False
+            raise
+        if n == 0:
+            raise OSError(errno.EIO, f"{src.name}: ends before the tensor's {length} bytes at offset {offset}")
+        done += n
+    out.seek(0, os.SEEK_END)
+    return True
 
 
 _PACKED_TYPES = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
