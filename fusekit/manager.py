@@ -1,9 +1,10 @@
 """Run a pipeline of passes to a fixed point, with per-pass statistics.
 
 The pipeline is sorted by (stage, priority, name), never by discovery order. After a
-pass changes the graph, the manager cleans up dead nodes and re-sorts topologically,
-then attributes removed nodes to that pass. The loop stops when a whole round changes
-nothing, or after ``max_iterations`` rounds (and says so).
+pass changes the graph, the manager removes dead nodes and re-sorts topologically (in
+linear time, :mod:`fusekit.graph_order`), then attributes removed nodes to that pass. The loop stops when a whole round changes
+nothing, or after ``max_iterations`` rounds (and says so). A pass that changed nothing
+is not run again until another pass changes the graph (passes are deterministic).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable, Sequence
 import onnx_graphsurgeon as gs
 
 from fusekit.errors import FusekitError, PassError
+from fusekit.graph_order import prune_and_sort, sort_topologically
 from fusekit.pass_infra import Pass, PassContext, TraceEvent
 
 log = logging.getLogger(__name__)
@@ -60,13 +62,21 @@ class PassManager:
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PipelineResult:
         stats = {p.name: PassStats(p.name, self.packages.get(p.name, "")) for p in self.passes}
-        graph.toposort()
+        sort_topologically(graph)
+        version = 0  # how many pass runs changed the graph so far
+        clean_at: dict[str, int] = {}  # pass -> the version it last ran on and left unchanged
         for iteration in range(1, self.max_iterations + 1):
             changed = False
             for p in self.passes:
+                if clean_at.get(p.name) == version:
+                    continue  # nothing changed since it found nothing to do: it would find nothing again
                 if self.progress:
                     self.progress(f"round {iteration}: {p.name}")
-                changed |= self._run_one(p, graph, ctx, stats[p.name])
+                if self._run_one(p, graph, ctx, stats[p.name]):
+                    version += 1
+                    changed = True
+                else:
+                    clean_at[p.name] = version
             if not changed:
                 return PipelineResult(list(stats.values()), iteration, True, ctx.events)
         log.warning("pipeline did not converge after %d rounds; the model is still valid",
@@ -83,7 +93,8 @@ class PassManager:
                 p.requires(graph)
             rewrites = p.run(graph, ctx)
             if rewrites:
-                graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                prune_and_sort(graph)
+                ctx.wrote_weights(graph)
             if self.check:
                 p.ensures(graph)
         except FusekitError:
