@@ -102,7 +102,7 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     if input_shapes or dims:
         apply_input_shapes(graph, input_shapes, dims)
     report = OptimizeReport(source=name, before=ModelSummary.of(graph), warnings=list(found.problems))
-    ctx = PassContext(options=dict(options or {}))
+    ctx = PassContext(options=dict(options or {}), relieve_memory=loaded.spill.relieve)
     instances = [info.cls() for info in selected]
     if trace is not None:
         annotate_shapes(graph, shell)  # so the findings see the shapes the passes will see

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import onnx_graphsurgeon as gs
 
@@ -76,10 +76,17 @@ class PassContext:
     options: dict[str, Any] = field(default_factory=dict)
     events: list[TraceEvent] = field(default_factory=list)
     current_pass: str = ""
+    # Set by whoever runs the passes (fusekit.api: the model's WeightSpill.relieve).
+    relieve_memory: Callable[[gs.Graph], object] = lambda graph: None
 
     def record(self, node: gs.Node, action: str) -> None:
         """Note that the running pass removed or replaced ``node`` (for --trace and reports)."""
         self.events.append(TraceEvent(node.name, node.op, self.current_pass, action))
+
+    def wrote_weights(self, graph: gs.Graph) -> None:
+        """A pass that computes weights calls this between rewrites (NodeRewritePass does
+        after each one): once they take much memory they are moved out of it."""
+        self.relieve_memory(graph)
 
 
 class Pass:
@@ -141,6 +148,7 @@ class NodeRewritePass(Pass):
             if isinstance(verdict, Match):
                 self.rewrite(graph, node, verdict, ctx)
                 ctx.record(node, verdict.message)
+                ctx.wrote_weights(graph)
                 rewrites += 1
         return rewrites
 

@@ -202,8 +202,8 @@ class LinearOp:
         weight = None
         if scale is not None:
             axis, groups = self.filter_layout()
-            w = self.weight.astype(np.float64)
-            weight = w * place(scale, w.shape, axis, groups)
+            weight = self.weight.astype(np.float64)
+            weight *= place(scale, weight.shape, axis, groups)  # in place: one float64 copy of a weight
         bias = self.folded_bias(scale, shift)
         for label, value in (("weights", weight), ("bias", bias)):
             if value is not None and isinstance(problem := cast_once(value, self.weight_dtype), str):

@@ -63,6 +63,7 @@ class FoldConstantsPass(Pass):
                     touched.setdefault(id(node), node)
                     folded += 1
             del values  # this batch's inputs (maps of the model file) are released before the next
+            ctx.wrote_weights(graph)
         record_folded(ctx, touched.values(), outputs)
         return folded
 
@@ -251,6 +252,7 @@ def _run_onnxruntime(model, feeds, frontier) -> dict[str, np.ndarray]:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4
+    opts.enable_cpu_mem_arena = False  # results freed once spilled must go back to the system
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [t.name for t in frontier]
     return dict(zip(names, sess.run(names, feeds)))

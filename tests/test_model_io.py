@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from fusekit import api
 from fusekit.cli import main
 from fusekit.errors import InputError
 from fusekit.model_io import MappedValues, load_model, save_model, to_model_proto
+from fusekit.model_io.save import atomic_write
 from fusekit.verify import session
 
 RICH = """
@@ -144,45 +147,81 @@ def test_truncated_external_data_is_refused(tmp_path):
         load_model(tmp_path / "m.onnx")
 
 
-def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+def test_save_is_atomic_when_writing_fails(tmp_path):
     out = tmp_path / "o.onnx"
     out.write_bytes(b"old")
 
-    def disk_full(fd):
+    def disk_fills_up(f):
+        f.write(b"half of a model")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", disk_full)  # fails after the bytes went to the temp file
     with pytest.raises(OSError, match="No space left"):
-        save_model(big_weight_model(8), out)
+        atomic_write(out, disk_fills_up)
     assert out.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["o.onnx"]
 
 
-@pytest.mark.slow
-def test_model_over_2gb_goes_through_external_data(tmp_path):
-    """A 2.1 GB model: loaded memory-mapped, optimized, written with external data."""
-    n = 23_000  # 23k x 23k float32 = 2.1 GB
-    src = tmp_path / "big.onnx"
-    w = np.lib.format.open_memmap(tmp_path / "w.npy", mode="w+", dtype=np.float32, shape=(n, n))
-    w[:] = 0.001
-    tensor = onnx.TensorProto(name="w", dims=[n, n], data_type=onnx.TensorProto.FLOAT)
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    with open(tmp_path / "big.bin", "wb") as f:
-        for row in range(0, n, 1000):
-            f.write(np.ascontiguousarray(w[row:row + 1000]).tobytes())
-    for key, value in (("location", "big.bin"), ("offset", "0"), ("length", str(n * n * 4))):
-        tensor.external_data.add(key=key, value=value)
+def big_transformer_ffn(folder: Path, layers: int, hidden: int, ff: int) -> Path:
+    """A raw-export-style stack (``x @ Transpose(W)``, weights stored [out, in] in one
+    external data file, written chunk by chunk): ``layers`` x (up, ReLU, down)."""
+    rng = np.random.default_rng(0)
+    nodes, init, x = [], [], "x"
+    with open(folder / "big.bin", "wb") as data:
+        for i in range(layers):
+            for kind, (rows, cols) in (("up", (ff, hidden)), ("down", (hidden, ff))):
+                name = f"{kind}{i}"
+                tensor = onnx.TensorProto(name=name, dims=[rows, cols], data_type=onnx.TensorProto.FLOAT)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                offset = data.tell()
+                for start in range(0, rows, 1024):
+                    block = rng.random((min(1024, rows - start), cols), dtype=np.float32)
+                    data.write(((block - 0.5) * np.float32(3.5 / np.sqrt(cols))).astype(np.float32).tobytes())
+                for key, value in (("location", "big.bin"), ("offset", str(offset)), ("length", str(rows * cols * 4))):
+                    tensor.external_data.add(key=key, value=value)
+                init.append(tensor)
+                nodes.append(onnx.helper.make_node("Transpose", [name], [f"{name}_t"], perm=[1, 0]))
+                nodes.append(onnx.helper.make_node("MatMul", [x, f"{name}_t"], [f"{name}_y"]))
+                x = f"{name}_y"
+                if kind == "up":
+                    nodes.append(onnx.helper.make_node("Relu", [x], [f"{name}_r"]))
+                    x = f"{name}_r"
+    nodes.append(onnx.helper.make_node("Identity", [x], ["y"]))
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["t"]), onnx.helper.make_node("MatMul", ["t", "w"], ["y"])], "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, n])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, n])], [tensor])
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8), src)
-    os.remove(tmp_path / "w.npy")
-    out = tmp_path / "out.onnx"
-    assert main(["optimize", str(src), "-o", str(out)]) == 0
-    assert (tmp_path / "out.onnx.data").stat().st_size >= n * n * 4
+        nodes, "ffn", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", hidden])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", hidden])], init)
+    path = folder / "big.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def peak_rss_of(argv: list[str]) -> tuple[int, int]:
+    """(exit code, peak resident bytes) of a command run in a fresh process."""
+    probe = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+             "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True)
+    code, peak = done.stdout.split()[-2:]
+    return int(code), int(peak)
+
+
+@pytest.mark.slow
+def test_3gb_model_optimizes_within_memory_target(tmp_path):
+    """A 3.2 GB model (external data): every weight is rewritten (its Transpose folded),
+    the result streams into external data, and peak memory stays under 1.5x the model."""
+    src = big_transformer_ffn(tmp_path, layers=6, hidden=4096, ff=16384)
+    size = src.stat().st_size + (tmp_path / "big.bin").stat().st_size
+    assert size > 3 * 10**9
+    out = tmp_path / "out" / "big.onnx"
+    out.parent.mkdir()
+    code, peak = peak_rss_of([sys.executable, "-m", "fusekit", "optimize", str(src), "-o", str(out)])
+    assert code == 0
+    assert peak <= 1.5 * size, f"peak {peak / 2**30:.2f} GiB for a {size / 2**30:.2f} GiB model"
     saved = onnx.load(out, load_external_data=False)
-    assert [n.op_type for n in saved.graph.node] == ["MatMul"]
+    assert [n.op_type for n in saved.graph.node] == ["MatMul", "Relu", "MatMul"] * 6
+    assert (out.parent / "big.onnx.data").stat().st_size >= size - src.stat().st_size
+    x = np.random.default_rng(1).standard_normal((2, 4096)).astype(np.float32)
+    want = session(src).run(None, {"x": x})[0]
+    got = session(out).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_ir3_model_keeps_its_initializers_listed_as_inputs():

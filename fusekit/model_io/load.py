@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -19,6 +19,7 @@ from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.errors import InputError
+from fusekit.model_io.spill import WeightSpill
 from fusekit.model_io.values import FileSliceValues, MappedValues, _CopyOnUseValues, _copy, _set_location
 from fusekit.model_io.wire import _strip_model
 
@@ -33,6 +34,9 @@ class LoadedModel:
     graph: gs.Graph
     shell: onnx.ModelProto  # the source model without its graph: metadata, opsets, docs
     path: Path | None = None
+    # Moves weights that passes compute to a scratch file when memory runs over the
+    # model's size, and holds that file for as long as the graph lives.
+    spill: WeightSpill = field(default_factory=WeightSpill)
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
@@ -52,11 +56,13 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     _keep_overridable_inputs(model, graph, shell)
     _complete_import(model.graph, graph, caller_owned=path is None)
     _complete_functions(model, graph, caller_owned=path is None)
-    if path is not None:
-        _map_external_tensors(graph, path.parent, model_name=str(path))
+    if path is None:
+        size = model.ByteSize()
+    else:
+        size = path.stat().st_size + _map_external_tensors(graph, path.parent, model_name=str(path))
         _inline_own_slices(shell.graph.initializer, path)
     name_unnamed_nodes(graph)
-    return LoadedModel(graph=graph, shell=shell, path=path)
+    return LoadedModel(graph=graph, shell=shell, path=path, spill=WeightSpill(budget=size))
 
 
 def _keep_overridable_inputs(model: onnx.ModelProto, graph: gs.Graph, shell: onnx.ModelProto) -> None:
@@ -165,9 +171,11 @@ def _shell_of(model: onnx.ModelProto) -> onnx.ModelProto:
     return shell
 
 
-def _map_external_tensors(graph: gs.Graph, base_dir: Path, model_name: str) -> None:
-    """Swap each external-data initializer's lazy values for a memory map of its file."""
+def _map_external_tensors(graph: gs.Graph, base_dir: Path, model_name: str) -> int:
+    """Swap each external-data initializer's lazy values for a memory map of its file;
+    return the bytes mapped from files other than the model's."""
     base = base_dir.resolve()
+    external = 0
     for tensor in graph.tensors().values():
         values = getattr(tensor, "_values", None)
         if not isinstance(values, LazyValues) or not onnx.external_data_helper.uses_external_data(values.tensor):
@@ -183,6 +191,9 @@ def _map_external_tensors(graph: gs.Graph, base_dir: Path, model_name: str) -> N
         tensor._values = mapped
         if own:  # inline in the model: onnx-graphsurgeon would mark the values it reads as external
             tensor.data_location = None
+        else:
+            external += mapped.length
+    return external
 
 
 def resolve_external_path(proto: onnx.TensorProto, base: Path, model_name: str) -> Path:

@@ -1,0 +1,110 @@
+"""Keep weights that passes compute out of memory: spill them to a scratch file.
+
+Loaded weights are memory maps of the model's files and cost no memory until read. A
+pass that rewrites weights (fold-batchnorm, fold-constants on a transposed weight)
+creates NumPy arrays instead, and on a CNN whose every Conv has a BatchNormalization
+they add up to the model's size. Passes call :meth:`WeightSpill.relieve` between
+rewrites (through ``PassContext.wrote_weights``); once the process's resident memory
+is over the budget (the model's size, at least 64 MiB), every such array of at least
+``min_bytes`` is written to a scratch file and swapped for a memory map of its bytes
+(read back on use, streamed from the file by :func:`~fusekit.model_io.save_graph`).
+Under the budget nothing is written: spilling costs a copy of the weights. The scratch
+folder goes when the :class:`WeightSpill` does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from fusekit.model_io.values import FileSliceValues, _set_location
+
+SPILL_MIN_BYTES = 64 << 10
+MIN_BUDGET_BYTES = 64 << 20
+# After a spill, the next one waits until resident memory grew this much again.
+RELIEVE_STEP_BYTES = 16 << 20
+_ALIGN = 4096  # page-aligned, so each spilled weight maps on its own pages
+
+
+class WeightSpill:
+    """Moves computed weights of a graph to a scratch file when memory is over budget."""
+
+    min_bytes = SPILL_MIN_BYTES
+    step = RELIEVE_STEP_BYTES
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = None if budget is None else max(budget, MIN_BUDGET_BYTES)
+        self.spilled_bytes = 0
+        self._mark = 0
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self._path: Path | None = None
+
+    def relieve(self, graph: gs.Graph) -> None:
+        """Spill if resident memory is over the budget and grew by ``step`` since the last
+        spill (cheap: one read of /proc; call it often)."""
+        if self.budget is None:
+            return
+        now = _resident_bytes()
+        if now >= self.budget and now - self._mark >= self.step:
+            self.spill(graph)
+
+    def spill(self, graph: gs.Graph) -> int:
+        """Spill the graph's in-memory weights of ``min_bytes`` or more; return how many."""
+        found = {id(t): t for node in graph.nodes for t in node.inputs if self._spillable(t)}
+        if found:
+            with open(self._scratch(), "ab") as out:
+                for tensor in found.values():
+                    self._spill(tensor, out)
+            _return_freed_memory()
+        self._mark = _resident_bytes()
+        return len(found)
+
+    def _spillable(self, tensor: gs.Tensor) -> bool:
+        values = getattr(tensor, "_values", None)
+        return (isinstance(tensor, gs.Constant) and isinstance(values, np.ndarray)
+                and values.nbytes >= self.min_bytes and values.dtype.kind in "biufc"
+                and tensor.data_location is None and getattr(tensor, "export_dtype", values.dtype) == values.dtype)
+
+    def _spill(self, tensor: gs.Constant, out) -> None:
+        array = np.require(tensor._values, requirements="C")
+        out.write(b"\0" * (-out.tell() % _ALIGN))
+        offset = out.tell()
+        out.write(memoryview(array.reshape(-1).view(np.uint8)))
+        proto = onnx.TensorProto(name=tensor.name, dims=array.shape,
+                                 data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+        _set_location(proto, str(self._path), offset, array.nbytes)
+        tensor._values = FileSliceValues(proto, self._path)  # exported inline, like the model's own weights
+        self.spilled_bytes += array.nbytes
+
+    def _scratch(self) -> Path:
+        if self._path is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="fusekit-spill-")
+            self._path = Path(self._folder.name) / "weights.bin"
+        return self._path
+
+
+def _return_freed_memory() -> None:
+    """Give the arrays just freed back to the system: glibc keeps freed blocks of a few
+    MiB (below its adaptive mmap threshold) in its heap, where they still count as ours."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (0 where /proc is missing: never over budget)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
