@@ -4,8 +4,9 @@ The pattern is the NonMaxSuppression node plus the post-processing between it an
 graph outputs it reaches, replaced as a whole when that post-processing is one of the
 tails in ``plugins/_nms_tails.py`` (each an ONNX-text pattern graph, matched node by
 node by ``plugins/_nms_pattern.py``: op types, attributes, constants, wiring), nothing
-else reads its intermediate values, and its constants are ones the substitution is
-exact for:
+else reads the values computed from the NMS (values before it, like the scores Transpose
+or the batch size, stay when something else reads them), and its constants are ones the
+substitution is exact for:
 
 - the documented tail: ``scores [B,N,C]`` -> Transpose -> NonMaxSuppression; the selected
   scores scattered into a dense ``[B, C*N]`` filled with -3e38; TopK K; outputs
@@ -125,7 +126,7 @@ class EfficientNmsSpec(PluginSpec):
         if scores.shape is None or len(scores.shape) != 3 or not isinstance(scores.shape[2], int):
             return Decline("scores are not [B,N,C] with a static C")
         num, classes = boxes.shape[1], scores.shape[2]
-        outs = _outputs_below(graph, node)
+        outs, below = _outputs_below(graph, node)
         tried, ends = [], {}
         for i, tail in enumerate(TAILS):
             pattern = _pattern(i, num, classes)
@@ -146,7 +147,9 @@ class EfficientNmsSpec(PluginSpec):
             if per_class < k:
                 return Decline(f"max_output_boxes_per_class {per_class} < K {k}: the per-class cap could "
                                "change the K best")
-            nodes = [node] + [n for n in [*bound.nodes.values(), *bound.covered] if n is not node]  # its name
+            # the nodes computed from the NMS's output go; those before it (the scores Transpose, the batch size)
+            # stay, and cleanup drops them unless something else reads them
+            nodes = [node] + [n for n in bound.nodes.values() if n is not node and id(n) in below] + bound.covered
             why = _read_outside(graph, nodes, outs)
             if why:
                 return Decline(why)
@@ -229,8 +232,9 @@ def _iou(p: np.ndarray, q: np.ndarray) -> float:
     return 0.0 if union <= 0 else inter / union
 
 
-def _outputs_below(graph: gs.Graph, node: gs.Node) -> list[gs.Tensor]:
-    """The graph outputs computed from ``node``, in the graph's order."""
+def _outputs_below(graph: gs.Graph, node: gs.Node) -> tuple[list[gs.Tensor], set[int]]:
+    """The graph outputs computed from ``node``, in the graph's order, and the ids of the
+    nodes computed from it (``node`` included)."""
     below, todo = set(), [node]
     while todo:
         n = todo.pop()
@@ -238,7 +242,7 @@ def _outputs_below(graph: gs.Graph, node: gs.Node) -> list[gs.Tensor]:
             continue
         below.add(id(n))
         todo += [c for t in n.outputs for c in t.outputs]
-    return [t for t in graph.outputs if t.inputs and id(t.inputs[0]) in below]
+    return [t for t in graph.outputs if t.inputs and id(t.inputs[0]) in below], below
 
 
 def _read_outside(graph: gs.Graph, nodes: list[gs.Node], outs: list[gs.Tensor]) -> str | None:

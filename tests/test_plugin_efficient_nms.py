@@ -296,14 +296,11 @@ def test_mmdeploy_batched_near_misses_are_declined():
     [where] = [n for n in graph.nodes if n.op == "Where" and n.inputs[1].dtype == np.int64]
     where.inputs[2] = gs.Constant("minus_two", np.array([-2], np.int64))
     assert "is not the constant [-1]" in verdict(graph).reason
-    # an intermediate (the batch size, Shape(scores)[0]) read outside the tail
+    # an intermediate computed from the NMS (TopK's indices) read outside the tail
     graph = gs.import_onnx(base)
-    [batch] = [n.outputs[0] for n in graph.nodes if n.op == "Gather" and n.inputs[0].inputs
-               and n.inputs[0].inputs[0].op == "Shape" and n.inputs[0].inputs[0].inputs[0].name == "scores"]
-    seen = gs.Variable("batch_seen", dtype=np.int64, shape=[])
-    graph.nodes.append(gs.Node("Identity", "seen", inputs=[batch], outputs=[seen]))
-    graph.outputs.append(seen)
-    assert "is read outside the NMS tail" in verdict(graph).reason
+    [topk] = [n for n in graph.nodes if n.op == "TopK"]
+    graph.outputs.append(topk.outputs[1])
+    assert "the NMS reaches 3 graph outputs" in verdict(graph).reason
     # run-time K: the K compared with the row count is not the K taken
     graph = gs.import_onnx(fk.optimize(nms_exporters.mmdeploy_batched(keep_top_k=10, clamp_k=True)))
     [less] = [n for n in graph.nodes if n.op == "Less"]
@@ -320,6 +317,24 @@ def test_mmdeploy_batched_near_misses_are_declined():
         v = verdict_on(m)
         assert isinstance(v, Decline) and reason in v.reason, (variant, v)
         assert "EfficientNMS_TRT" not in [n.op_type for n in fk.optimize(m, plugins="auto").graph.node]
+
+
+def test_values_before_the_nms_that_the_tail_shares_stay():
+    """The batch size (Shape(scores)[0]) read elsewhere too: the tail goes, the Shape stays."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(fk.optimize(nms_exporters.mmdeploy_batched(keep_top_k=10)))
+    [batch] = [n.outputs[0] for n in graph.nodes if n.op == "Gather" and n.inputs[0].inputs
+               and n.inputs[0].inputs[0].op == "Shape" and n.inputs[0].inputs[0].inputs[0].name == "scores"]
+    seen = gs.Variable("batch_seen", dtype=np.int64, shape=[])
+    graph.nodes.append(gs.Node("Identity", "seen", inputs=[batch], outputs=[seen]))
+    graph.outputs.append(seen)
+    m = gs.export_onnx(graph)
+    out = fk.optimize(m, plugins="efficient-nms")
+    assert sorted(n.op_type for n in out.graph.node) == sorted(MMDEPLOY_REBUILD + ["Shape", "Gather"])
+    assert [o.name for o in out.graph.output] == ["dets", "labels", "batch_seen"]
+    [shape] = [n for n in out.graph.node if n.op_type == "Shape"]
+    assert list(shape.input) == ["scores"]
 
 
 def test_mmdeploy_single_near_misses_are_declined():
