@@ -151,6 +151,25 @@ class TorchvisionBatchedNms(torch.nn.Module):
         return boxes[keep], scores[keep], labels[keep]
 
 
+class TinyDetector(torch.nn.Module):
+    """A 1x1-conv head (boxes as corners, sigmoid class scores per pixel) + mmdeploy's tail."""
+
+    def __init__(self, classes=3, **nms):
+        super().__init__()
+        torch.manual_seed(0)
+        self.classes = classes
+        self.head = torch.nn.Conv2d(3, 4 + classes, 1)
+        self.nms = MmdeployBatchedNms(**nms)
+
+    def forward(self, images):
+        y = self.head(images).flatten(2).permute(0, 2, 1)  # [B, H*W, 4 + C]
+        b = y.shape[0]
+        xy = y[..., :2].sigmoid() * 64
+        boxes = torch.cat([xy, xy + y[..., 2:4].exp() * 4], -1).reshape(b, -1, 4)
+        scores = y[..., 4:].sigmoid().reshape(b, -1, self.classes)
+        return self.nms(boxes, scores)
+
+
 class _OrtNms(torch.autograd.Function):
     """yolov7's ``ORT_NMS``: the same symbolic (all five inputs passed through)."""
 
@@ -214,6 +233,10 @@ def mmdeploy_batched(n=50, c=3, opset=11, **kw) -> onnx.ModelProto:
     if kw.get("score_input"):
         inputs["score_threshold"] = torch.tensor([0.05])
     return export(MmdeployBatchedNms(**kw), inputs, ["dets", "labels"], opset=opset)
+
+
+def mmdeploy_detector(size=8, opset=13, **kw) -> onnx.ModelProto:
+    return export(TinyDetector(**kw), {"images": torch.rand(2, 3, size, size)}, ["dets", "labels"], opset=opset)
 
 
 def mmdeploy_single(n=50, c=3, opset=11, **kw) -> onnx.ModelProto:

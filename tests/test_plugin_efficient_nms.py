@@ -213,8 +213,13 @@ def without_plugin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.NodePr
     node = plugin_node(model)
     types = [T.INT32, T.FLOAT, T.FLOAT, T.INT32]
     inputs = [h.make_tensor_value_info(name, t, None) for name, t in zip(node.output, types)]
-    graph = h.make_graph([n for n in model.graph.node if n is not node], "rebuild", inputs, list(model.graph.output),
-                         list(model.graph.initializer))
+    known, rebuild = set(node.output) | {i.name for i in model.graph.initializer}, []
+    for n in model.graph.node:  # topological: the nodes computed from the plugin's outputs
+        if n is not node and any(i in set(node.output) | {o for r in rebuild for o in r.output} for i in n.input) \
+                and all(i in known or i == "" for i in n.input):
+            rebuild.append(n)
+            known |= set(n.output)
+    graph = h.make_graph(rebuild, "rebuild", inputs, list(model.graph.output), list(model.graph.initializer))
     opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
     return h.make_model(graph, opset_imports=opsets, ir_version=model.ir_version), node
 
@@ -281,6 +286,29 @@ def test_mmdeploy_reference_and_rebuild_equal_onnxruntime(form, batch, runtime_k
         assert expected["dets"].shape[1] == min(k, s + 1)
         if k >= s + 1:  # mmdeploy's appended zero row, with label 0
             assert (expected["labels"][:, s] == 0).all() and (expected["dets"][:, s] == 0).all()
+
+
+@pytest.mark.parametrize("runtime_k", [False, True])
+def test_a_detector_ending_in_mmdeploys_tail_equals_onnxruntime_at_batch_1_and_3(runtime_k):
+    """boxes and scores computed by a head (not graph inputs): the head stays, the tail goes."""
+    m = nms_exporters.mmdeploy_detector(size=8, per_class=200, iou=0.5, score=0.3, keep_top_k=20,
+                                        clamp_k=runtime_k)
+    out = fk.optimize(m, plugins="efficient-nms")
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("EfficientNMS_TRT") == 1 and "NonMaxSuppression" not in ops and "Conv" in ops
+    node = plugin_node(out)
+    probe = fk.optimize(m)  # the same model without the substitution, the NMS inputs as outputs too
+    probe.graph.output.extend([h.make_tensor_value_info(name, T.FLOAT, None) for name in node.input])
+    rebuild, _ = without_plugin(out)
+    rng = np.random.default_rng(11)
+    for batch in (1, 3):
+        images = rng.uniform(-1, 1, size=(batch, 3, 8, 8)).astype(np.float32)
+        expected = run_ort(probe, {"images": images})
+        reference = efficient_nms_spec().reference([expected[node.input[0]], expected[node.input[1]]], attrs(node))
+        got = run_ort(rebuild, dict(zip(node.output, reference)))
+        for name in ("dets", "labels"):
+            assert got[name].dtype == expected[name].dtype and got[name].shape == expected[name].shape, name
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
 def test_mmdeploy_batched_near_misses_are_declined():
