@@ -80,7 +80,6 @@ def _pattern(index: int, n: int, c: int) -> Pattern:
 class RebuildMatch(PluginMatch):
     """A match whose graph outputs are rebuilt from the plugin's (``outputs`` are placeholders)."""
 
-    graph: gs.Graph | None = None
     finish: Callable[[], None] | None = None
 
 
@@ -105,26 +104,10 @@ class EfficientNmsSpec(PluginSpec):
         return self.plugin
 
     def match(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
-        if len(node.inputs) != 5 or any(t.name == "" for t in node.inputs):
-            return Decline("NonMaxSuppression needs all five inputs, score_threshold included (torchvision's nms "
-                           "exports four: it keeps every score and outputs one row per kept box)")
-        boxes, scores_cn, per_class_t, iou_t, score_t = node.inputs
-        per_class, iou, score = scalar(per_class_t), scalar(iou_t), scalar(score_t)
-        if per_class is None or iou is None or score is None:
-            return Decline("max_output_boxes_per_class, iou_threshold and score_threshold must be constants")
-        center = int(node.attrs.get("center_point_box", 0))
-        if center != 0:
-            return Decline(f"center_point_box {center}: EfficientNMS_TRT outputs corner boxes whatever its "
-                           "box_coding, the tail outputs the input's center boxes")
-        if len(scores_cn.inputs) != 1 or scores_cn.inputs[0].op != "Transpose" or \
-                list(scores_cn.inputs[0].attrs.get("perm", [])) != [0, 2, 1]:
-            return Decline("scores do not come from Transpose<perm=[0,2,1]> of [B,N,C] scores "
-                           "(EfficientNMS_TRT takes [B,N,C])")
-        scores = scores_cn.inputs[0].inputs[0]
-        if boxes.shape is None or len(boxes.shape) != 3 or not isinstance(boxes.shape[1], int):
-            return Decline("boxes are not [B,N,4] with a static N")
-        if scores.shape is None or len(scores.shape) != 3 or not isinstance(scores.shape[2], int):
-            return Decline("scores are not [B,N,C] with a static C")
+        given = _nms_inputs(node)
+        if isinstance(given, Decline):
+            return given
+        boxes, scores, per_class, iou, score = given
         num, classes = boxes.shape[1], scores.shape[2]
         outs, below = _outputs_below(graph, node)
         tried, ends = [], {}
@@ -172,7 +155,7 @@ class EfficientNmsSpec(PluginSpec):
         kinds = [("num_detections", np.int32, [batch, 1]), ("detection_boxes", boxes.dtype, [batch, k, 4]),
                  ("detection_scores", scores.dtype, [batch, k]), ("detection_classes", np.int32, [batch, k])]
         held = [gs.Variable(f"{nodes[0].name or 'nms'}/{n}", dtype=d, shape=s) for n, d, s in kinds]
-        m = RebuildMatch(nodes, [boxes, scores], held, fields, message, graph=graph)
+        m = RebuildMatch(nodes, [boxes, scores], held, fields, message)
 
         def finish():
             made, new_outs = tail.rebuild(graph, held, outs, k, lambda base: fresh_name(graph, base))
@@ -230,6 +213,32 @@ def _iou(p: np.ndarray, q: np.ndarray) -> float:
     inter = max(0.0, min(p[2], q[2]) - max(p[0], q[0])) * max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
     union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
     return 0.0 if union <= 0 else inter / union
+
+
+def _nms_inputs(node: gs.Node):
+    """(boxes, scores [B,N,C], max_output_boxes_per_class, iou_threshold, score_threshold),
+    or why the NonMaxSuppression itself rules the substitution out."""
+    if len(node.inputs) != 5 or any(t.name == "" for t in node.inputs):
+        return Decline("NonMaxSuppression needs all five inputs, score_threshold included (torchvision's nms "
+                       "exports four: it keeps every score and outputs one row per kept box)")
+    boxes, scores_cn, per_class_t, iou_t, score_t = node.inputs
+    per_class, iou, score = scalar(per_class_t), scalar(iou_t), scalar(score_t)
+    if per_class is None or iou is None or score is None:
+        return Decline("max_output_boxes_per_class, iou_threshold and score_threshold must be constants")
+    center = int(node.attrs.get("center_point_box", 0))
+    if center != 0:
+        return Decline(f"center_point_box {center}: EfficientNMS_TRT outputs corner boxes whatever its "
+                       "box_coding, the tail outputs the input's center boxes")
+    if len(scores_cn.inputs) != 1 or scores_cn.inputs[0].op != "Transpose" or \
+            list(scores_cn.inputs[0].attrs.get("perm", [])) != [0, 2, 1]:
+        return Decline("scores do not come from Transpose<perm=[0,2,1]> of [B,N,C] scores "
+                       "(EfficientNMS_TRT takes [B,N,C])")
+    scores = scores_cn.inputs[0].inputs[0]
+    if boxes.shape is None or len(boxes.shape) != 3 or not isinstance(boxes.shape[1], int):
+        return Decline("boxes are not [B,N,4] with a static N")
+    if scores.shape is None or len(scores.shape) != 3 or not isinstance(scores.shape[2], int):
+        return Decline("scores are not [B,N,C] with a static C")
+    return boxes, scores, per_class, iou, score
 
 
 def _outputs_below(graph: gs.Graph, node: gs.Node) -> tuple[list[gs.Tensor], set[int]]:
