@@ -21,7 +21,7 @@ the installed TensorRT has none.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -49,6 +49,10 @@ class PluginMatch:
     message: str
     casts: dict[int, np.dtype] = field(default_factory=dict)  # input index -> type the plugin needs
     keep: bool = False  # True: the node stays as it is (op type, domain) and is only marked
+    # Writes nodes after the plugin: ``outputs`` are then placeholders these nodes read (the
+    # plugin's outputs take their place), and it rewires the pattern's graph outputs itself.
+    # Called once, by the substitution; matching never changes the graph.
+    build_after: Callable[[], None] | None = None
 
 
 class PluginSpec:

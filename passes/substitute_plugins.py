@@ -82,6 +82,8 @@ def _substitute(graph: gs.Graph, spec: PluginSpec, m: PluginMatch) -> None:
     name = m.nodes[0].name or fresh_name(graph, spec.plugin)  # the plugin node takes the root's name
     graph.nodes.append(gs.Node(spec.plugin_name(m), name,
                                attrs={**m.fields, **marks}, inputs=inputs, outputs=outputs, domain=PLUGIN_DOMAIN))
+    if m.build_after is not None:
+        m.build_after()
     for old, new in zip(m.outputs, outputs):
         replace_uses(graph, old, new)
     for n in m.nodes:

@@ -57,9 +57,7 @@ onnxruntime does); whether EfficientNMS accepts flipped corners is not establish
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -76,13 +74,6 @@ def _pattern(index: int, n: int, c: int) -> Pattern:
     return Pattern(TAILS[index].text, n, c)
 
 
-@dataclass
-class RebuildMatch(PluginMatch):
-    """A match whose graph outputs are rebuilt from the plugin's (``outputs`` are placeholders)."""
-
-    finish: Callable[[], None] | None = None
-
-
 class EfficientNmsSpec(PluginSpec):
     """NonMaxSuppression + a known post-processing tail as NVIDIA's EfficientNMS_TRT."""
 
@@ -93,15 +84,6 @@ class EfficientNmsSpec(PluginSpec):
     fields = {"background_class": "int32", "max_output_boxes": "int32", "score_threshold": "float32",
               "iou_threshold": "float32", "score_activation": "int32", "class_agnostic": "int32",
               "box_coding": "int32"}
-
-    def plugin_name(self, match: PluginMatch) -> str:
-        """The plugin's op type. substitute-plugins calls this once, as it applies ``match``;
-        PluginMatch has no field for nodes written after the plugin, so a tail whose
-        outputs are rebuilt from the plugin's adds those nodes here."""
-        if isinstance(match, RebuildMatch) and match.finish is not None:
-            finish, match.finish = match.finish, None
-            finish()
-        return self.plugin
 
     def match(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
         given = _nms_inputs(node)
@@ -155,16 +137,14 @@ class EfficientNmsSpec(PluginSpec):
         kinds = [("num_detections", np.int32, [batch, 1]), ("detection_boxes", boxes.dtype, [batch, k, 4]),
                  ("detection_scores", scores.dtype, [batch, k]), ("detection_classes", np.int32, [batch, k])]
         held = [gs.Variable(f"{nodes[0].name or 'nms'}/{n}", dtype=d, shape=s) for n, d, s in kinds]
-        m = RebuildMatch(nodes, [boxes, scores], held, fields, message)
 
-        def finish():
+        def build_after():
             made, new_outs = tail.rebuild(graph, held, outs, k, lambda base: fresh_name(graph, base))
             graph.nodes.extend(made)
             for old, new in zip(outs, new_outs):
                 replace_uses(graph, old, new)
 
-        m.finish = finish
-        return m
+        return PluginMatch(nodes, [boxes, scores], held, fields, message, build_after=build_after)
 
     def output_dims(self, fields, input_ranks):
         k = int(fields["max_output_boxes"])
