@@ -5,10 +5,11 @@ pass that rewrites weights (fold-batchnorm, fold-constants on a transposed weigh
 creates NumPy arrays instead, and on a CNN whose every Conv has a BatchNormalization
 they add up to the model's size. Passes call :meth:`WeightSpill.relieve` between
 rewrites (through ``PassContext.wrote_weights``); once the process's resident memory
-is over the budget (the model's size, at least 64 MiB), every such array of at least
-``min_bytes`` is written to a scratch file and swapped for a memory map of its bytes
-(read back on use, streamed from the file by :func:`~fusekit.model_io.save_graph`).
-Under the budget nothing is written: spilling costs a copy of the weights. The scratch
+is over the budget (the model's size, at least 64 MiB), the largest such arrays (of at
+least ``min_bytes``) are written to a scratch file, until memory is back under it, and
+swapped for memory maps of their bytes (read back on use, streamed from the file by
+:func:`~fusekit.model_io.save_graph`). Under the budget nothing is written: spilling
+costs a copy of the weights. The scratch
 folder goes when the :class:`WeightSpill` does.
 """
 
@@ -46,24 +47,30 @@ class WeightSpill:
         self._path: Path | None = None
 
     def relieve(self, graph: gs.Graph) -> None:
-        """Spill if resident memory is over the budget and grew by ``step`` since the last
-        spill (cheap: one read of /proc; call it often)."""
+        """Over the budget (and ``step`` above the last spill), spill the largest computed
+        weights until ``step`` under it (cheap when under: one read of /proc; call it often)."""
         if self.budget is None:
             return
         now = _resident_bytes()
         if now >= self.budget and now - self._mark >= self.step:
-            self.spill(graph)
+            self.spill(graph, now - self.budget + self.step)
 
-    def spill(self, graph: gs.Graph) -> int:
-        """Spill the graph's in-memory weights of ``min_bytes`` or more; return how many."""
-        found = {id(t): t for node in graph.nodes for t in node.inputs if self._spillable(t)}
+    def spill(self, graph: gs.Graph, need: int | None = None) -> int:
+        """Spill the graph's in-memory weights of ``min_bytes`` or more, largest first, until
+        ``need`` bytes went (all of them when None); return how many."""
+        found = sorted({id(t): t for node in graph.nodes for t in node.inputs if self._spillable(t)}.values(),
+                       key=lambda t: -t._values.nbytes)
+        moved = freed = 0
         if found:
             with open(self._scratch(), "ab") as out:
-                for tensor in found.values():
-                    self._spill(tensor, out)
+                for tensor in found:
+                    if need is not None and freed >= need:
+                        break
+                    freed += self._spill(tensor, out)
+                    moved += 1
             _return_freed_memory()
         self._mark = _resident_bytes()
-        return len(found)
+        return moved
 
     def _spillable(self, tensor: gs.Tensor) -> bool:
         values = getattr(tensor, "_values", None)
@@ -71,7 +78,7 @@ class WeightSpill:
                 and values.nbytes >= self.min_bytes and values.dtype.kind in "biufc"
                 and tensor.data_location is None and getattr(tensor, "export_dtype", values.dtype) == values.dtype)
 
-    def _spill(self, tensor: gs.Constant, out) -> None:
+    def _spill(self, tensor: gs.Constant, out) -> int:
         array = np.require(tensor._values, requirements="C")
         out.write(b"\0" * (-out.tell() % _ALIGN))
         offset = out.tell()
@@ -81,6 +88,7 @@ class WeightSpill:
         _set_location(proto, str(self._path), offset, array.nbytes)
         tensor._values = FileSliceValues(proto, self._path)  # exported inline, like the model's own weights
         self.spilled_bytes += array.nbytes
+        return array.nbytes
 
     def _scratch(self) -> Path:
         if self._path is None:
