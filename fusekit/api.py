@@ -16,8 +16,8 @@ import onnx_graphsurgeon as gs
 from fusekit import profiles, registry
 from fusekit.errors import InputError, PassError, VerificationError
 from fusekit.manager import PassManager
-from fusekit.model_io import (LoadedModel, load_model, read_model_file, save_graph, save_model,
-                               to_model_proto)
+from fusekit.model_io import (LoadedModel, export_weightless, load_model, read_model_file, save_graph,
+                               save_model, to_model_proto)
 from fusekit.pass_infra import PassContext
 from fusekit.report import ModelSummary, OptimizeReport
 from fusekit.shapes import (Dim, annotate_shapes, apply_input_shapes, complete_outputs,
@@ -248,28 +248,35 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     check_options(backends.load(), options)  # say what cannot work before spending time on the model
     say = status or (lambda text: None)
     seconds: dict[str, float] = {}
+    optimized = None
     if optimize:
         say("optimizing")
         start = time.perf_counter()
-        proto = run(source, passes=passes, skip=skip, progress=status, plugins=plugins).to_proto()
+        optimized = run(source, passes=passes, skip=skip, progress=status, plugins=plugins)
         seconds["optimize"] = time.perf_counter() - start
+        header = export_weightless(optimized.loaded.graph, optimized.loaded.shell)
     elif isinstance(source, onnx.ModelProto):
-        proto = onnx.ModelProto()
-        proto.CopyFrom(source)
+        header = source
     else:
-        proto = read_model_file(source)
-    stored = profiles.read_profiles(proto, name)
-    resolution = profiles.resolve(profiles.model_inputs(proto), profiles.merge(stored, given))
+        header = read_model_file(source, map_weights=True)  # weights stay in the file
+    stored = profiles.read_profiles(header, name)
+    resolution = profiles.resolve(profiles.model_inputs(header), profiles.merge(stored, given))
     profiles.require_complete(resolution, name, given)
     for spec, why in resolution.unused:
         log.warning("%s: stored profile range %s=%s ignored: %s", name, spec.target, spec.range, why)
-    facts = ModelFacts.of(proto, name, source, optimize)
+    facts = ModelFacts.of(header, name, source, optimize)
+    del header
     with tempfile.TemporaryDirectory(prefix="fusekit-build-") as tmp:
-        if optimize or isinstance(source, onnx.ModelProto):
+        onnx_path = source
+        if optimized is not None:
             onnx_path = Path(tmp) / "model.onnx"
-            save_model(proto, onnx_path)
-        else:
-            onnx_path = source
+            optimized.save(onnx_path)  # streamed: the optimized model is never whole in memory
+            del optimized
+        elif isinstance(source, onnx.ModelProto):
+            onnx_path = Path(tmp) / "model.onnx"
+            copy = onnx.ModelProto()
+            copy.CopyFrom(source)
+            save_model(copy, onnx_path)
         say("parsing")
         result = engines.build(onnx_path, facts, resolution.shapes, resolution.to_json(), options,
                                progress=progress, seconds=seconds)
