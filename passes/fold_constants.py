@@ -14,6 +14,15 @@ Must not fold: nondeterministic ops (``Random*``, ``Multinomial``, ``Bernoulli``
 other domains, nodes with subgraphs, sequence/optional ops, and any value larger than
 ``fold_max_bytes`` (default 1 MiB) that is also larger than the largest constant it is
 computed from (through the region): folding never grows the model beyond that cap.
+
+Except a weight: a value read only where TensorRT wants constant weights (``WEIGHT_INPUTS``:
+Conv/ConvTranspose W and B, Gemm B and C, either MatMul operand, normalization
+parameters, PRelu slope), directly or through layout ops (``Reshape``, ``Transpose``,
+``Unsqueeze``...: as many elements), folds whatever its size: TensorRT stores it in the
+engine anyway, and left computed (``ConstantOfShape``, ``Expand`` of a fill value) it
+keeps the layer from fusing. Such values are counted in the batch budget by their
+predicted size, so a batch never makes more than ``BATCH_INPUT_BYTES`` of them at once
+(one larger value goes alone) and the weight spill can move each batch out of memory.
 """
 
 from __future__ import annotations
@@ -34,6 +43,15 @@ DEFAULT_MAX_BYTES = 1 << 20
 # Ops whose output may be far larger than their inputs: folded only with a known output shape.
 GENERATORS = frozenset({"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad",
                         "OneHot", "EyeLike"})
+# Inputs (by position) that TensorRT's layer for the op takes as constant weights.
+WEIGHT_INPUTS = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
+    "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2),
+    "LayerNormalization": (1, 2), "GroupNormalization": (1, 2), "PRelu": (1,),
+}
+# Ops whose output holds the elements of their first input, rearranged: a weight through them
+# is still a weight of the same size.
+LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
 
 
 class FoldConstantsPass(Pass):
@@ -44,20 +62,22 @@ class FoldConstantsPass(Pass):
     priority = 10
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> int:
-        region, _, largest = self._region(graph, ctx)
+        weights = weight_values(graph)
+        region, _, largest = self._region(graph, ctx, weights)
         if not region:
             return 0
         cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
         folded = 0
         outputs = {id(t) for t in graph.outputs}
         touched: dict[int, gs.Node] = {}
-        for nodes in batches(region, BATCH_INPUT_BYTES):
+        for nodes in batches(region, BATCH_INPUT_BYTES, weights):
             frontier = self._frontier(graph, nodes)
             values = evaluate(graph, nodes, frontier)
             for tensor in frontier:
                 value = values.get(tensor.name)
                 node = tensor.inputs[0]
-                if value is None or (value.nbytes > cap and value.nbytes > largest[id(node)]):
+                if value is None or (value.nbytes > cap and value.nbytes > largest[id(node)]
+                                     and id(tensor) not in weights):
                     continue
                 if replace_with_constant(graph, tensor, value, outputs):
                     touched.setdefault(id(node), node)
@@ -68,16 +88,17 @@ class FoldConstantsPass(Pass):
         return folded
 
     def inspect(self, graph: gs.Graph, ctx: PassContext):
-        region, declined, _ = self._region(graph, ctx)
+        region, declined, _ = self._region(graph, ctx, weight_values(graph))
         for node in region:
             if node.op != "Constant":
                 yield self.finding(node, Match("fold into a constant"))
         for node, reason in declined:
             yield self.finding(node, Decline(reason))
 
-    def _region(self, graph: gs.Graph, ctx: PassContext):
+    def _region(self, graph: gs.Graph, ctx: PassContext, weights: set[int]):
         """Nodes computable from constants alone (in order), (node, reason) refusals, and
-        for each region node (by id) the bytes of the largest constant it is computed from."""
+        for each region node (by id) the bytes of the largest constant it is computed from.
+        ``weights``: ids of the tensors read only as weights (exempt from the cap)."""
         cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
         source_bytes: dict[int, int] = {}  # region tensor -> largest constant it comes from
         region, declined, largest = [], [], {}
@@ -87,7 +108,7 @@ class FoldConstantsPass(Pass):
                 continue
             largest[id(node)] = max((max(source_bytes.get(id(t), 0), constant_nbytes(t))
                                      for t in node.inputs if t.name), default=0)
-            reason = self._why_not(node, cap, largest[id(node)])
+            reason = self._why_not(node, cap, largest[id(node)], id(node.outputs[0]) in weights)
             if reason:
                 if node.op != "Constant":
                     declined.append((node, reason))
@@ -97,7 +118,7 @@ class FoldConstantsPass(Pass):
         return region, declined, largest
 
     @staticmethod
-    def _why_not(node: gs.Node, cap: int, largest_input: int) -> str | None:
+    def _why_not(node: gs.Node, cap: int, largest_input: int, weight: bool) -> str | None:
         if (node.domain or "") not in ("", "ai.onnx"):
             return f"op of domain {node.domain!r} is not evaluated"
         if node.op in NONDETERMINISTIC_OPS:
@@ -112,8 +133,8 @@ class FoldConstantsPass(Pass):
             size = _predicted_nbytes(node)
             if size is None:
                 return f"{node.op} output size is unknown"
-            if size > cap and size > largest_input:
-                return f"result would be {size} bytes (over fold_max_bytes={cap})"
+            if size > cap and size > largest_input and not weight:
+                return f"result would be {size} bytes (over fold_max_bytes={cap}) and is not only read as a weight"
         return None
 
     @staticmethod
@@ -134,9 +155,33 @@ class FoldConstantsPass(Pass):
 BATCH_INPUT_BYTES = 64 << 20
 
 
-def batches(region: list[gs.Node], budget: int) -> list[list[gs.Node]]:
+def weight_values(graph: gs.Graph) -> set[int]:
+    """Ids of the tensors read only as weights (``WEIGHT_INPUTS``), directly or through
+    ``LAYOUT_OPS`` whose outputs are in turn read only as weights; never a graph output."""
+    outputs = {id(t) for t in graph.outputs}
+    weights: set[int] = set()
+    for node in reversed(graph.nodes):  # consumers come after their inputs' producers
+        for t in node.outputs:
+            if not t.outputs or id(t) in outputs:
+                continue
+            if all(_reads_as_weight(c, t, weights) for c in t.outputs):
+                weights.add(id(t))
+    return weights
+
+
+def _reads_as_weight(consumer: gs.Node, tensor: gs.Tensor, weights: set[int]) -> bool:
+    if (consumer.domain or "") not in ("", "ai.onnx"):
+        return False
+    slots = [i for i, t in enumerate(consumer.inputs) if t is tensor]
+    if consumer.op in LAYOUT_OPS:
+        return slots == [0] and all(id(t) in weights for t in consumer.outputs)
+    return all(i in WEIGHT_INPUTS.get(consumer.op, ()) for i in slots)
+
+
+def batches(region: list[gs.Node], budget: int, weights: set[int] = frozenset()) -> list[list[gs.Node]]:
     """The region cut into independent parts (no value of one is read by another), packed
-    in order into batches whose constant inputs total at most ``budget`` bytes each."""
+    in order into batches whose constant inputs total at most ``budget`` bytes each.
+    Generated weights (``weights``: tensor ids) count as inputs, by their predicted size."""
     index = {id(n): i for i, n in enumerate(region)}
     parent = list(range(len(region)))
 
@@ -154,6 +199,8 @@ def batches(region: list[gs.Node], budget: int) -> list[list[gs.Node]]:
                 parent[root(i)] = root(index[id(producer)])
             elif t.name:
                 input_bytes[i] += constant_nbytes(t)
+        if node.op in GENERATORS and id(node.outputs[0]) in weights:
+            input_bytes[i] += _predicted_nbytes(node) or 0
     parts: dict[int, list[int]] = {}
     for i in range(len(region)):
         parts.setdefault(root(i), []).append(i)

@@ -7,11 +7,14 @@ domains and values over ``fold_max_bytes`` stay, and ``inspect`` says why.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import check_exact, check_unchanged, inspect_pass, op_counts, optimize_with, parse, removed_by
+from tests.helpers import (assert_same_outputs, check_exact, check_unchanged, inspect_pass, op_counts, optimize_with,
+                           parse, removed_by)
 
 PASSES = ["fold-constants"]
 WITH_SHAPES = ["fold-constants", "infer-shapes"]
@@ -192,7 +195,8 @@ def test_generator_over_the_size_cap_is_not_folded():
     options = {"fold_max_bytes": 1024}
     check_unchanged(model, WITH_SHAPES, kept=["Tile"], options=options)
     findings = inspect_pass(model, "fold-constants", options=options)
-    assert findings["tile"][0].message == "result would be 4096 bytes (over fold_max_bytes=1024)"
+    assert findings["tile"][0].message == ("result would be 4096 bytes (over fold_max_bytes=1024) "
+                                           "and is not only read as a weight")
     # Under the default cap (1 MiB) the same Tile folds.
     check_exact(model, WITH_SHAPES, removed=["Tile"])
     assert inspect_pass(model, "fold-constants")["tile"][0].applies
@@ -338,3 +342,128 @@ def test_independent_parts_fold_in_batches_with_the_same_values(monkeypatch):
     monkeypatch.setattr(fold_constants, "BATCH_INPUT_BYTES", 1)
     batched, _ = check_exact(model, PASSES)
     assert batched == whole
+
+
+# ---------------------------------------------------------------- generated weights
+
+CAP_1K = {"fold_max_bytes": 1024}
+
+
+def test_generated_conv_weight_and_bias_over_the_cap_fold():
+    """ConstantOfShape fills as Conv W (4 KiB) and B: read only as weights, they fold
+    whatever fold_max_bytes says (TensorRT stores them in the engine either way)."""
+    model = parse("""g (float[N,16,5,5] x) => (float[N,16,4,4] y) <int64[4] wshape = {16, 16, 2, 2}, int64[1] bshape = {16}> {
+      [wgen] w = ConstantOfShape<value = float[1] {0.03}>(wshape)
+      [bgen] b = ConstantOfShape<value = float[1] {0.5}>(bshape)
+      y = Conv<kernel_shape = [2, 2], strides = [1, 1]>(x, w, b)
+    }""")
+    optimized, report = check_exact(model, WITH_SHAPES, removed=["ConstantOfShape"], options=CAP_1K)
+    assert op_counts(optimized) == {"Conv": 1}
+    assert removed_by(report, "wgen") == ["fold-constants"]
+    assert inspect_pass(model, "fold-constants", options=CAP_1K)["wgen"][0].applies
+
+
+def test_generated_weights_of_gemm_matmul_and_batchnorm_fold_through_layout_ops():
+    """Gemm B and C, MatMul's constant operand (through Transpose and Reshape), and
+    BatchNormalization's parameters (through Unsqueeze/Squeeze): all read as weights."""
+    model = parse("""g (float[32,32] x) => (float[32,32] y) <int64[2] sq = {32, 32}, int64[1] flat = {1024}, int64[2] mat = {32, 32},
+                                                  int64[1] ch = {32}, int64[1] zero = {0}> {
+      [gb] b = ConstantOfShape<value = float[1] {0.01}>(sq)
+      [gc] c = ConstantOfShape<value = float[1] {0.25}>(sq)
+      g = Gemm<transB = 1>(x, b, c)
+      [gm] m = Expand(half, flat)
+      half = Constant<value = float[1] {0.02}>()
+      mr = Reshape(m, mat)
+      mt = Transpose<perm = [1, 0]>(mr)
+      h = MatMul(g, mt)
+      [gs] s = ConstantOfShape<value = float[1] {1.5}>(ch)
+      su = Unsqueeze(s, zero)
+      ss = Squeeze(su, zero)
+      v = ConstantOfShape<value = float[1] {2.0}>(ch)
+      y = BatchNormalization(h, ss, s, s, v)
+    }""".replace("      [gm] m = Expand(half, flat)\n      half = Constant<value = float[1] {0.02}>()\n",
+                 "      half = Constant<value = float[1] {0.02}>()\n      [gm] m = Expand(half, flat)\n"))
+    optimized, _ = check_exact(model, WITH_SHAPES, removed=["ConstantOfShape", "Expand", "Reshape", "Transpose",
+                                                             "Unsqueeze", "Squeeze", "Constant"], options=CAP_1K)
+    assert op_counts(optimized) == {"Gemm": 1, "MatMul": 1, "BatchNormalization": 1}
+
+
+def test_generated_value_read_by_an_activation_op_keeps_the_cap():
+    """The same 4 KiB fill added to the activations is not a weight: it stays generated."""
+    model = parse("""g (float[N,1024] x) => (float[N,1024] y) <int64[1] shape = {1024}> {
+      [fill] f = ConstantOfShape<value = float[1] {0.5}>(shape)
+      y = Add(x, f)
+    }""")
+    check_unchanged(model, WITH_SHAPES, kept=["ConstantOfShape"], options=CAP_1K)
+    findings = inspect_pass(model, "fold-constants", options=CAP_1K)
+    assert findings["fill"][0].message == ("result would be 4096 bytes (over fold_max_bytes=1024) "
+                                           "and is not only read as a weight")
+
+
+def test_generated_weight_also_read_elsewhere_keeps_the_cap():
+    """A fill read as a MatMul weight and by an Add: one non-weight reader is enough to keep it."""
+    model = parse("""g (float[32,32] x) => (float[32,32] y) <int64[2] shape = {32, 32}> {
+      [fill] w = ConstantOfShape<value = float[1] {0.5}>(shape)
+      m = MatMul(x, w)
+      y = Add(m, w)
+    }""")
+    check_unchanged(model, WITH_SHAPES, kept=["ConstantOfShape"], options=CAP_1K)
+    assert not inspect_pass(model, "fold-constants", options=CAP_1K)["fill"][0].applies
+
+
+def test_generated_weight_computed_on_keeps_the_cap():
+    """Neg(fill) -> Conv W: the fill itself is read by Neg, not as a weight (only layout
+    ops pass a weight on); neither the fill nor what is computed from it folds."""
+    model = parse("""g (float[N,16,5,5] x) => (float[N,16,4,4] y) <int64[4] wshape = {16, 16, 2, 2}> {
+      [fill] w = ConstantOfShape<value = float[1] {0.03}>(wshape)
+      n = Neg(w)
+      y = Conv<kernel_shape = [2, 2]>(x, n)
+    }""")
+    check_unchanged(model, WITH_SHAPES, kept=["ConstantOfShape", "Neg"], options=CAP_1K)
+
+
+def test_generated_weight_that_is_a_graph_output_keeps_the_cap():
+    model = parse("""g (float[N,32] x) => (float[N,32] y, float[32,32] w) <int64[2] shape = {32, 32}> {
+      [fill] w = ConstantOfShape<value = float[1] {0.5}>(shape)
+      y = MatMul(x, w)
+    }""")
+    check_unchanged(model, WITH_SHAPES, kept=["ConstantOfShape"], options=CAP_1K)
+
+
+def test_generated_weights_count_in_the_batch_budget_by_their_size():
+    """Fills of tiny shape inputs would all go in one batch; as weights they are counted by
+    the bytes they make (4 KiB each here), so a 5 KiB budget gives each a batch of its own."""
+    import onnx_graphsurgeon as gs
+
+    from fusekit.passes import fold_constants
+
+    model = parse("""g (float[N,32] x) => (float[N,32] y) <int64[2] shape = {32, 32}> {
+      a = ConstantOfShape<value = float[1] {0.5}>(shape)
+      b = ConstantOfShape<value = float[1] {0.25}>(shape)
+      m = MatMul(x, a)
+      y = MatMul(m, b)
+    }""")
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
+    region = [n for n in graph.nodes if n.op == "ConstantOfShape"]
+    weights = fold_constants.weight_values(graph)
+    assert {id(n.outputs[0]) for n in region} <= weights
+    assert len(fold_constants.batches(region, 5 << 10)) == 1  # no weights given: 32 bytes of inputs
+    assert len(fold_constants.batches(region, 5 << 10, weights)) == 2
+
+
+def test_light_model_weights_are_folded_and_outputs_match():
+    """The onnx wheel's light_inception_v1 stores its weights as ConstantOfShape fills (some
+    over 1 MiB: the 1024x1000 Gemm, 3x3 convolutions). Through the default pipeline, every
+    Conv and Gemm weight is an initializer, no fill is left, and onnxruntime agrees."""
+    from fusekit.api import optimize
+
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_inception_v1.onnx")
+    model = onnx.load(path)
+    optimized = optimize(model)  # IR 3: the new initializers are listed as graph inputs too
+    onnx.checker.check_model(optimized, full_check=True)
+    initializers = {t.name: t for t in optimized.graph.initializer}
+    assert op_counts(optimized)["ConstantOfShape"] == 0
+    weights = [i for n in optimized.graph.node if n.op_type in ("Conv", "Gemm") for i in n.input[1:]]
+    assert weights and all(w in initializers for w in weights)
+    assert max(np.prod(initializers[w].dims) * 4 for w in weights) > 1 << 20
+    assert_same_outputs(model, optimized)
