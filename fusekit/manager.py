@@ -9,6 +9,8 @@ is not run again until another pass changes the graph (passes are deterministic)
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -61,6 +63,10 @@ class PassManager:
         self.progress = progress
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PipelineResult:
+        with _graph_frozen_for_gc():
+            return self._run(graph, ctx)
+
+    def _run(self, graph: gs.Graph, ctx: PassContext) -> PipelineResult:
         stats = {p.name: PassStats(p.name, self.packages.get(p.name, "")) for p in self.passes}
         sort_topologically(graph)
         version = 0  # how many pass runs changed the graph so far
@@ -117,3 +123,20 @@ class PassManager:
         if self.check:
             self.check(graph, p.name)
         return True
+
+
+@contextlib.contextmanager
+def _graph_frozen_for_gc():
+    """Keep Python's cyclic garbage collector from walking the loaded graph (every object
+    alive when the pipeline starts) at each full collection: on a 40k-node graph those walks
+    cost a sixth of the run, and more the larger the graph. Only when the process has
+    frozen nothing itself (gc.freeze is process-wide); garbage among the frozen objects is
+    collected after the run."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
