@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from tests.helpers import op_counts, optimize_with, parse
+from tests.helpers import feeds_for, op_counts, optimize_with, parse, run_ort
 from tests.rewrite_checks import check_pass, dims, verdicts
 
 PASS = "linear-to-pointwise-conv"
@@ -41,6 +41,8 @@ REGIONS = {
 
 def _values(shape, rng, dtype: str = "float") -> str:
     values = np.round(rng.standard_normal(int(np.prod(shape))) * (5 if dtype == "int32" else 1), 3)
+    if dtype == "float16":  # the text format takes float16 values as their bit patterns
+        return ", ".join(str(int(np.float16(v).view(np.uint16))) for v in values)
     return ", ".join(str(int(v)) if dtype == "int32" else str(float(v)) for v in values)
 
 
@@ -49,8 +51,10 @@ def model_text(rng, *, dtype="float", b="B", c=3, h=2, w=2, widths=(4,), layouts
                bias_first=False) -> str:
     """A channels-last Linear chain in ONNX text; the closing Transpose is node ``close``."""
     inputs = [f"{dtype}[{dims([b, c, h, w])}] x"]
-    inits = [] if dtype == "int32" else [f"{dtype} sqrt2 = {{1.4142135}}", f"{dtype} one = {{1.0}}",
-                                         f"{dtype} half = {{0.5}}", f"{dtype} lo = {{-0.5}}", f"{dtype} hi = {{0.75}}"]
+    scalars = {"sqrt2": 1.4142135, "one": 1.0, "half": 0.5, "lo": -0.5, "hi": 0.75}
+    inits = [] if dtype == "int32" else [
+        f"{dtype} {name} = {{{int(np.float16(v).view(np.uint16)) if dtype == 'float16' else v}}}"
+        for name, v in scalars.items()]
     body = ["t = Transpose<perm = [0, 2, 3, 1]>(x)"]
     cur = "t"
     if softmax:
@@ -78,9 +82,9 @@ def model_text(rng, *, dtype="float", b="B", c=3, h=2, w=2, widths=(4,), layouts
             kind = regions[i]
             if kind == "per-channel":
                 shape = [1, 1, n] if i % 2 else [n]
-                inits.append(f"{dtype}[{dims(shape)}] scale{i} = {{{_values(shape, rng)}}}")
+                inits.append(f"{dtype}[{dims(shape)}] scale{i} = {{{_values(shape, rng, dtype)}}}")
             if kind == "per-row":
-                inits.append(f"{dtype}[{h},1,1] rows{i} = {{{_values([h], rng)}}}")
+                inits.append(f"{dtype}[{h},1,1] rows{i} = {{{_values([h], rng, dtype)}}}")
             lines = REGIONS[kind]
             if lines:
                 body.extend(line.format(i=cur, o=f"r{i}", n=i) for line in lines)
@@ -163,6 +167,19 @@ def test_full_pipeline_cancels_the_transposes_without_a_norm_between():
     counts = op_counts(optimized)
     assert counts["Transpose"] == 0 and counts["MatMul"] == 0 and counts["Conv"] == 2, dict(counts)
     check_pass(model, PASS, expect={"Conv": 2})
+
+
+def test_float16_chain_is_rewritten_and_matches():
+    """float16 (TensorRT's type) is rewritten too; the 1x1 Conv's float16 accumulation is
+    compared at float16 precision."""
+    model = parse(model_text(np.random.default_rng(4), dtype="float16", c=4, h=3, w=3, widths=(8, 4),
+                             layouts=("transposed", "plain"), biases=([8], [4]), regions=("gelu", "per-channel")))
+    optimized, _ = optimize_with(model, [PASS, "infer-shapes"])
+    assert op_counts(optimized)["Conv"] == 2 and op_counts(optimized)["MatMul"] == 0
+    for feeds in feeds_for(model):
+        expected, got = run_ort(model, feeds)["y"], run_ort(optimized, feeds)["y"]
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=1e-2, atol=1e-2)
 
 
 NEAR_MISSES = {
