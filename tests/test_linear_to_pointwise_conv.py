@@ -12,18 +12,21 @@ constants are [1, C, 1, 1], and outputs match at B = 1 and B = 3. Near misses: a
 closing perm, a bias varying along H, a Linear or MatMul result read elsewhere, a weight
 that is an input, an integer or float64 Linear, a constant varying along H after the last
 Linear; between two Linears, such a constant or a region value read elsewhere stops the
-chain there.
+chain there. Zoo: the ConvNeXt's 12 Linears become Convs in the default pipeline; the
+encoder and decoder are left alone.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from tests.helpers import feeds_for, op_counts, optimize_with, parse, run_ort
+from tests.helpers import assert_same_outputs, feeds_for, op_counts, optimize_with, parse, run_ort
 from tests.rewrite_checks import check_pass, dims, verdicts
+from tests.zoo_models import zoo_model
 
 PASS = "linear-to-pointwise-conv"
 SOME = settings(max_examples=max(settings().max_examples // 2, 1), deadline=None)
@@ -214,3 +217,16 @@ def test_chain_stops_at_a_layout_dependent_region(region, extra):
     (conv,) = [n for n in optimized.graph.node if n.op_type == "Conv"]
     assert conv.name == "mm1_conv"
     assert verdicts(model, PASS)["close"][1].startswith("a Linear layer before Transpose")
+
+
+@pytest.mark.parametrize("name, rewrites", [("convnext", 6), ("encoder-tiny", 0), ("decoder-tiny", 0)])
+def test_zoo_models_default_pipeline(name, rewrites):
+    """The zoo ConvNeXt's six blocks each lose their MatMuls (pw1 and pw2 as Convs, outputs
+    unchanged at batch 1 and 3); the transformers' Linears are on [batch, seq, hidden]
+    tensors with no Transpose to NCHW after them, so the pass leaves them alone."""
+    model = onnx.load(str(zoo_model(name)))
+    optimized, report = optimize_with(model)
+    assert {p.name: p.rewrites for p in report.passes}[PASS] == rewrites
+    if rewrites:
+        assert op_counts(optimized)["MatMul"] == 0 and op_counts(optimized)["Conv"] == op_counts(model)["Conv"] + 12
+        assert_same_outputs(model, optimized, feeds_for(model, (1, 3)))
