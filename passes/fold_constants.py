@@ -11,7 +11,9 @@ folding never adds nodes). A node that stays for its other outputs keeps an unus
 placeholder in the folded output's place.
 
 Must not fold: nondeterministic ops (``Random*``, ``Multinomial``, ``Bernoulli``), ops of
-other domains, nodes with subgraphs, sequence/optional ops, and any value larger than
+other domains, nodes with subgraphs, sequence/optional ops, DequantizeLinear of a quantized
+constant (explicit quantization is what TensorRT builds INT8 layers from; of INT32, a bias
+TensorRT rejects, it folds), and any value larger than
 ``fold_max_bytes`` (default 1 MiB) that is also larger than the largest constant it is
 computed from (through the region): folding never grows the model beyond that cap.
 
@@ -129,6 +131,9 @@ class FoldConstantsPass(Pass):
             return "sequence/optional values are not folded"
         if node.op == "Constant" and ("value" not in node.attrs):
             return "Constant with sparse or list value"
+        if node.op == "DequantizeLinear" and node.inputs[0].dtype != np.int32:
+            return ("a quantized weight stays quantized: TensorRT builds INT8/FP8 layers from its "
+                    "DequantizeLinear (an INT32 bias, which TensorRT rejects, is folded)")
         if node.op in GENERATORS:
             size = _predicted_nbytes(node)
             if size is None:

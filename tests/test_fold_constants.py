@@ -467,3 +467,32 @@ def test_light_model_weights_are_folded_and_outputs_match():
     assert weights and all(w in initializers for w in weights)
     assert max(np.prod(initializers[w].dims) * 4 for w in weights) > 1 << 20
     assert_same_outputs(model, optimized)
+
+
+def test_quantized_weights_stay_quantized_and_an_int32_bias_folds():
+    """Explicit quantization (QAT exports): TensorRT builds an INT8 Conv from DequantizeLinear
+    of INT8 weights, so that DequantizeLinear stays; a QuantizeLinear of float weights folds
+    into INT8 weights; DequantizeLinear of an INT32 bias, which TensorRT rejects, folds."""
+    model = parse("""g (float[N,4,8,8] x) => (float[N,4,8,8] y)
+      <int8[4,4,1,1] w = {1,-2,3,-4,5,-6,7,-8,9,-10,11,-12,13,-14,15,-16}, float ws = {0.1}, int8 wz = {0},
+       float[4,4,1,1] fw = {1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16}, float fs = {0.125},
+       int32[4] b = {10,-20,30,-40}, float bs = {0.01}, float xs = {0.05}, int8 xz = {0}> {
+      q = QuantizeLinear(x, xs, xz)
+      dq = DequantizeLinear(q, xs, xz)
+      wd = DequantizeLinear(w, ws, wz)
+      fq = QuantizeLinear(fw, fs, wz)
+      fd = DequantizeLinear(fq, fs, wz)
+      bd = DequantizeLinear(b, bs)
+      c = Conv(dq, wd, bd)
+      y = Conv(c, fd)
+    }""")
+    optimized, report = check_exact(model, ["fold-constants"])
+    ops = op_counts(optimized)
+    assert ops["DequantizeLinear"] == 3 and ops["QuantizeLinear"] == 1  # x's pair, both weights' DQs
+    weights = {t.name: t for t in optimized.graph.initializer}
+    dequantized = [n for n in optimized.graph.node if n.op_type == "DequantizeLinear"]
+    assert {weights[n.input[0]].data_type for n in dequantized if n.input[0] in weights} == {onnx.TensorProto.INT8}
+    conv = next(n for n in optimized.graph.node if n.op_type == "Conv" and len(n.input) == 3)
+    assert weights[conv.input[2]].data_type == onnx.TensorProto.FLOAT  # the bias, folded
+    findings = [f for fs in inspect_pass(model, "fold-constants", infer_shapes=False).values() for f in fs]
+    assert sum(not f.applies and "stays quantized" in f.message for f in findings) == 2  # w's and fq's DQ
