@@ -4,10 +4,7 @@ Rewrites: of two such nodes, the later one's consumers read the earlier one's ou
 Nodes are visited in topological order, so merges cascade in one scan. Must not merge
 nondeterministic ops (Random*, Multinomial, Bernoulli, Dropout), ops ONNX has no schema
 for (custom domains, local functions: they may be random or stateful), nodes with
-subgraphs, or two nodes whose outputs are both graph outputs (output names never change),
-nor, for now, two Convs (or ConvTransposes, Gemms, MatMuls) with constant weights that a
-BatchNormalization reads: fold-batchnorm folds first, and the results merge next round
-when their folded weights are equal.
+subgraphs, or two nodes whose outputs are both graph outputs (output names never change).
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import NONDETERMINISTIC_OPS, can_replace, constant_array, is_constant, remove, replace_uses
+from fusekit.graph_edit import NONDETERMINISTIC_OPS, can_replace, constant_array, remove, replace_uses
 from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
 
 
@@ -61,17 +58,6 @@ def duplicates(graph: gs.Graph):
             alias.update((id(b), a) for a, b in zip(kept.outputs, node.outputs))
 
 
-# Linear ops fold-batchnorm folds a following BatchNormalization into (constant weights).
-WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-
-
-def _batchnorm_folds_first(kept: gs.Node, dup: gs.Node) -> bool:
-    """Merged, two identical linear ops read by BatchNormalizations could fold none of
-    them; folded first, each gets its own weights (merged next round if they end equal)."""
-    return kept.op in WEIGHTED_OPS and len(kept.inputs) > 1 and is_constant(kept.inputs[1]) and any(
-        c.op == "BatchNormalization" for n in (kept, dup) for t in n.outputs for c in t.outputs)
-
-
 class EliminateCommonSubexpressionsPass(Pass):
     """Merge nodes with the same op, attributes and inputs."""
 
@@ -95,8 +81,6 @@ class EliminateCommonSubexpressionsPass(Pass):
         return merged
 
     def check(self, graph: gs.Graph, kept: gs.Node, dup: gs.Node) -> Match | Decline:
-        if _batchnorm_folds_first(kept, dup):
-            return Decline(f"identical to {kept.name!r}, but a BatchNormalization reads it: fold-batchnorm first")
         if not all(can_replace(graph, old, new) for old, new in zip(dup.outputs, kept.outputs)):
             return Decline(f"identical to {kept.name!r}, but both write graph outputs")
         return Match(f"merge into identical node {kept.name!r}")

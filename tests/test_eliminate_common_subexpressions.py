@@ -173,21 +173,3 @@ def test_custom_domain_ops_are_not_merged():
     }""")
     optimized, _ = optimize_with(model, PASSES)
     assert op_counts(optimized) == {"Sampler": 2, "Normalizer": 1, "Sub": 2}
-
-
-def test_identical_convs_read_by_batchnorms_merge_only_after_folding():
-    weights = ", ".join(str(i % 7 - 3) for i in range(2 * 3 * 3 * 3))
-    bn = "float[2] s{0} = {{{1}}}, float[2] o{0} = {{0.5, -1}}, float[2] m{0} = {{0.1, 0.2}}, float[2] v{0} = {{1, 2}}"
-    for scales, convs in ((("1.5, 0.5", "2, 0.25"), 2), (("1.5, 0.5", "1.5, 0.5"), 1)):
-        model = parse(f"""g (float[N,3,8,8] x) => (float[N,2,8,8] y)
-          <float[2,3,3,3] w = {{{weights}}}, {bn.format(1, scales[0])}, {bn.format(2, scales[1])}> {{
-          [c1] a1 = Conv<pads = [1, 1, 1, 1], kernel_shape = [3, 3]>(x, w)
-          [c2] a2 = Conv<pads = [1, 1, 1, 1], kernel_shape = [3, 3]>(x, w)
-          b1 = BatchNormalization(a1, s1, o1, m1, v1)
-          b2 = BatchNormalization(a2, s2, o2, m2, v2)
-          y = Sub(b1, b2)
-        }}""")
-        (finding,) = inspect_pass(model, PASSES[0], infer_shapes=False)["c2"]
-        assert not finding.applies and "fold-batchnorm first" in finding.message
-        optimized, _ = check_exact(model)  # the default pipeline: each Conv gets its BatchNorm
-        assert op_counts(optimized)["Conv"] == convs and "BatchNormalization" not in op_counts(optimized)
