@@ -80,16 +80,21 @@ def test_optimized_model_never_has_more_engine_layers(name, dynamic):
     assert optimized.optimized and not raw.optimized
 
 
-def test_mobilenet_head_activation_and_pool_are_one_engine_layer():
+def test_mobilenet_head_fuses_as_in_the_raw_export():
     """The raw export's head is Conv, BN, HardSwish, ReduceMean: TensorRT runs BN + HardSwish +
-    ReduceMean as one kernel. With BN folded, a HardSwish op before the pool stays a kernel of
-    its own (tensorrt_rtx 1.7.1, 256 channels at 8x8); fuse-activations writes it as
-    x * Clip(x + 3, 0, 6) / 6, which TensorRT computes in the pool's kernel again."""
-    for optimize in (False, True):
-        report = built("mobilenet", optimize).report
-        pool = layer_with(report, "/ReduceMean")
-        activation = {"Add", "Clip", "Mul", "Div"} if optimize else {"BatchNormalization", "HardSwish"}
-        assert activation <= set(report.ops_of(pool)), report.ops_of(pool)
+    ReduceMean as one kernel. With BN folded, a HardSwish op before the pool's ReduceMean over
+    [2, 3] stays a kernel of its own (tensorrt_rtx 1.7.1, 256 channels at 8x8: one layer more).
+    With the pool as a channels-last mean (channels-last-mean) the HardSwish joins its Conv's
+    kernel and the Transpose the mean's: as many compute layers as the raw export."""
+    raw = built("mobilenet", False).report
+    pool = layer_with(raw, "/ReduceMean")
+    assert {"BatchNormalization", "HardSwish", "ReduceMean"} <= set(raw.ops_of(pool)), raw.ops_of(pool)
+    report = built("mobilenet", True).report
+    pool = next(layer for layer in report.engine if "ReduceMean" in report.ops_of(layer))
+    assert report.ops_of(pool) == ["Transpose", "ReduceMean"]
+    before = report.engine[report.engine.index(pool) - 1]
+    assert report.ops_of(before) == ["Conv", "HardSwish"]
+    assert report.compute_layers == raw.compute_layers
 
 
 def test_resnet_pool_is_one_engine_layer_with_batch_1_8_32():
