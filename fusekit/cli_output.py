@@ -1,0 +1,205 @@
+"""What the ``fusekit`` commands print: report tables, traces, build progress (rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fusekit.report import OptimizeReport
+
+out = Console()
+err = Console(stderr=True)
+
+
+def print_report(report: OptimizeReport) -> None:
+    before, after = report.before, report.after
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    summary = Table(title=f"fusekit optimize: {report.source}", title_justify="left")
+    summary.add_column("")
+    summary.add_column("before", justify="right")
+    summary.add_column("after", justify="right")
+    summary.add_row("nodes", str(before.nodes), str(after.nodes))
+    summary.add_row("weights", size(before.weight_bytes), size(after.weight_bytes))
+    for op in sorted(set(before.ops) | set(after.ops)):
+        b, a = before.ops.get(op, 0), after.ops.get(op, 0)
+        if a != b:
+            summary.add_row(f"  {op}", str(b), str(a))
+    out.print(summary)
+    passes = Table(title=f"passes ({report.iterations} rounds"
+                         f"{'' if report.converged else ', did not converge'}, {report.seconds:.2f} s)",
+                   title_justify="left")
+    for column in ("pass", "rewrites", "removed", "added", "time"):
+        passes.add_column(column, justify="left" if column == "pass" else "right", no_wrap=True)
+    for p in report.passes:
+        origin = "" if p.package == "fusekit" else f" ({p.package})"
+        passes.add_row(p.name + origin, str(p.rewrites), str(p.nodes_removed), str(p.nodes_added),
+                       f"{p.seconds * 1000:.1f} ms")
+    out.print(passes)
+    if report.verify is not None:
+        v = report.verify
+        out.print(f"verify: outputs match (max abs diff {v.max_abs_diff:.3g} at dynamic dims "
+                  f"{', '.join(map(str, v.runs))})")
+
+
+def print_passes(infos) -> None:
+    """``fusekit passes``: the pipeline, one row per pass."""
+    table = Table(title="fusekit passes", title_justify="left")
+    for column in ("name", "stage", "priority", "default", "package", "what it does"):
+        table.add_column(column)
+    for i in infos:
+        table.add_row(i.name, i.cls.stage.name.lower(), str(i.cls.priority),
+                      "on" if i.cls.enabled_by_default else "off", i.package, i.summary)
+    out.print(table)
+
+
+def print_trace(report: OptimizeReport, node: str) -> None:
+    trace = report.trace(node)
+    if not trace["events"] and not trace["findings"]:
+        out.print(f"trace {node}: no pass touched or considered it; it is still in the model")
+    for event in trace["events"]:
+        out.print(f"trace {node}: {event['pass_name']}: {event['action']}")
+    for finding in trace["findings"]:
+        verdict = "would rewrite" if finding["applies"] else "declined"
+        out.print(f"trace {node}: {finding['pass_name']} {verdict}: {finding['message']}")
+
+
+def size(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""
+
+
+class BuildDisplay:
+    """Build status and the builder's progress phases, on stderr when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.live = err.is_terminal
+        self.bars = None
+        self.tasks: dict[str, object] = {}
+
+    def __enter__(self) -> "BuildDisplay":
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err, transient=True)
+            self.bars.__enter__()
+            self.tasks["status"] = self.bars.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bars is not None:
+            self.bars.__exit__(*exc)
+
+    def status(self, text: str) -> None:
+        if self.bars is not None:
+            self.bars.update(self.tasks["status"], description=text)
+
+    def progress(self, event) -> None:
+        if self.bars is None:
+            return
+        if event.kind == "start":
+            indent = "  " * (1 + sum(1 for k in self.tasks if k != "status"))
+            self.tasks[event.phase] = self.bars.add_task(indent + event.phase, total=event.steps or None)
+        elif event.kind == "step" and event.phase in self.tasks:
+            self.bars.update(self.tasks[event.phase], completed=event.step + 1)
+        elif event.kind == "finish" and event.phase in self.tasks:
+            self.bars.remove_task(self.tasks.pop(event.phase))
+
+
+def print_build_summary(report, written: list[Path]) -> None:
+    for note in report.notes:
+        err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    engine = "?" if report.engine_layers is None else str(report.engine_layers)
+    compute = "" if report.compute_layers is None else f" ({report.compute_layers} computing)"
+    timing = ", ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items())
+    out.print(f"{report.backend} {report.backend_version}: {len(report.onnx_ops)} ONNX nodes -> "
+              f"{len(report.network)} network layers -> {engine} engine layers{compute} [{timing}]", soft_wrap=True)
+    if report.engine is None:
+        out.print("the builder's log had no layer record; engine layers unknown")
+    if written:
+        out.print(f"wrote {', '.join(str(p) for p in written)} ({size(report.engine_bytes)} engine)", soft_wrap=True)
+
+
+def print_engine_layers(report) -> None:
+    _layer_table(f"engine layers of {report.model} (from the {report.layer_source or '?'})",
+                 report.engine or [], report.ops_of)
+    unmapped = report.unmapped_nodes()
+    if unmapped:
+        out.print(f"ONNX nodes in no engine layer ({len(unmapped)}; folded or removed by TensorRT): "
+                  f"{_names(unmapped)}", soft_wrap=True)
+
+
+def _layer_table(title: str, layers, ops_of=None) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "type", "precision", "ONNX ops", "ONNX nodes"):
+        table.add_column(column, justify="right" if column == "#" else "left")
+    for i, layer in enumerate(layers):
+        if layer.kind != "sync":
+            table.add_row(str(i), layer.type, ",".join(layer.precisions),
+                          "+".join(ops_of(layer)) if ops_of else "", _names(layer.onnx_nodes, limit=3))
+    out.print(table)
+    syncs = sum(layer.kind == "sync" for layer in layers)
+    if syncs:
+        out.print(f"(and {syncs} stream signal/wait layers, not shown)")
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    if not names:
+        return "-"
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _num(value) -> str:
+    return "?" if value is None else str(value)
+
+
+def print_comparison(data: dict, a: Path, b: Path) -> None:
+    """``fusekit compare``: layer counts of A and B, and the nodes fused in only one."""
+    table = Table(title=f"fusekit compare, {data['backend']['name']} {data['backend']['version']}",
+                  title_justify="left")
+    for column in ("", "A", "B", "B - A"):
+        table.add_column(column, justify="left" if not column else "right")
+    for key, label in (("onnx_nodes", "ONNX nodes"), ("network_layers", "network layers"),
+                       ("engine_layers", "engine layers"), ("compute_layers", "  compute layers")):
+        va, vb = data["a"][key], data["b"][key]
+        table.add_row(label, _num(va), _num(vb), "" if va is None or vb is None else f"{vb - va:+d}")
+    out.print(table)
+    out.print(f"A = {a}\nB = {b}", soft_wrap=True)
+    for key, label in (("fused_only_in_a", "fused in A only"), ("fused_only_in_b", "fused in B only"),
+                       ("nodes_only_in_a", "nodes of A not in B"), ("nodes_only_in_b", "nodes of B not in A")):
+        nodes = data[key]
+        out.print(f"{label} ({len(nodes)}): {_names(nodes)}", soft_wrap=True)
+
+
+def print_engine_info(result, engine: Path) -> None:
+    """``fusekit inspect``: what the engine was built for (its sidecar), and its layers."""
+    side = result.sidecar
+    cc = side["compute_capability"]
+    table = Table(title=f"fusekit inspect: {engine}", title_justify="left", show_header=False)
+    table.add_column("")
+    table.add_column("")
+    table.add_row("backend", f"{side['backend'].get('name')} {side['backend'].get('version')}")
+    table.add_row("compute capability", ", ".join(cc.get("targets") or ["unknown"])
+                  + (" or later" if cc.get("or_later") else "") + f" ({cc.get('chosen_by', '?')})")
+    table.add_row("precision", str(side.get("precision")))
+    for i, profile in enumerate(side.get("profiles") or []):
+        for entry in profile:
+            table.add_row(f"profile {i}: {entry['input']}",
+                          " / ".join("x".join(map(str, entry[k])) for k in ("min", "opt", "max")))
+    source = side.get("source_model") or {}
+    table.add_row("source model", f"{source.get('path')} (sha256 {str(source.get('sha256'))[:12]}…"
+                  f"{', optimized by fusekit' if source.get('optimized') else ''})")
+    table.add_row("engine", f"{size(side['engine'].get('bytes') or 0)}, built {side.get('created')} "
+                  f"by fusekit {side.get('fusekit_version')}")
+    out.print(table)
+    for note in result.notes:
+        out.print(f"note: {note}", soft_wrap=True)
+    if result.layers is not None:
+        _layer_table(f"engine layers ({len(result.layers)}, from the engine inspector)", result.layers)
