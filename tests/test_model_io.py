@@ -122,6 +122,7 @@ def test_external_data_in_and_out_memory_mapped_and_input_untouched(tmp_path):
 
 @pytest.mark.parametrize("location, message", [
     ("../outside.bin", "points outside the model folder"),
+    ("{outside}", "absolute external data location"),  # any file on the machine, e.g. /etc/passwd
     ("missing.bin", "is missing"),
 ])
 def test_unsafe_or_missing_external_data_is_refused(tmp_path, location, message):
@@ -133,7 +134,7 @@ def test_unsafe_or_missing_external_data_is_refused(tmp_path, location, message)
     for t in model.graph.initializer:
         for entry in t.external_data:
             if entry.key == "location":
-                entry.value = location
+                entry.value = location.format(outside=tmp_path / "outside.bin")
     onnx.save(model, src / "evil.onnx")
     with pytest.raises(InputError, match=message):
         load_model(src / "evil.onnx")

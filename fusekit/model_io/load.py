@@ -203,8 +203,12 @@ def resolve_external_path(proto: onnx.TensorProto, base: Path, model_name: str) 
         raise InputError(f"{model_name}: tensor {proto.name!r} has external data with no location")
     candidate = Path(location)
     if candidate.is_absolute():
-        # Only locations fusekit itself made absolute (after checking them) are accepted.
+        # The one absolute location fusekit writes itself: the model file (read_model_file's
+        # memory-mapped initializers). Any other, from the file, could name any file.
         resolved = candidate.resolve()
+        if resolved != Path(model_name).resolve():
+            raise InputError(f"{model_name}: tensor {proto.name!r} has an absolute external data location "
+                             f"({location!r}); refusing to read it")
     else:
         resolved = (base / candidate).resolve()
         if base not in resolved.parents:
