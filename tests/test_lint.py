@@ -185,6 +185,21 @@ def test_fk402_names_constant_nodes():
     assert [f.node for f in codes(model)["FK402"]] == ["mask"]
 
 
+def test_fk402_reads_large_weights_from_the_file_and_from_external_data(tmp_path):
+    """Weights of 4 KiB and more stay in their file (memory-mapped when checked), inside the
+    model file or beside it: both are range-checked."""
+    values = np.ones(4096, np.float32)
+    values[123] = -1e9
+    c = onnx.numpy_helper.from_array(values, "c")
+    model = graph_model([helper.make_node("Add", ["x", "c"], ["y"], name="a")], [vi("x", (4096,))],
+                        [vi("y", (4096,))], [c])
+    onnx.save(model, tmp_path / "inline.onnx")
+    onnx.save(model, tmp_path / "external.onnx", save_as_external_data=True, location="external.bin")
+    for name in ("inline.onnx", "external.onnx"):
+        findings = [f for f in lint_model(tmp_path / name, NO_TRT).findings if f.code == "FK402"]
+        assert [f.node for f in findings] == ["c"] and "1 value(s)" in findings[0].message, name
+
+
 def test_fk402_ignores_infinities():
     c = onnx.numpy_helper.from_array(np.array([np.inf, -np.inf], np.float32), "c")
     model = graph_model([helper.make_node("Add", ["x", "c"], ["y"], name="a")], [vi("x", (2,))], [vi("y", (2,))], [c])

@@ -65,9 +65,8 @@ def lint_model(model: str | os.PathLike | onnx.ModelProto, config: LintConfig | 
         path = Path(model)
         name = str(model)
         config = config or for_model(path)
-        proto = read_model_file(path)
-    external = any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
-    loaded = load_model(path if external else proto)  # the file is read once unless weights live beside it
+        proto = read_model_file(path, map_weights=True)  # large weights stay in the file
+    loaded = load_model(path if path is not None else proto)
     annotate_shapes(loaded.graph, loaded.shell)
     target = Target(name, proto, loaded, path, opset_range=config.opset, trt=config.trt)
     findings: list[LintFinding] = []

@@ -20,7 +20,7 @@ import onnx
 from fusekit import profiles, registry
 from fusekit.errors import FusekitError
 from fusekit.lint.rules import RULES, Severity
-from fusekit.model_io import LoadedModel, PROTOBUF_LIMIT
+from fusekit.model_io import PROTOBUF_LIMIT, LoadedModel, MappedValues, resolve_external_path
 from fusekit.pass_infra import PassContext
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,17 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from _nodes(sub)
 
 
-def _array(t: onnx.TensorProto) -> np.ndarray | None:
-    if onnx.external_data_helper.uses_external_data(t):
-        return None
+def _array(target: Target, t: onnx.TensorProto) -> np.ndarray | None:
+    """The tensor's values; large weights memory-mapped from their file (the model's, or its
+    external data's: the same locations loading accepts)."""
     try:
+        if onnx.external_data_helper.uses_external_data(t):
+            if target.path is None:
+                return None
+            source = resolve_external_path(t, target.path.parent.resolve(), str(target.path))
+            return MappedValues(t, source).load()
         return onnx.numpy_helper.to_array(t)
-    except Exception:  # a malformed tensor is for the checker to report
+    except Exception:  # a malformed or unreadable tensor is for the checker and loader to report
         return None
 
 
@@ -253,7 +258,7 @@ def check_ranges(t: Target) -> Iterator[LintFinding]:
     """FK401 (INT64 beyond INT32, sentinels excepted) and FK402 (FP32 beyond FP16)."""
     for tensor, label, node in _initializers(t):
         if tensor.data_type == onnx.TensorProto.INT64:
-            values = _array(tensor)
+            values = _array(t, tensor)
             if values is None or values.size == 0:
                 continue
             flat = values.ravel()
@@ -263,7 +268,7 @@ def check_ranges(t: Target) -> Iterator[LintFinding]:
                 yield t.finding("FK401", f"INT64 {label} holds {out.size} value(s) outside INT32, "
                                          f"e.g. {int(out[0])}", node, key=node)
         elif tensor.data_type == onnx.TensorProto.FLOAT:
-            values = _array(tensor)
+            values = _array(t, tensor)
             if values is None or values.size == 0:
                 continue
             finite = np.abs(values[np.isfinite(values)])
@@ -277,7 +282,7 @@ def check_ranges(t: Target) -> Iterator[LintFinding]:
 
 def check_size(t: Target) -> Iterator[LintFinding]:
     """FK501: the model as stored (external data excluded) over the protobuf limit."""
-    size = t.proto.ByteSize()
+    size = t.path.stat().st_size if t.path is not None else t.proto.ByteSize()
     if size > INLINE_LIMIT:
         yield t.finding("FK501", f"{size / 2**30:.2f} GiB in one protobuf, over the 2 GB limit; "
                                  "save the weights as external data")
