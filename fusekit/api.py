@@ -305,34 +305,23 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     loaded = load_model(model)
     complete_outputs(loaded.graph, loaded.shell, name)
     check_graph(loaded.graph, loaded.shell, f"{name}: invalid model")
-    with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
-        path = Path(folder) / "model.onnx"
-        proto = _write_for_parser(loaded, path)  # every node named, as the report names them
-        found, _ = support.check(proto, table, folder=path.parent)
-        if not found:
-            return []
-        offers = _offers(path, found, name, table, passes)
+    proto = to_model_proto(loaded.graph, loaded.shell)  # every node named, as the report names them
+    found, _ = support.check(proto, table)
+    if not found:
+        return []
+    offers = _offers(proto, found, name, table, passes)
     return [replace(u, substitution=offers.get(u.node)) for u in found]
 
 
-def _write_for_parser(loaded: LoadedModel, path: Path) -> onnx.ModelProto:
-    """Write the graph to ``path`` with its weights in ``path``.data (streamed from where they
-    live) and return the model without them: parses and cuts then copy the graph only."""
-    save_graph(loaded.graph, loaded.shell, path, external_data=True)
-    return onnx.load(str(path), load_external_data=False)
-
-
-def _offers(path: Path, found, name: str, table: str | None,
+def _offers(proto: onnx.ModelProto, found, name: str, table: str | None,
             passes: Iterable[str] | None) -> dict[str, str]:
     """Node name -> what the optimize pipeline does about that unsupported node."""
     from fusekit.builder import support
 
     infos = registry.discover().passes
     try:
-        result = run(path, passes=passes, plugins=_ALL_PLUGINS)
-        with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
-            optimized = Path(folder) / "model.onnx"
-            after, _ = support.check(_write_for_parser(result.loaded, optimized), table, folder=optimized.parent)
+        result = run(proto, passes=passes, plugins=_ALL_PLUGINS)
+        after, _ = support.check(result.to_proto(), table)
     except PassError as exc:
         log.warning("%s: the substitutions could not be worked out: %s", name, exc)
         return {}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import os
 import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -112,8 +111,7 @@ def node_name(node: onnx.NodeProto) -> str:
     return node.name or (f"node_of_{node.output[0]}" if node.output else "")
 
 
-def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *,
-                      folder: Path | None = None) -> list[UnsupportedNode]:
+def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8) -> list[UnsupportedNode]:
     """Every node the real parser of ``backend`` rejects, with the parser's reason.
 
     The parser checks every node before importing any (``check*`` functions), and stops
@@ -127,7 +125,7 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *,
     current.CopyFrom(model)
     found: dict[str, UnsupportedNode] = {}
     for _ in range(max_rounds):
-        errors = _parse_errors(current, backend, folder)
+        errors = _parse_errors(current, backend)
         fresh = [(n, reason) for n, reason in errors if n is None or node_name(n) not in found]
         if not fresh:
             break
@@ -166,29 +164,16 @@ def _build_time_problems(model: onnx.ModelProto):
                           f"{_TOPK_LIMIT})")
 
 
-def _parse_errors(model: onnx.ModelProto, backend, folder: Path | None) -> list[tuple[onnx.NodeProto | None, str]]:
-    """What the parser says of ``model``, written into ``folder`` beside its external data
-    (weights stay in their file: the model proto here is only the graph), else into a
-    temp folder."""
+def _parse_errors(model: onnx.ModelProto, backend) -> list[tuple[onnx.NodeProto | None, str]]:
     trt = backend.trt
     logger = trt.Logger(trt.Logger.INTERNAL_ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     with tempfile.TemporaryDirectory(prefix="fusekit-check-") as tmp:
-        if folder is None:
-            path = Path(tmp) / "model.onnx"
-            onnx.save_model(model, str(path), save_as_external_data=model.ByteSize() > (1 << 30))
-        else:
-            fd, name = tempfile.mkstemp(prefix=".parse-", suffix=".onnx", dir=folder)
-            with os.fdopen(fd, "wb") as f:
-                f.write(model.SerializeToString())
-            path = Path(name)
-        try:
-            parser.parse_from_file(str(path))
-        finally:
-            if folder is not None:
-                path.unlink()
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=model.ByteSize() > (1 << 30))
+        parser.parse_from_file(str(path))
     nodes = list(model.graph.node)
     errors = []
     for i in range(parser.num_errors):
@@ -273,15 +258,13 @@ def _table_reason(n, supported, unsupported, reasons, data, constants, used) -> 
     return None
 
 
-def check(model: onnx.ModelProto, table: str | None = None, *,
-          folder: Path | None = None) -> tuple[list[UnsupportedNode], str]:
+def check(model: onnx.ModelProto, table: str | None = None) -> tuple[list[UnsupportedNode], str]:
     """Unsupported nodes, and what said so: the installed parser, else (or when ``table``
-    is given) the support table ``table`` (default: the newest TensorRT release shipped).
-    ``folder``: where the model's external data lives (its locations are relative to it)."""
+    is given) the support table ``table`` (default: the newest TensorRT release shipped)."""
     from fusekit.builder import backend as backends
 
     found = backends.installed() if table is None else None
     if found is not None:
-        return check_with_parser(model, found, folder=folder), f"{found.describe()} parser"
+        return check_with_parser(model, found), f"{found.describe()} parser"
     name = table or DEFAULT_TABLE
     return check_with_table(model, name), f"table {name}"
