@@ -385,3 +385,16 @@ def test_streamed_save_refuses_to_overwrite_the_file_its_weights_are_read_from(t
     with pytest.raises(InputError, match="weights are read from this file"):
         api.run(path).save(path)
     assert path.read_bytes() == before
+
+
+def test_saving_with_external_data_leaves_a_given_model_untouched(tmp_path):
+    """The graph of a caller's ModelProto is imported by reference: writing its weights out
+    as external data must not turn the caller's tensors into external references."""
+    model = big_weight_model(64)
+    before = model.SerializeToString()
+    written = api.run(model, passes=[]).save(tmp_path / "m.onnx", external_data=True)
+    assert model.SerializeToString() == before
+    assert [p.name for p in written] == ["m.onnx", "m.onnx.data"]
+    x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
+    np.testing.assert_array_equal(session(tmp_path / "m.onnx").run(None, {"x": x})[0],
+                                  session(model).run(None, {"x": x})[0])

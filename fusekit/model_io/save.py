@@ -81,8 +81,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
         raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
     records = [_proto_record(t) for t in model.graph.initializer]
     del model.graph.initializer[:]
-    atomic_write(data_path, lambda f: _write_records_external(records, f, data_path.name))
-    model.graph.initializer.extend(header for header, _, _ in records)
+    headers: list[onnx.TensorProto] = []
+    atomic_write(data_path, lambda f: headers.extend(_write_records_external(records, f, data_path.name)))
+    model.graph.initializer.extend(headers)
     atomic_write(path, lambda f: f.write(model.SerializeToString()))
     return [path, data_path]
 
@@ -115,8 +116,9 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
         data_path = path.with_name(path.name + ".data")
         if str(data_path.resolve()) in sources:
             raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
-        atomic_write(data_path, lambda f: _write_records_external(tensors, f, data_path.name))
-        model.graph.initializer.extend(header for header, _, _ in tensors)
+        headers: list[onnx.TensorProto] = []
+        atomic_write(data_path, lambda f: headers.extend(_write_records_external(tensors, f, data_path.name)))
+        model.graph.initializer.extend(headers)
         atomic_write(path, lambda f: f.write(model.SerializeToString()))
         return [path, data_path]
     head = model.SerializeToString()
@@ -195,24 +197,31 @@ def _proto_record(proto: onnx.TensorProto) -> Record:
     return header, source.copy_to, source.length
 
 
-def _write_records_external(records: list[Record], out: BinaryIO, location: str) -> None:
+def _write_records_external(records: list[Record], out: BinaryIO, location: str) -> list[onnx.TensorProto]:
     """Stream each record's data into ``out`` (page-aligned, so readers can memory-map each
-    tensor) and point its header there; small tensors stay in the model file."""
+    tensor); return the headers pointing there (small tensors keep their bytes). A proto
+    written as it is is copied first: it may be the caller's."""
+    headers = []
     for header, data, length in records:
         if data is None:
             if _tensor_nbytes(header) < EXTERNAL_TENSOR_MIN_BYTES or header.data_type == onnx.TensorProto.STRING:
+                headers.append(header)
                 continue
             raw = header.raw_data if header.HasField("raw_data") else onnx.numpy_helper.to_array(header).tobytes()
             data, length = (lambda f, raw=raw: f.write(raw)), len(raw)
+            header = _copy(header)
             for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                 header.ClearField(field)
         elif length < EXTERNAL_TENSOR_MIN_BYTES:
             header.raw_data = _collect(data)
+            headers.append(header)
             continue
         out.write(b"\0" * (-out.tell() % 4096))
         offset = out.tell()
         data(out)
         _set_location(header, location, offset, length)
+        headers.append(header)
+    return headers
 
 
 def _collect(data: Callable[[BinaryIO], None]) -> bytes:
