@@ -300,28 +300,40 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     """
     from dataclasses import replace
 
-    from fusekit.builder import support
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     loaded = load_model(model)
     complete_outputs(loaded.graph, loaded.shell, name)
     check_graph(loaded.graph, loaded.shell, f"{name}: invalid model")
-    proto = to_model_proto(loaded.graph, loaded.shell)  # every node named, as the report names them
-    found, _ = support.check(proto, table)
-    if not found:
-        return []
-    offers = _offers(proto, found, name, table, passes)
+    with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
+        path = Path(folder) / "model.onnx"
+        found = _unsupported(loaded, path, table)
+        if not found:
+            return []
+        offers = _offers(path, found, name, table, passes)
     return [replace(u, substitution=offers.get(u.node)) for u in found]
 
 
-def _offers(proto: onnx.ModelProto, found, name: str, table: str | None,
-            passes: Iterable[str] | None) -> dict[str, str]:
-    """Node name -> what the optimize pipeline does about that unsupported node."""
+def _unsupported(loaded: LoadedModel, path: Path, table: str | None):
+    """What TensorRT rejects in ``loaded``, parsed from ``path`` where it is written first
+    (weights streamed from where they live); the whole model is built in memory only when
+    a rejected node must be cut out to parse the rest. Every node is named, as the report
+    names them."""
     from fusekit.builder import support
 
+    save_graph(loaded.graph, loaded.shell, path)
+    found, _ = support.check(export_weightless(loaded.graph, loaded.shell), table, file=path,
+                             whole=lambda: to_model_proto(loaded.graph, loaded.shell))
+    return found
+
+
+def _offers(path: Path, found, name: str, table: str | None,
+            passes: Iterable[str] | None) -> dict[str, str]:
+    """Node name -> what the optimize pipeline does about that unsupported node."""
     infos = registry.discover().passes
     try:
-        result = run(proto, passes=passes, plugins=_ALL_PLUGINS)
-        after, _ = support.check(result.to_proto(), table)
+        result = run(path, passes=passes, plugins=_ALL_PLUGINS)
+        with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
+            after = _unsupported(result.loaded, Path(folder) / "model.onnx", table)
     except PassError as exc:
         log.warning("%s: the substitutions could not be worked out: %s", name, exc)
         return {}

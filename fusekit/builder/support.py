@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -111,7 +112,8 @@ def node_name(node: onnx.NodeProto) -> str:
     return node.name or (f"node_of_{node.output[0]}" if node.output else "")
 
 
-def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8) -> list[UnsupportedNode]:
+def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *, file: Path | None = None,
+                      whole: Callable[[], onnx.ModelProto] | None = None) -> list[UnsupportedNode]:
     """Every node the real parser of ``backend`` rejects, with the parser's reason.
 
     The parser checks every node before importing any (``check*`` functions), and stops
@@ -119,13 +121,16 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8) -> l
     So after each parse the rejected nodes are cut out (their outputs become network
     inputs, typed by shape inference) and the rest is parsed again, until no new node is
     rejected or the cut leaves nothing to parse.
+
+    ``file``: ``model`` as already written (then ``model`` may be weightless: its nodes name
+    what the parser rejects), parsed first; ``whole``: the model with its weights, made
+    only when a node is rejected and must be cut out (default: a copy of ``model``).
     """
     by = f"{backend.describe()} parser"
-    current = onnx.ModelProto()
-    current.CopyFrom(model)
+    current = None  # the whole model, made before the first cut: a model that parses is never copied
     found: dict[str, UnsupportedNode] = {}
     for _ in range(max_rounds):
-        errors = _parse_errors(current, backend)
+        errors = _parse_errors(model, backend, file) if current is None else _parse_errors(current, backend)
         fresh = [(n, reason) for n, reason in errors if n is None or node_name(n) not in found]
         if not fresh:
             break
@@ -135,6 +140,12 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8) -> l
             else:
                 found[node_name(n)] = UnsupportedNode(node_name(n), n.op_type, n.domain, reason, checked_by=by,
                                                       output=n.output[0] if n.output else "")
+        if current is None:
+            if whole is not None:
+                current = whole()
+            else:
+                current = onnx.ModelProto()
+                current.CopyFrom(model)
         if not _cut(current, {node_name(n) for n, _ in fresh if n is not None}):
             break
     for n, reason in _build_time_problems(model):
@@ -164,16 +175,21 @@ def _build_time_problems(model: onnx.ModelProto):
                           f"{_TOPK_LIMIT})")
 
 
-def _parse_errors(model: onnx.ModelProto, backend) -> list[tuple[onnx.NodeProto | None, str]]:
+def _parse_errors(model: onnx.ModelProto, backend, file: Path | None = None
+                  ) -> list[tuple[onnx.NodeProto | None, str]]:
+    """What the parser says of ``file`` (``model`` as written), or of ``model``."""
     trt = backend.trt
     logger = trt.Logger(trt.Logger.INTERNAL_ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    with tempfile.TemporaryDirectory(prefix="fusekit-check-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=model.ByteSize() > (1 << 30))
-        parser.parse_from_file(str(path))
+    if file is not None:
+        parser.parse_from_file(str(file))
+    else:
+        with tempfile.TemporaryDirectory(prefix="fusekit-check-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save_model(model, str(path), save_as_external_data=model.ByteSize() > (1 << 30))
+            parser.parse_from_file(str(path))
     nodes = list(model.graph.node)
     errors = []
     for i in range(parser.num_errors):
@@ -258,13 +274,15 @@ def _table_reason(n, supported, unsupported, reasons, data, constants, used) -> 
     return None
 
 
-def check(model: onnx.ModelProto, table: str | None = None) -> tuple[list[UnsupportedNode], str]:
+def check(model: onnx.ModelProto, table: str | None = None, *, file: Path | None = None,
+          whole: Callable[[], onnx.ModelProto] | None = None) -> tuple[list[UnsupportedNode], str]:
     """Unsupported nodes, and what said so: the installed parser, else (or when ``table``
-    is given) the support table ``table`` (default: the newest TensorRT release shipped)."""
+    is given) the support table ``table`` (default: the newest TensorRT release shipped).
+    ``file`` / ``whole``: see :func:`check_with_parser`."""
     from fusekit.builder import backend as backends
 
     found = backends.installed() if table is None else None
     if found is not None:
-        return check_with_parser(model, found), f"{found.describe()} parser"
+        return check_with_parser(model, found, file=file, whole=whole), f"{found.describe()} parser"
     name = table or DEFAULT_TABLE
     return check_with_table(model, name), f"table {name}"
