@@ -124,23 +124,35 @@ _MMDEPLOY_CONSTANTS = """
     det_scores = Gather <axis = 2> (dets_p, im1)
 """
 
-# ... with a constant keep_top_k: dets [B,K,5], labels [B,K] ...
-MMDEPLOY_BATCHED = """
-mmdeploy_batched (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k,
-                  int64 labels_shape) => (float dets, int64 labels)
-""" + _MMDEPLOY_CONSTANTS + """    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k)
-    templ_col = Reshape (templ, col)
+# The K best rows by score: K a constant, or (mmdeploy's topk__dynamic) K' = min(K, rows).
+_CONSTANT_K_TOPK = """    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k)
+"""
+_RUNTIME_K_TOPK = """    sshape = Shape (det_scores)
+    srows = Gather <axis = 0> (sshape, i1)
+    k_less = Less (k, srows)
+    k_rt = Where (k_less, k, srows)
+    k1 = Reshape (k_rt, one)
+    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k1)
+"""
+# Batched: those rows' flat indices into dets_p [B,R,5] and labels_p [B,R] (row b*R + i).
+_BATCHED_ROW_INDICES = """    templ_col = Reshape (templ, col)
     dshape = Shape (dets_p)
     drows = Gather <axis = 0> (dshape, one_idx)
     dets_flat = Flatten <axis = 2> (dets_p)
     doff = Mul (templ_col, drows)
     didx = Add (top_idx, doff)
-    dets = Gather <axis = 0> (dets_flat, didx)
     lshape = Shape (labels_p)
     lrows = Gather <axis = 0> (lshape, one_idx)
     labels_flat = Flatten <axis = 2> (labels_p)
     loff = Mul (templ_col, lrows)
     lidx = Add (top_idx, loff)
+"""
+
+# ... with a constant keep_top_k: dets [B,K,5], labels [B,K] ...
+MMDEPLOY_BATCHED = """
+mmdeploy_batched (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k,
+                  int64 labels_shape) => (float dets, int64 labels)
+""" + _MMDEPLOY_CONSTANTS + _CONSTANT_K_TOPK + _BATCHED_ROW_INDICES + """    dets = Gather <axis = 0> (dets_flat, didx)
     labels3 = Gather <axis = 0> (labels_flat, lidx)
     labels = Reshape (labels3, labels_shape)
 }
@@ -151,29 +163,11 @@ mmdeploy_batched (float boxes, float scores, int64 per_class, float iou, float s
 MMDEPLOY_BATCHED_RUNTIME_K = """
 mmdeploy_batched_runtime_k (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k)
     => (float dets, int64 labels)
-""" + _MMDEPLOY_CONSTANTS + """
-    sshape = Shape (det_scores)
-    srows = Gather <axis = 0> (sshape, i1)
-    k_less = Less (k, srows)
-    k_rt = Where (k_less, k, srows)
-    k1 = Reshape (k_rt, one)
-    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k1)
-    templ_col = Reshape (templ, col)
-    dshape = Shape (dets_p)
-    drows = Gather <axis = 0> (dshape, one_idx)
-    dets_flat = Flatten <axis = 2> (dets_p)
-    doff = Mul (templ_col, drows)
-    didx = Add (top_idx, doff)
-    dets_g = Gather <axis = 0> (dets_flat, didx)
+""" + _MMDEPLOY_CONSTANTS + _RUNTIME_K_TOPK + _BATCHED_ROW_INDICES + """    dets_g = Gather <axis = 0> (dets_flat, didx)
     dets_r = Reshape (dets_g, m1_5)
     ishape = Shape (didx)
     dets_outshape = Concat <axis = 0> (ishape, five)
     dets = Reshape (dets_r, dets_outshape)
-    lshape = Shape (labels_p)
-    lrows = Gather <axis = 0> (lshape, one_idx)
-    labels_flat = Flatten <axis = 2> (labels_p)
-    loff = Mul (templ_col, lrows)
-    lidx = Add (top_idx, loff)
     labels_g = Gather <axis = 0> (labels_flat, lidx)
     labels_r = Reshape (labels_g, m1)
     lishape = Shape (lidx)
@@ -215,20 +209,11 @@ _MMDEPLOY_SINGLE_GATHER = """
 MMDEPLOY_SINGLE = """
 mmdeploy_single (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k)
     => (float dets, int64 labels)
-""" + _MMDEPLOY_SINGLE_CONSTANTS + """
-    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k)
-""" + _MMDEPLOY_SINGLE_GATHER
+""" + _MMDEPLOY_SINGLE_CONSTANTS + _CONSTANT_K_TOPK + _MMDEPLOY_SINGLE_GATHER
 MMDEPLOY_SINGLE_RUNTIME_K = """
 mmdeploy_single_runtime_k (float boxes, float scores, int64 per_class, float iou, float score_thr, int64 k)
     => (float dets, int64 labels)
-""" + _MMDEPLOY_SINGLE_CONSTANTS + """
-    sshape = Shape (det_scores)
-    srows = Gather <axis = 0> (sshape, i1)
-    k_less = Less (k, srows)
-    k_rt = Where (k_less, k, srows)
-    k1 = Reshape (k_rt, one)
-    top_scores, top_idx = TopK <axis = 1, largest = 1, sorted = 1> (det_scores, k1)
-""" + _MMDEPLOY_SINGLE_GATHER
+""" + _MMDEPLOY_SINGLE_CONSTANTS + _RUNTIME_K_TOPK + _MMDEPLOY_SINGLE_GATHER
 
 
 def _constant_k(bound: Bound) -> tuple[int | None, str | None]:
