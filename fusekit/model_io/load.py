@@ -164,8 +164,8 @@ def check_is_onnx(model: onnx.ModelProto, where: str) -> None:
 
 def _shell_of(model: onnx.ModelProto) -> onnx.ModelProto:
     shell = onnx.ModelProto()
-    for field in _MODEL_FIELDS_GS_DROPS:
-        setattr(shell, field, getattr(model, field))
+    for name in _MODEL_FIELDS_GS_DROPS:
+        setattr(shell, name, getattr(model, name))
     shell.metadata_props.extend(model.metadata_props)
     shell.opset_import.extend(model.opset_import)
     return shell

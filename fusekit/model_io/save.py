@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx.external_data_helper import ExternalDataInfo
@@ -17,8 +16,9 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.errors import InputError
-from fusekit.model_io.export import _export_stubbed, to_model_proto
-from fusekit.model_io.values import WEIGHTLESS_PLACEHOLDER, MappedValues, _copy, _set_location
+from fusekit.model_io.export import _export_stubbed
+from fusekit.model_io.values import (WEIGHTLESS_PLACEHOLDER, MappedValues, _copy, _set_location, array_header,
+                                     byte_view, inline_header, plain_array)
 from fusekit.model_io.wire import _GRAPH_INITIALIZER, _LEN, _MODEL_GRAPH, _RAW_DATA_KEY, _key, _varint
 
 
@@ -119,7 +119,8 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
         headers: list[onnx.TensorProto] = []
         atomic_write(data_path, lambda f: headers.extend(_write_records_external(tensors, f, data_path.name)))
         model.graph.initializer.extend(headers)
-        atomic_write(path, lambda f: f.write(model.SerializeToString()))
+        serialized = model.SerializeToString()
+        atomic_write(path, lambda f: f.write(serialized))
         return [path, data_path]
     head = model.SerializeToString()
     del model
@@ -162,18 +163,13 @@ def _tensor_record(proto: onnx.TensorProto, originals: dict[str, gs.Constant]) -
         return proto, None, 0
     values = tensor._values
     if isinstance(values, MappedValues):
-        header = _copy(values.tensor)
-        del header.external_data[:]
-        header.ClearField("data_location")
+        header = inline_header(values.tensor)
         header.name = tensor.name
         return header, values.copy_to, values.length
-    if isinstance(values, np.ndarray) and values.dtype.kind in "biufc" and tensor.data_location is None \
-            and getattr(tensor, "export_dtype", values.dtype) == values.dtype:
-        array = np.require(values, requirements="C")
-        header = onnx.TensorProto(name=tensor.name, dims=array.shape,
-                                  data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
-        data = memoryview(array.reshape(-1).view(np.uint8))
-        return header, lambda out: out.write(data), data.nbytes
+    array = plain_array(tensor)
+    if array is not None:
+        data = byte_view(array)
+        return array_header(tensor.name, array), lambda out: out.write(data), data.nbytes
     # Anything else (protos held as they are, converted dtypes): as onnx-graphsurgeon writes it.
     if isinstance(values, LazyValues):
         exported = values.tensor
@@ -191,10 +187,7 @@ def _proto_record(proto: onnx.TensorProto) -> Record:
     if not onnx.external_data_helper.uses_external_data(proto):
         return proto, None, 0
     source = MappedValues(proto, Path(ExternalDataInfo(proto).location))
-    header = _copy(proto)
-    del header.external_data[:]
-    header.ClearField("data_location")
-    return header, source.copy_to, source.length
+    return inline_header(proto), source.copy_to, source.length
 
 
 def _write_records_external(records: list[Record], out: BinaryIO, location: str) -> list[onnx.TensorProto]:

@@ -21,10 +21,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.model_io.values import FileSliceValues, _set_location
+from fusekit.model_io.values import FileSliceValues, _set_location, array_header, byte_view, plain_array
 
 SPILL_MIN_BYTES = 64 << 10
 MIN_BUDGET_BYTES = 64 << 20
@@ -73,18 +72,15 @@ class WeightSpill:
         return moved
 
     def _spillable(self, tensor: gs.Tensor) -> bool:
-        values = getattr(tensor, "_values", None)
-        return (isinstance(tensor, gs.Constant) and isinstance(values, np.ndarray)
-                and values.nbytes >= self.min_bytes and values.dtype.kind in "biufc"
-                and tensor.data_location is None and getattr(tensor, "export_dtype", values.dtype) == values.dtype)
+        return (isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray)
+                and tensor._values.nbytes >= self.min_bytes and plain_array(tensor) is not None)
 
     def _spill(self, tensor: gs.Constant, out) -> int:
-        array = np.require(tensor._values, requirements="C")
+        array = plain_array(tensor)
         out.write(b"\0" * (-out.tell() % _ALIGN))
         offset = out.tell()
-        out.write(memoryview(array.reshape(-1).view(np.uint8)))
-        proto = onnx.TensorProto(name=tensor.name, dims=array.shape,
-                                 data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+        out.write(byte_view(array))
+        proto = array_header(tensor.name, array)
         _set_location(proto, str(self._path), offset, array.nbytes)
         tensor._values = FileSliceValues(proto, self._path)  # exported inline, like the model's own weights
         self.spilled_bytes += array.nbytes

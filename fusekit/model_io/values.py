@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
@@ -118,6 +119,34 @@ class _CopyOnUseValues(LazyValues):
 
     def load(self) -> np.ndarray:  # reading needs no copy of the proto
         return np.array(onnx.numpy_helper.to_array(self._own if self._own is not None else self._source))
+
+
+def plain_array(tensor: gs.Constant) -> np.ndarray | None:
+    """The constant's values as a C-contiguous array when they are written as their own
+    bytes (a numeric NumPy array that onnx-graphsurgeon exports as it is), else None."""
+    values = tensor._values
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biufc" and tensor.data_location is None \
+            and getattr(tensor, "export_dtype", values.dtype) == values.dtype:
+        return np.require(values, requirements="C")
+    return None
+
+
+def array_header(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """A tensor proto with the name, dims and type of ``array`` and no data."""
+    return onnx.TensorProto(name=name, dims=array.shape, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+
+
+def byte_view(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy."""
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def inline_header(proto: onnx.TensorProto) -> onnx.TensorProto:
+    """A copy of an external tensor's proto without its external-data reference."""
+    header = _copy(proto)
+    del header.external_data[:]
+    header.ClearField("data_location")
+    return header
 
 
 def _copy(message):
