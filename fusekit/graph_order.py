@@ -31,12 +31,12 @@ def dead_nodes(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if id(n) not in live]
 
 
-def prune_and_sort(graph: gs.Graph) -> list[gs.Node]:
-    """Remove (and disconnect) the dead nodes, order the rest topologically; return the
-    removed nodes. Graph inputs stay, used or not: they are the model's interface."""
+def prune(graph: gs.Graph) -> list[gs.Node]:
+    """Remove (and disconnect) the dead nodes; return them. Graph inputs stay, used or
+    not: they are the model's interface."""
     dead = dead_nodes(graph)
     if _nested(graph):
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        graph.cleanup(remove_unused_graph_inputs=False)
         return dead
     for tensor in graph.inputs:
         tensor.inputs.clear()
@@ -46,6 +46,12 @@ def prune_and_sort(graph: gs.Graph) -> list[gs.Node]:
             node.inputs.clear()
             node.outputs.clear()
         graph.nodes = [n for n in graph.nodes if id(n) not in gone]
+    return dead
+
+
+def prune_and_sort(graph: gs.Graph) -> list[gs.Node]:
+    """:func:`prune`, then order the rest topologically; return the removed nodes."""
+    dead = prune(graph)
     sort_topologically(graph)
     return dead
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_order import dead_nodes, prune_and_sort
+from fusekit.graph_order import dead_nodes, prune
 from fusekit.pass_infra import Match, Pass, PassContext, Stage
 
 
@@ -21,11 +21,9 @@ class EliminateDeadCodePass(Pass):
     priority = 0
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> int:
-        dead = dead_nodes(graph)
+        dead = prune(graph)
         for node in dead:
             ctx.record(node, "removed: no graph output depends on it")
-        if dead:
-            prune_and_sort(graph)
         return len(dead)
 
     def inspect(self, graph: gs.Graph, ctx: PassContext):
