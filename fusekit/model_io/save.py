@@ -74,17 +74,24 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
         inline_external_data(model)
         atomic_write(path, lambda f: f.write(model.SerializeToString()))
         return [path]
-    data_path = path.with_name(path.name + ".data")
     sources = {ExternalDataInfo(t).location for t in model.graph.initializer
                if onnx.external_data_helper.uses_external_data(t)}
-    if str(data_path.resolve()) in sources:
-        raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
     records = [_proto_record(t) for t in model.graph.initializer]
     del model.graph.initializer[:]
+    return _save_external(model, records, path, sources)
+
+
+def _save_external(model: onnx.ModelProto, records: list[Record], path: Path, sources: set[str]) -> list[Path]:
+    """Write ``records`` (``model``'s initializers, taken out of it) to ``path``.data and
+    ``model``, pointing at them, to ``path``; ``sources``: the files weights are read from."""
+    data_path = path.with_name(path.name + ".data")
+    if str(data_path.resolve()) in sources:
+        raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
     headers: list[onnx.TensorProto] = []
     atomic_write(data_path, lambda f: headers.extend(_write_records_external(records, f, data_path.name)))
     model.graph.initializer.extend(headers)
-    atomic_write(path, lambda f: f.write(model.SerializeToString()))
+    serialized = model.SerializeToString()
+    atomic_write(path, lambda f: f.write(serialized))
     return [path, data_path]
 
 
@@ -113,15 +120,7 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
     del model.graph.initializer[:]
     weights = sum(header.ByteSize() + length for header, _, length in tensors)
     if external_data or (external_data is None and weights > EXTERNAL_DATA_THRESHOLD):
-        data_path = path.with_name(path.name + ".data")
-        if str(data_path.resolve()) in sources:
-            raise InputError(f"{data_path}: is the input model's own external data file; choose another output path")
-        headers: list[onnx.TensorProto] = []
-        atomic_write(data_path, lambda f: headers.extend(_write_records_external(tensors, f, data_path.name)))
-        model.graph.initializer.extend(headers)
-        serialized = model.SerializeToString()
-        atomic_write(path, lambda f: f.write(serialized))
-        return [path, data_path]
+        return _save_external(model, tensors, path, sources)
     head = model.SerializeToString()
     del model
     records = []
