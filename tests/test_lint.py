@@ -413,6 +413,21 @@ def test_fix_repeats_while_rewrites_open_the_way_for_other_passes(tmp_path):
     assert main(["lint", str(out), "--select", "FK301"]) == 0
 
 
+def test_fix_keeps_the_last_lint_of_the_written_file(bn_file, tmp_path, monkeypatch):
+    from fusekit.lint import command, fix
+
+    result = lint_model(bn_file, LintConfig())
+    out = tmp_path / "fixed.onnx"
+    fixed = fix.fix(result, out)
+    assert fixed.passes and fixed.remaining is not None
+    assert fixed.remaining.findings == lint_model(out, result.config).findings
+    calls = []
+    real = command.lint_model
+    monkeypatch.setattr(command, "lint_model", lambda *a: calls.append(a) or real(*a))
+    assert main(["lint", str(bn_file), "--ignore", "FK1", "--fix", "-o", str(out)]) == 0
+    assert len(calls) == 1  # the input only: --fix hands back the lint of the fixed file
+
+
 def test_fix_output_dir_and_in_place(bn_file, tmp_path):
     second = tmp_path / "second.onnx"
     onnx.save(parse("g (float[1,3] x) => (float[1,3] y) { t = Identity(x)\n y = Relu(t) }"), second)

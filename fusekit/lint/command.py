@@ -90,7 +90,7 @@ def _fix(result: LintResult, target: Path, err: Console) -> LintResult:
         err.print(f"fixed {escape(result.model)} with {', '.join(fixed.passes)} -> {escape(written)}", soft_wrap=True)
     else:
         err.print(f"{escape(result.model)}: nothing to fix; written as it is to {escape(written)}", soft_wrap=True)
-    remaining = lint_model(target, result.config)
+    remaining = fixed.remaining if fixed.remaining is not None else lint_model(target, result.config)
     remaining.notes = list(dict.fromkeys(result.notes + remaining.notes
                                          + [f"findings are those left after --fix, in {target}"]))
     return remaining

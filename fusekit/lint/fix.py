@@ -16,6 +16,8 @@ class Fixed:
     source: Path
     written: list[Path]
     passes: list[str]  # the passes run (empty: nothing to fix, model written unchanged)
+    # the lint of the written file by the last round (same config); None when none ran
+    remaining: LintResult | None = None
 
 
 def output_for(model: Path, *, output: Path | None, output_dir: Path | None, in_place: bool,
@@ -59,6 +61,7 @@ def fix(result: LintResult, target: Path) -> Fixed:
     wanted = _fixable(result)
     passes: set[str] = set()
     written: list[Path] = []
+    remaining: LintResult | None = None
     for _ in range(MAX_ROUNDS):
         if wanted <= passes and written:
             break
@@ -71,8 +74,9 @@ def fix(result: LintResult, target: Path) -> Fixed:
             raise InputError(f"{target}: cannot write the fixed model: {exc.strerror or exc}") from None
         if not passes:
             break
-        wanted = _fixable(lint_model(target, result.config))
-    return Fixed(source, written, sorted(passes))
+        remaining = lint_model(target, result.config)
+        wanted = _fixable(remaining)
+    return Fixed(source, written, sorted(passes), remaining)
 
 
 def _fixable(result: LintResult) -> set[str]:
