@@ -34,8 +34,12 @@ def dead_nodes(graph: gs.Graph) -> list[gs.Node]:
 def prune(graph: gs.Graph) -> list[gs.Node]:
     """Remove (and disconnect) the dead nodes; return them. Graph inputs stay, used or
     not: they are the model's interface."""
+    return _prune(graph, _nested(graph))
+
+
+def _prune(graph: gs.Graph, nested: bool) -> list[gs.Node]:
     dead = dead_nodes(graph)
-    if _nested(graph):
+    if nested:
         graph.cleanup(remove_unused_graph_inputs=False)
         return dead
     for tensor in graph.inputs:
@@ -51,15 +55,20 @@ def prune(graph: gs.Graph) -> list[gs.Node]:
 
 def prune_and_sort(graph: gs.Graph) -> list[gs.Node]:
     """:func:`prune`, then order the rest topologically; return the removed nodes."""
-    dead = prune(graph)
-    sort_topologically(graph)
+    nested = _nested(graph)  # asked once: it reads every node's attributes
+    dead = _prune(graph, nested)
+    _sort(graph, nested)
     return dead
 
 
 def sort_topologically(graph: gs.Graph) -> None:
     """Order ``graph.nodes`` so every node follows the producers of its inputs, moving a
     node only when a producer comes after it. Raises ValueError on a cycle."""
-    if _nested(graph):
+    _sort(graph, _nested(graph))
+
+
+def _sort(graph: gs.Graph, nested: bool) -> None:
+    if nested:
         graph.toposort()
         return
     members = {id(n) for n in graph.nodes}
