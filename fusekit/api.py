@@ -227,7 +227,6 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
         InputError: bad model or option, or a dynamic dim without a range.
         TensorRTError: TensorRT rejected the model (``ParseFailedError`` lists every node).
     """
-    from fusekit import profiles
     from fusekit.builder import backend as backends
     from fusekit.builder import engine as engines
     from fusekit.builder.facts import ModelFacts

@@ -288,14 +288,8 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _parse_failure_hint() -> str:
-    """What to do about ops TensorRT cannot parse, naming only commands this fusekit has."""
-    commands = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    if "check-trt" in commands:
-        return ("see each unsupported node and the substitution fusekit offers with `fusekit check-trt MODEL`, "
-                "then apply them with `fusekit optimize MODEL -o OUT --plugins auto`")
-    return ("TensorRT has no importer for these ops: replace them with supported ops (an exact decomposition) "
-            "or with a TensorRT plugin before building")
+PARSE_FAILURE_HINT = ("see each unsupported node and the substitution fusekit offers with `fusekit check-trt MODEL`, "
+                      "then apply them with `fusekit optimize MODEL -o OUT --plugins auto`")
 
 
 def _fail(message: str) -> None:
@@ -312,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             _fail(f"  {problem}")
         if exc.unsupported:
-            _fail(f"hint: {_parse_failure_hint()}")
+            _fail(f"hint: {PARSE_FAILURE_HINT}")
         return exit_code(exc)
     except FusekitError as exc:
         _fail(f"error: {exc}")

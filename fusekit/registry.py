@@ -98,8 +98,7 @@ def discover(strict: bool = False, group: str = PASS_GROUP) -> Registry:
     The result is cached per process for the same ``sys.path`` and environment, since
     listing entry points scans every installed package.
     """
-    autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
-    return _discover(strict, group, autoload, tuple(sys.path))
+    return _discover(strict, group, _autoload(), tuple(sys.path))
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,16 +118,16 @@ class Entry:
     entry_point: str
 
 
-def discover_group(group: str, validate: Callable[[object], str | None], kind: str = "object",
-                   strict: bool = False) -> tuple[dict[str, Entry], list[str]]:
+def _autoload() -> bool:
+    """Whether third-party packages' entry points load (FUSEKIT_DISABLE_PLUGIN_AUTOLOAD unset or 0)."""
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+
+
+def _discover_group(group: str, validate: Callable[[object], str | None], kind: str, strict: bool,
+                    autoload: bool) -> tuple[dict[str, Entry], list[str]]:
     """Load every object registered under ``group`` that ``validate`` accepts (it returns
     why an object is unusable, or None), keyed by the object's ``name``; broken ones are
     warned about and skipped (``strict``: raised). Returns (entries, problems)."""
-    autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
-    return _discover_group(group, validate, kind, strict, autoload)
-
-
-def _discover_group(group: str, validate, kind: str, strict: bool, autoload: bool):
     found: dict[str, Entry] = {}
     problems: list[str] = []
 
@@ -165,8 +164,7 @@ PLUGIN_GROUP = "fusekit.plugins"
 def discover_plugins(strict: bool = False) -> tuple[dict[str, Entry], list[str]]:
     """Plugin specs registered under ``fusekit.plugins`` (fusekit's own included); cached
     per process like :func:`discover`."""
-    autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
-    return _discover_plugins(strict, autoload, tuple(sys.path))
+    return _discover_plugins(strict, _autoload(), tuple(sys.path))
 
 
 @functools.lru_cache(maxsize=8)
