@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 
@@ -23,23 +24,25 @@ class ModelFacts:
     @classmethod
     def of(cls, proto: onnx.ModelProto, name: str, source: Path | onnx.ModelProto, optimized: bool) -> "ModelFacts":
         """Facts of ``proto`` (the model parsed), whose source is ``source`` (hashed as given)."""
-        nodes = [n for n in _walk_nodes(proto.graph) if _trt_name(n)]
-        return cls(name=name, onnx_ops={_trt_name(n): n.op_type for n in nodes},
-                   domains={_trt_name(n): n.domain for n in nodes if n.domain},
+        nodes = [n for n in walk_nodes(proto.graph) if trt_node_name(n)]
+        return cls(name=name, onnx_ops={trt_node_name(n): n.op_type for n in nodes},
+                   domains={trt_node_name(n): n.domain for n in nodes if n.domain},
                    source_path=None if isinstance(source, onnx.ModelProto) else str(source),
                    source_sha256=_sha256_of(source), optimized=optimized)
 
 
-def _walk_nodes(graph: onnx.GraphProto):
+def walk_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph`` and of its subgraphs (depth first, each node before its subgraphs)."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _walk_nodes(sub)
+                yield from walk_nodes(sub)
 
 
-def _trt_name(node: onnx.NodeProto) -> str:
-    """The name TensorRT's parser gives a node's layer (``node_of_OUTPUT`` when unnamed)."""
+def trt_node_name(node: onnx.NodeProto) -> str:
+    """The name TensorRT's parser gives a node's layer (``node_of_OUTPUT`` when unnamed;
+    empty for an unnamed node without outputs)."""
     return node.name or (f"node_of_{node.output[0]}" if node.output else "")
 
 

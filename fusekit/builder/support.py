@@ -30,6 +30,7 @@ import onnx
 import onnx.shape_inference
 from onnx import numpy_helper
 
+from fusekit.builder.facts import trt_node_name
 from fusekit.builder.parse import _clean
 from fusekit.errors import InputError
 
@@ -107,11 +108,6 @@ def supported_opsets() -> tuple[tuple[int, int], str]:
     return (low, high), name
 
 
-def node_name(node: onnx.NodeProto) -> str:
-    """The name the parser reports for ``node``."""
-    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
-
-
 def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *, file: Path | None = None,
                       whole: Callable[[], onnx.ModelProto] | None = None) -> list[UnsupportedNode]:
     """Every node the real parser of ``backend`` rejects, with the parser's reason.
@@ -131,14 +127,14 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *, f
     found: dict[str, UnsupportedNode] = {}
     for _ in range(max_rounds):
         errors = _parse_errors(model, backend, file) if current is None else _parse_errors(current, backend)
-        fresh = [(n, reason) for n, reason in errors if n is None or node_name(n) not in found]
+        fresh = [(n, reason) for n, reason in errors if n is None or trt_node_name(n) not in found]
         if not fresh:
             break
         for n, reason in fresh:
             if n is None:
                 found.setdefault(f"<model>{reason}", UnsupportedNode("", "", "", reason, checked_by=by))
             else:
-                found[node_name(n)] = UnsupportedNode(node_name(n), n.op_type, n.domain, reason, checked_by=by,
+                found[trt_node_name(n)] = UnsupportedNode(trt_node_name(n), n.op_type, n.domain, reason, checked_by=by,
                                                       output=n.output[0] if n.output else "")
         if current is None:
             if whole is not None:
@@ -146,12 +142,12 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *, f
             else:
                 current = onnx.ModelProto()
                 current.CopyFrom(model)
-        if not _cut(current, {node_name(n) for n, _ in fresh if n is not None}):
+        if not _cut(current, {trt_node_name(n) for n, _ in fresh if n is not None}):
             break
     for n, reason in _build_time_problems(model):
-        found.setdefault(node_name(n), UnsupportedNode(node_name(n), n.op_type, n.domain, reason, checked_by=by,
+        found.setdefault(trt_node_name(n), UnsupportedNode(trt_node_name(n), n.op_type, n.domain, reason, checked_by=by,
                                                        output=n.output[0] if n.output else ""))
-    order = {node_name(n): i for i, n in enumerate(model.graph.node)}
+    order = {trt_node_name(n): i for i, n in enumerate(model.graph.node)}
     return sorted(found.values(), key=lambda u: order.get(u.node, -1))
 
 
@@ -216,8 +212,8 @@ def _cut(model: onnx.ModelProto, names: set[str]) -> bool:
     except Exception:  # a model shape inference cannot read: parse what was found so far
         return False
     types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    keep = [n for n in model.graph.node if node_name(n) not in names]
-    cut_outputs = [o for n in model.graph.node if node_name(n) in names for o in n.output if o]
+    keep = [n for n in model.graph.node if trt_node_name(n) not in names]
+    cut_outputs = [o for n in model.graph.node if trt_node_name(n) in names for o in n.output if o]
     new_inputs = []
     for name in cut_outputs:
         vi = types.get(name)
@@ -246,7 +242,7 @@ def check_with_table(model: onnx.ModelProto, table: str = DEFAULT_TABLE) -> list
     for n in model.graph.node:
         reason = _table_reason(n, supported, unsupported, reasons, data, constants, used)
         if reason:
-            found.append(UnsupportedNode(node_name(n), n.op_type, n.domain, reason, checked_by=by,
+            found.append(UnsupportedNode(trt_node_name(n), n.op_type, n.domain, reason, checked_by=by,
                                          output=n.output[0] if n.output else ""))
     return found
 

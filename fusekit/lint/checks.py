@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from fusekit import profiles, registry
+from fusekit.builder.facts import trt_node_name, walk_nodes
 from fusekit.errors import FusekitError
 from fusekit.lint.rules import RULES, Severity
 from fusekit.model_io import PROTOBUF_LIMIT, LoadedModel, MappedValues, resolve_external_path
@@ -78,14 +79,6 @@ class Target:
                 key: str = "") -> LintFinding:
         rule = RULES[code]
         return LintFinding(code, rule.severity, message, self.name, node, op, key, rule.fixable)
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _nodes(sub)
 
 
 def _array(target: Target, t: onnx.TensorProto) -> np.ndarray | None:
@@ -192,7 +185,7 @@ def check_passes(t: Target) -> Iterator[LintFinding]:
     found = registry.discover()
     ctx = PassContext()
     seen: set[tuple[str, str]] = set()
-    named = {n.name for n in _nodes(t.proto.graph) if n.name}
+    named = {n.name for n in walk_nodes(t.proto.graph) if n.name}
     # nodes unnamed in the file got a name when loaded; say the one TensorRT will use
     shown = {n.name: f"node_of_{n.outputs[0].name}" for n in t.loaded.graph.nodes
              if n.name not in named and n.outputs}
@@ -246,11 +239,11 @@ def _initializers(t: Target):
     """(tensor, how to name it): initializers, and the values of Constant nodes."""
     for x in t.proto.graph.initializer:
         yield x, f"initializer {x.name!r}", x.name
-    for n in _nodes(t.proto.graph):
+    for n in walk_nodes(t.proto.graph):
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value" and a.HasField("t"):
-                    name = n.name or (f"node_of_{n.output[0]}" if n.output else "?")
+                    name = trt_node_name(n) or "?"
                     yield a.t, f"Constant {name}", name
 
 
@@ -290,7 +283,7 @@ def check_size(t: Target) -> Iterator[LintFinding]:
 
 def check_initializers(t: Target) -> Iterator[LintFinding]:
     """FK502: initializers no node (nor subgraph, nor graph output) reads."""
-    used = {i for n in _nodes(t.proto.graph) for i in n.input}
+    used = {i for n in walk_nodes(t.proto.graph) for i in n.input}
     used |= {o.name for o in t.proto.graph.output}
     for x in t.proto.graph.initializer:
         if x.name not in used:
@@ -299,7 +292,7 @@ def check_initializers(t: Target) -> Iterator[LintFinding]:
 
 def check_names(t: Target) -> Iterator[LintFinding]:
     """FK503 (duplicate node names, tensors produced twice) and FK504 (unnamed nodes)."""
-    nodes = list(_nodes(t.proto.graph))
+    nodes = list(walk_nodes(t.proto.graph))
     names = Counter(n.name for n in nodes if n.name)
     for name, count in names.items():
         if count > 1:
@@ -313,16 +306,16 @@ def check_names(t: Target) -> Iterator[LintFinding]:
             yield t.finding("FK503", f"tensor {name!r} is produced {count} times", name, key=f"tensor:{name}")
     for n in nodes:
         if not n.name:
-            label = f"node_of_{n.output[0]}" if n.output else "?"
+            label = trt_node_name(n) or "?"
             yield t.finding("FK504", f"unnamed {n.op_type} node (TensorRT calls it {label})", label,
                             n.op_type, key=label)
 
 
 def check_random(t: Target) -> Iterator[LintFinding]:
     """FK505: random ops."""
-    for n in _nodes(t.proto.graph):
+    for n in walk_nodes(t.proto.graph):
         if n.op_type in RANDOM_OPS and n.domain in ("", "ai.onnx"):
-            name = n.name or (f"node_of_{n.output[0]}" if n.output else "?")
+            name = trt_node_name(n) or "?"
             yield t.finding("FK505", f"{name} ({n.op_type}) is non-deterministic", name, n.op_type)
 
 
