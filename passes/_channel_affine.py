@@ -72,6 +72,23 @@ def constant_info(tensor: gs.Tensor | None) -> tuple[tuple[int, ...], np.dtype |
     return tuple(int(d) for d in const.shape), dtype
 
 
+def matrix_weight(tensor: gs.Tensor, missing: str) -> tuple[gs.Tensor, bool, tuple[int, ...]] | str:
+    """A MatMul's B operand as (stored constant, whether it is reached through a Transpose,
+    stored shape): a rank-2 constant ([K, N], False) or a Transpose (perm [1, 0]) of one
+    ([N, K], True); else why not (``missing`` if it is neither). Values are not read."""
+    info = constant_info(tensor)
+    if info is not None:
+        shape = info[0]
+        return (tensor, False, shape) if len(shape) == 2 else f"weight has rank {len(shape)}, not 2"
+    node = producer(tensor)
+    if node is not None and node.op == "Transpose":
+        info = constant_info(node.inputs[0])
+        perm = node.attrs.get("perm")
+        if info is not None and len(info[0]) == 2 and (perm is None or list(perm) == [1, 0]):
+            return node.inputs[0], True, info[0]
+    return missing
+
+
 def cast_once(exact: np.ndarray, dtype: np.dtype) -> np.ndarray | str:
     """``exact`` (float64) cast to ``dtype``, or why not: a finite value that overflows."""
     cast = np.asarray(exact).astype(dtype)

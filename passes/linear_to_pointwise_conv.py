@@ -48,6 +48,7 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import (constant_array, is_graph_io, live_consumers, make_constant, onnx_type, producer,
                                 remove, replace_uses, sole_use_problem)
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.passes._channel_affine import matrix_weight
 from fusekit.passes._fusion import node as new_node
 from fusekit.passes._fusion import variable
 from fusekit.passes.push_transposes import BROADCASTING, UNARY
@@ -59,26 +60,19 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 class _Linear:
-    """One matched Linear: its MatMul (and bias Add), input, output, weight [N, K] and bias [N]."""
+    """One matched Linear: its MatMul (and bias Add), input, output, stored weight (and
+    whether it is stored [N, K], behind a Transpose) and bias [N]."""
 
-    def __init__(self, matmul: gs.Node, add: gs.Node | None, weight_nk: np.ndarray, bias: np.ndarray | None):
-        self.matmul, self.add, self.weight_nk, self.bias = matmul, add, weight_nk, bias
+    def __init__(self, matmul: gs.Node, add: gs.Node | None, weight: gs.Tensor, transposed: bool,
+                 bias: np.ndarray | None):
+        self.matmul, self.add, self.weight, self.transposed, self.bias = matmul, add, weight, transposed, bias
         self.input = matmul.inputs[0]
         self.output = (add or matmul).outputs[0]
 
-
-def _weight_nk(tensor: gs.Tensor) -> np.ndarray | str:
-    """The weight as stored for a convolution, [N, K], or why it is not a usable weight."""
-    value = constant_array(tensor)
-    if value is not None:
-        return np.transpose(value) if np.ndim(value) == 2 else f"weight has rank {np.ndim(value)}, not 2"
-    node = producer(tensor)
-    if node is not None and node.op == "Transpose":
-        stored = constant_array(node.inputs[0])
-        perm = node.attrs.get("perm")
-        if stored is not None and np.ndim(stored) == 2 and (perm is None or list(perm) == [1, 0]):
-            return stored
-    return "weight is not a constant (or a Transpose of a rank-2 constant)"
+    def weight_nk(self) -> np.ndarray:
+        """The weight as stored for a convolution, [N, K] (read here, in the rewrite only)."""
+        value = constant_array(self.weight)
+        return value if self.transposed else np.transpose(value)
 
 
 def _linear(graph: gs.Graph, out: gs.Tensor) -> _Linear | str:
@@ -105,16 +99,17 @@ def _linear(graph: gs.Graph, out: gs.Tensor) -> _Linear | str:
         return f"MatMul input has rank {'unknown' if a.shape is None else len(a.shape)}, not 4"
     if onnx_type(a.dtype) not in FLOATS:
         return "element type is not float16 or float32"
-    weight = _weight_nk(matmul.inputs[1])
+    weight = matrix_weight(matmul.inputs[1], "weight is not a constant (or a Transpose of a rank-2 constant)")
     if isinstance(weight, str):
         return weight
-    n = weight.shape[0]
+    stored, transposed, stored_shape = weight
+    n = stored_shape[0 if transposed else 1]
     if bias is not None:
         shape = np.shape(bias)
         if len(shape) > 4 or any(d != 1 for d in shape[:-1]) or (shape and shape[-1] not in (1, n)):
             return f"bias of shape {list(shape)} varies along an axis other than the last"
-        bias = np.broadcast_to(np.ravel(bias), (n,)).astype(weight.dtype)
-    return _Linear(matmul, add, weight, bias)
+        bias = np.broadcast_to(np.ravel(bias), (n,))  # cast to the weight's type in the rewrite
+    return _Linear(matmul, add, stored, transposed, bias)
 
 
 def _channel_constant(value: np.ndarray) -> bool:
@@ -222,11 +217,13 @@ class LinearToPointwiseConvPass(NodeRewritePass):
         remove(node)
         for i, (linear, region) in enumerate(zip(chain, regions)):
             last = i == len(chain) - 1
+            weight_nk = linear.weight_nk()
             weight = make_constant(graph, f"{linear.matmul.name}_conv_weight",
-                                   np.reshape(linear.weight_nk, linear.weight_nk.shape + (1, 1)))
+                                   np.reshape(weight_nk, weight_nk.shape + (1, 1)))
             inputs = [link, weight]
             if linear.bias is not None:
-                inputs.append(make_constant(graph, f"{linear.matmul.name}_conv_bias", linear.bias))
+                inputs.append(make_constant(graph, f"{linear.matmul.name}_conv_bias",
+                                            linear.bias.astype(weight_nk.dtype)))
             out = final if last and not region else variable(graph, f"{linear.output.name}_nchw")
             out.dtype = linear.output.dtype
             graph.nodes.append(new_node(graph, "Conv", f"{linear.matmul.name}_conv", inputs, [out],

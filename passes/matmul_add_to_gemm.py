@@ -35,26 +35,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, live_consumers, onnx_type, producer, remove, sole_use_problem, type_name
+from fusekit.graph_edit import constant_array, live_consumers, onnx_type, remove, sole_use_problem, type_name
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.passes._channel_affine import matrix_weight
 
 FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
-
-
-def _weight(tensor: gs.Tensor) -> tuple[gs.Tensor, int] | Decline:
-    """(stored weight, transB) for the MatMul's B operand, or why it is not a usable weight."""
-    value = constant_array(tensor)
-    if value is not None:
-        if np.ndim(value) != 2:
-            return Decline(f"weight has rank {np.ndim(value)}, not 2")
-        return tensor, 0
-    node = producer(tensor)
-    if node is not None and node.op == "Transpose":
-        stored = constant_array(node.inputs[0])
-        perm = node.attrs.get("perm")
-        if stored is not None and np.ndim(stored) == 2 and (perm is None or list(perm) == [1, 0]):
-            return node.inputs[0], 1
-    return Decline("B is not a constant (or a Transpose of a rank-2 constant)")
 
 
 def _bias(add: gs.Node, product: gs.Tensor, m, n: int) -> gs.Tensor | Decline:
@@ -92,11 +77,12 @@ class MatMulAddToGemmPass(NodeRewritePass):
         if dtype not in allowed:
             return Decline("A's element type is unknown" if dtype is None
                            else f"element type {type_name(dtype)} is not one Gemm takes")
-        weight = _weight(node.inputs[1])
-        if isinstance(weight, Decline):
-            return weight
-        stored, trans_b = weight
-        n = int(np.shape(constant_array(stored))[0 if trans_b else 1])
+        weight = matrix_weight(node.inputs[1], "B is not a constant (or a Transpose of a rank-2 constant)")
+        if isinstance(weight, str):
+            return Decline(weight)
+        stored, transposed, shape = weight
+        trans_b = int(transposed)
+        n = shape[0 if trans_b else 1]
         readers = live_consumers(product)
         add = readers[0] if len(readers) == 1 and readers[0].op == "Add" else None
         problem = sole_use_problem(graph, product, readers[0]) if readers else "its result is unused"
