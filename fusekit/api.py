@@ -184,9 +184,7 @@ def _record_profiles(loaded: LoadedModel, given: list, dims: Mapping[str, int], 
               for t in loaded.graph.inputs]
     merged = profiles.merge(stored, given)
     resolution = profiles.resolve(inputs, merged)
-    for spec, why in resolution.unused:
-        if spec in given:
-            raise InputError(f"--dynamic {spec.target}={spec.range}: {why}")
+    profiles.reject_unused_given(resolution, given)
     dropped = {(spec.key, spec.axis) for spec, _ in resolution.unused}
     profiles.write_profiles(loaded.shell, [s for s in merged if (s.key, s.axis) not in dropped])
     warnings = note + [f"stored profile range {spec.target}={spec.range} dropped: {why}"

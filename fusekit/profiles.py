@@ -298,13 +298,18 @@ def dim_names(inputs: Sequence[tuple[str, Sequence[Dim] | None]]) -> list[str]:
     return list(seen)
 
 
+def reject_unused_given(resolution: Resolution, given: Sequence[RangeSpec]) -> None:
+    """Raise InputError if one of the ``given`` ranges (the user's own) applies nowhere."""
+    for spec, why in resolution.unused:
+        if spec in given:
+            raise InputError(f"--dynamic {spec.target}={spec.range}: {why}")
+
+
 def require_complete(resolution: Resolution, where: str, given: Sequence[RangeSpec] = ()) -> None:
     """Raise InputError if one of the ``given`` ranges (the user's own) applies nowhere,
     an input has unknown rank, or a dynamic dim has no range. Stored ranges that apply
     nowhere (e.g. the dim was fixed since) are left for the caller to warn about."""
-    for spec, why in resolution.unused:
-        if spec in given:
-            raise InputError(f"--dynamic {spec.target}={spec.range}: {why}")
+    reject_unused_given(resolution, given)
     if resolution.unknown_rank:
         raise InputError(f"{where}: input {resolution.unknown_rank[0]!r} has no shape (unknown rank); "
                          "TensorRT needs one: fix it with fusekit optimize --input-shape NAME:DxDxD")
