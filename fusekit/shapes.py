@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type
 
 from fusekit.errors import InputError
+from fusekit.profiles import dim_names
 from fusekit.model_io.load import _TYPES_KEY as _DECLARED_TYPES
 from fusekit.model_io import export_weightless
 
@@ -143,7 +144,7 @@ def apply_input_shapes(graph: gs.Graph, shapes: Mapping[str, Sequence[Dim]] | No
     declared = {name: None if t.shape is None else list(t.shape) for name, t in inputs.items()}
     dims = dict(dims or {})
     shapes = dict(shapes or {})
-    names = _dim_names(declared)
+    names = dim_names(list(declared.items()))
     for name, value in dims.items():
         if not isinstance(name, str) or name not in names:
             raise InputError(f"--dim {name}={value}: no input has a dim named {name!r} "
@@ -171,7 +172,7 @@ def _checked_shape(name: str, given: Sequence[Dim], old: list[Dim] | None, dims:
         raise InputError(f"input shape for {name!r}: expected a list of dims, got {given!r}")
     shape: list[Dim] = []
     for axis, d in enumerate(given):
-        if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1:
+        if _is_size(d):
             shape.append(int(d))
         elif d is None or (isinstance(d, str) and _NAME.fullmatch(d)):
             shape.append(d)
@@ -226,13 +227,11 @@ def _rename_elsewhere(graph: gs.Graph, renamed: Mapping[str, Dim]) -> None:
             tensor.shape = shape
 
 
-def _dim_names(declared: Mapping[str, list[Dim] | None]) -> list[str]:
-    seen: dict[str, None] = {}
-    for shape in declared.values():
-        for d in shape or []:
-            if isinstance(d, str):
-                seen.setdefault(d)
-    return list(seen)
+def _tensor_outputs(graph: gs.Graph) -> list[gs.Tensor]:
+    """The graph outputs that are tensors (not optional/sequence/map outputs, whose declared
+    types load keeps aside)."""
+    declared = graph.__dict__.get(_DECLARED_TYPES, {})
+    return [t for t in graph.outputs if t.name not in declared and getattr(t, "type", "tensor_type") == "tensor_type"]
 
 
 def _is_size(value) -> bool:
@@ -258,8 +257,7 @@ def complete_outputs(graph: gs.Graph, shell: onnx.ModelProto, where: str) -> Non
     ``onnx.checker`` refuses such outputs and TensorRT cannot bind them; an output
     inference cannot type either is an InputError naming it.
     """
-    declared = graph.__dict__.get(_DECLARED_TYPES, {})  # optional/sequence/map outputs: not tensors
-    tensors = [t for t in graph.outputs if t.name not in declared and getattr(t, "type", "tensor_type") == "tensor_type"]
+    tensors = _tensor_outputs(graph)
     if all(t.dtype is not None and t.shape is not None for t in tensors):
         return
     annotate_shapes(graph, shell)
@@ -306,10 +304,8 @@ def tensorrt_shape_problems(graph: gs.Graph) -> list[str]:
                 meaning = "an empty dim TensorRT builds as fixed" if d == 0 else "not an ONNX size"
                 problems.append(f"input {t.name!r} axis {axis} is declared {d} ({meaning}); if it varies, "
                                 f"name it: --input-shape {t.name}:{_fmt(_named(t.shape, axis))}")
-    declared = graph.__dict__.get(_DECLARED_TYPES, {})
-    for t in graph.outputs:
-        if t.name not in declared and getattr(t, "type", "tensor_type") == "tensor_type" and (
-                t.dtype is None or t.shape is None):
+    for t in _tensor_outputs(graph):
+        if t.dtype is None or t.shape is None:
             problems.append(f"output {t.name!r} has unknown {'type' if t.dtype is None else 'rank'}")
     origin = _data_origins(graph)
     for node in graph.nodes:
