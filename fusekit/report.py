@@ -6,9 +6,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.manager import PassStats
+from fusekit.model_io.values import values_nbytes
 from fusekit.pass_infra import Finding, TraceEvent
 from fusekit.verify import VerifyResult
 
@@ -22,13 +22,8 @@ class ModelSummary:
     @classmethod
     def of(cls, graph: gs.Graph) -> "ModelSummary":
         ops = Counter(n.op for n in graph.nodes)
-        weights = sum(_nbytes(t) for t in graph.tensors().values() if isinstance(t, gs.Constant))
+        weights = sum(values_nbytes(t._values) for t in graph.tensors().values() if isinstance(t, gs.Constant))
         return cls(len(graph.nodes), dict(sorted(ops.items())), weights)
-
-
-def _nbytes(t: gs.Constant) -> int:
-    values = t._values
-    return int(values.nbytes) if isinstance(values, LazyValues) or hasattr(values, "nbytes") else 0
 
 
 @dataclass

@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.model_io.load import _MODEL_FIELDS_GS_DROPS, _TYPES_KEY, _inline_file_slices
-from fusekit.model_io.values import WEIGHTLESS_INLINE_MAX_BYTES, FileSliceValues, _StubValues
+from fusekit.model_io.values import WEIGHTLESS_INLINE_MAX_BYTES, FileSliceValues, _StubValues, values_nbytes
 
 
 def _graphs(graph: gs.Graph, functions: bool = True):
@@ -146,7 +146,7 @@ def _export_stubbed(graph: gs.Graph, shell: onnx.ModelProto) -> tuple[onnx.Model
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and tensor._values is not None:
             values = tensor._values
-            if _values_nbytes(values) > WEIGHTLESS_INLINE_MAX_BYTES:
+            if values_nbytes(values) > WEIGHTLESS_INLINE_MAX_BYTES:
                 swapped.append((tensor, values))
                 tensor._values = _StubValues(values, tensor.name)
     try:
@@ -157,5 +157,3 @@ def _export_stubbed(graph: gs.Graph, shell: onnx.ModelProto) -> tuple[onnx.Model
     return model, {tensor.name: tensor for tensor, _ in swapped}
 
 
-def _values_nbytes(values: LazyValues | np.ndarray) -> int:
-    return values.nbytes if isinstance(values, (LazyValues, np.ndarray)) else 0

@@ -121,6 +121,11 @@ class _CopyOnUseValues(LazyValues):
         return np.array(onnx.numpy_helper.to_array(self._own if self._own is not None else self._source))
 
 
+def values_nbytes(values) -> int:
+    """Bytes of a constant's values (lazy or an array), from their metadata: nothing is read."""
+    return int(values.nbytes) if isinstance(values, LazyValues) or hasattr(values, "nbytes") else 0
+
+
 def plain_array(tensor: gs.Constant) -> np.ndarray | None:
     """The constant's values as a C-contiguous array when they are written as their own
     bytes (a numeric NumPy array that onnx-graphsurgeon exports as it is), else None."""
