@@ -69,10 +69,11 @@ def session(model: onnx.ModelProto | str | os.PathLike):
     opts.log_severity_level = 3
     if not isinstance(model, onnx.ModelProto):
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    from fusekit.model_io import PROTOBUF_LIMIT, save_model
+
     external = any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
-    if not external and model.ByteSize() < 2**31 - 1:
+    if not external and model.ByteSize() < PROTOBUF_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    from fusekit.model_io import save_model
 
     # onnxruntime reads external data only relative to a model file: write one.
     with tempfile.TemporaryDirectory(prefix="fusekit-verify-") as tmp:
