@@ -25,6 +25,7 @@ from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, pri
                                 print_engine_info, print_engine_layers, print_passes, print_report, print_trace)
 from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
                             PassError, TensorRTError)
+from fusekit.manager import pipeline_key
 from fusekit.model_io import atomic_write
 from fusekit.shapes import parse_dims, parse_shape
 from fusekit.verify import Tolerance
@@ -134,7 +135,7 @@ def list_passes(
 ) -> None:
     """List the passes found through entry points, in pipeline order."""
     found = registry.discover()
-    infos = sorted(found.passes.values(), key=lambda i: (i.cls.stage, i.cls.priority, i.name))
+    infos = sorted(found.passes.values(), key=lambda i: pipeline_key(i.cls))
     if as_json:
         print(json.dumps([{"name": i.name, "stage": i.cls.stage.name.lower(), "priority": i.cls.priority,
                            "default": i.cls.enabled_by_default, "package": i.package,

@@ -46,8 +46,13 @@ class PipelineResult:
     events: list[TraceEvent] = field(default_factory=list)
 
 
+def pipeline_key(p: Pass | type[Pass]) -> tuple:
+    """Where a pass (or pass class) runs: by stage, priority, then name; never discovery order."""
+    return p.stage, p.priority, p.name
+
+
 def sort_pipeline(passes: Sequence[Pass]) -> list[Pass]:
-    return sorted(passes, key=lambda p: (p.stage, p.priority, p.name))
+    return sorted(passes, key=pipeline_key)
 
 
 class PassManager:
