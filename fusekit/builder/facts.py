@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import onnx
+
+from fusekit.builder import sidecar
 
 
 @dataclass
@@ -47,11 +48,6 @@ def trt_node_name(node: onnx.NodeProto) -> str:
 
 
 def _sha256_of(source: Path | onnx.ModelProto) -> str:
-    digest = hashlib.sha256()
     if isinstance(source, onnx.ModelProto):
-        digest.update(source.SerializeToString())
-        return digest.hexdigest()
-    with open(source, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sidecar.sha256(source.SerializeToString())
+    return sidecar.file_sha256(source)
