@@ -125,7 +125,8 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     report.warnings.extend(_record_profiles(loaded, ranges, dims or {}, name, bool(input_shapes or dims)))
     result = Optimized(loaded, report)
     if verify:
-        report.verify = compare(loaded.path or source, result.to_proto(), tolerance)
+        with tempfile.TemporaryDirectory(prefix="fusekit-verify-") as folder:  # streamed, not built in memory
+            report.verify = compare(loaded.path or source, result.save(Path(folder) / "optimized.onnx")[0], tolerance)
         if not report.verify.ok:
             failures = report.verify.failures() or list(report.verify.skipped.values())
             raise VerificationError(f"{name}: optimized model does not match the original: "

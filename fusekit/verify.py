@@ -119,7 +119,8 @@ def has_dynamic_dims(sess) -> bool:
     return any(not (isinstance(d, int) and d > 0) for inp in sess.get_inputs() for d in inp.shape)
 
 
-def compare(original: onnx.ModelProto | str | os.PathLike, optimized: onnx.ModelProto, tolerance: Tolerance = Tolerance(),
+def compare(original: onnx.ModelProto | str | os.PathLike, optimized: onnx.ModelProto | str | os.PathLike,
+            tolerance: Tolerance = Tolerance(),
             dim_values: tuple[int, ...] = DEFAULT_DIM_VALUES) -> VerifyResult:
     """Run both models on the same generated inputs and compare every output."""
     result = VerifyResult()
