@@ -39,7 +39,7 @@ class DecomposeBatchNormPass(NodeRewritePass):
         affine = batchnorm_affine(graph, node)
         if isinstance(affine, Decline):
             return affine
-        folded = FoldBatchNormPass().check(graph, node, ctx)
+        folded = FoldBatchNormPass().fold(graph, node, affine)
         if isinstance(folded, Match):
             return Decline(f"fold-batchnorm removes it: {folded.message}")
         x, y = node.inputs[0], node.outputs[0]

@@ -92,6 +92,11 @@ class FoldBatchNormPass(NodeRewritePass):
         affine = batchnorm_affine(graph, node)
         if isinstance(affine, Decline):
             return affine
+        return self.fold(graph, node, affine)
+
+    def fold(self, graph: gs.Graph, node: gs.Node, affine: tuple[np.ndarray, np.ndarray]) -> Verdict:
+        """The check once ``affine`` (:func:`batchnorm_affine`'s (s, t)) is known; also used by
+        decompose-batchnorm, which has computed it already."""
         before = self._into_producer(graph, node, affine)
         if isinstance(before, Match):
             return before
