@@ -54,6 +54,12 @@ class UnsupportedNode:
     checked_by: str = ""  # "tensorrt_rtx 1.7.1 parser" or "table tensorrt-10.15"
     output: str = ""  # the node's first output (identifies unnamed nodes)
 
+    @classmethod
+    def of(cls, node: onnx.NodeProto, reason: str, checked_by: str) -> "UnsupportedNode":
+        """``node`` rejected for ``reason`` by ``checked_by``."""
+        return cls(trt_node_name(node), node.op_type, node.domain, reason, checked_by=checked_by,
+                   output=node.output[0] if node.output else "")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -134,8 +140,7 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *, f
             if n is None:
                 found.setdefault(f"<model>{reason}", UnsupportedNode("", "", "", reason, checked_by=by))
             else:
-                found[trt_node_name(n)] = UnsupportedNode(trt_node_name(n), n.op_type, n.domain, reason, checked_by=by,
-                                                      output=n.output[0] if n.output else "")
+                found[trt_node_name(n)] = UnsupportedNode.of(n, reason, by)
         if current is None:
             if whole is not None:
                 current = whole()
@@ -145,8 +150,7 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *, f
         if not _cut(current, {trt_node_name(n) for n, _ in fresh if n is not None}):
             break
     for n, reason in _build_time_problems(model):
-        found.setdefault(trt_node_name(n), UnsupportedNode(trt_node_name(n), n.op_type, n.domain, reason, checked_by=by,
-                                                       output=n.output[0] if n.output else ""))
+        found.setdefault(trt_node_name(n), UnsupportedNode.of(n, reason, by))
     order = {trt_node_name(n): i for i, n in enumerate(model.graph.node)}
     return sorted(found.values(), key=lambda u: order.get(u.node, -1))
 
@@ -165,10 +169,16 @@ def _build_time_problems(model: onnx.ModelProto):
     constants = _constants(model)
     for n in model.graph.node:
         if n.op_type == "TopK" and n.domain in _DEFAULT_DOMAINS and len(n.input) > 1 and n.input[1] in constants:
-            k = int(np.asarray(numpy_helper.to_array(constants[n.input[1]])).ravel()[0])
-            if k >= _TOPK_LIMIT:
+            k = _topk_k_over_limit(constants[n.input[1]])
+            if k is not None:
                 yield n, (f"K = {k}: the parser accepts it, but the engine build fails (K must be less than "
                           f"{_TOPK_LIMIT})")
+
+
+def _topk_k_over_limit(k: onnx.TensorProto) -> int | None:
+    """TopK's constant K when the builder rejects it (K >= ``_TOPK_LIMIT``), else None."""
+    value = int(np.asarray(numpy_helper.to_array(k)).ravel()[0])
+    return value if value >= _TOPK_LIMIT else None
 
 
 def _parse_errors(model: onnx.ModelProto, backend, file: Path | None = None
@@ -242,8 +252,7 @@ def check_with_table(model: onnx.ModelProto, table: str = DEFAULT_TABLE) -> list
     for n in model.graph.node:
         reason = _table_reason(n, supported, unsupported, reasons, data, constants, used)
         if reason:
-            found.append(UnsupportedNode(trt_node_name(n), n.op_type, n.domain, reason, checked_by=by,
-                                         output=n.output[0] if n.output else ""))
+            found.append(UnsupportedNode.of(n, reason, by))
     return found
 
 
@@ -265,7 +274,7 @@ def _table_reason(n, supported, unsupported, reasons, data, constants, used) -> 
         k = constants.get(n.input[1])
         if k is None:
             return "K must be a build-time constant"
-        if int(np.asarray(numpy_helper.to_array(k)).ravel()[0]) >= _TOPK_LIMIT:
+        if _topk_k_over_limit(k) is not None:
             return f"K must be less than {_TOPK_LIMIT}"
     return None
 
