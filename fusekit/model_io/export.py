@@ -37,18 +37,22 @@ def _gs_can_export(tensor: gs.Tensor) -> bool:
     return isinstance(dtype, (np.dtype, type))
 
 
-def _export(graph: gs.Graph) -> onnx.ModelProto:
-    """``gs.export_onnx`` without its side effects, and with the types it cannot write.
+def _export(graph: gs.Graph) -> tuple[onnx.ModelProto, set[str]]:
+    """``gs.export_onnx`` without its side effects, and with the types it cannot write;
+    and the files the top graph's memory-mapped own initializers (FileSliceValues) are in.
 
     onnx-graphsurgeon writes the name of a lazily loaded constant into its source
     ``TensorProto`` (the caller's model when a ``ModelProto`` was loaded): names are
     put back (unnamed ones already read a private copy, see :func:`_complete_import`). Values of optional, map or sequence type are exported untyped, then given
     their declared types back.
     """
-    hidden, names = [], []
+    hidden, names, own = [], [], set()
     for g in _graphs(graph):
         declared = g.__dict__.get(_TYPES_KEY, {})
         tensors = list(g.tensors().values())
+        if g is graph:
+            own = {str(t._values.path) for t in tensors
+                   if isinstance(t, gs.Constant) and isinstance(t._values, FileSliceValues)}
         for node in g.nodes:
             tensors.extend(v for v in node.attrs.values() if isinstance(v, gs.Constant))
         for tensor in tensors:
@@ -71,7 +75,7 @@ def _export(graph: gs.Graph) -> onnx.ModelProto:
             else:
                 proto.name = name
     _restore_types(graph, model.graph)
-    return model
+    return model, own
 
 
 def _restore_types(graph: gs.Graph, proto: onnx.GraphProto) -> None:
@@ -99,9 +103,7 @@ def to_model_proto(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProto:
 
     Initializers memory-mapped from the input model file are written inline, as they were.
     """
-    model = _export(graph)
-    own = {str(t._values.path) for t in graph.tensors().values()
-           if isinstance(t, gs.Constant) and isinstance(t._values, FileSliceValues)}
+    model, own = _export(graph)
     if own:
         _inline_file_slices(model.graph.initializer, own)
     for field in _MODEL_FIELDS_GS_DROPS:
