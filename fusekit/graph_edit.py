@@ -39,6 +39,13 @@ def constant_array(tensor: gs.Tensor | None) -> np.ndarray | None:
     return None
 
 
+def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
+    """Input ``index`` if the node has it (an empty name means absent)."""
+    if len(node.inputs) > index and node.inputs[index].name:
+        return node.inputs[index]
+    return None
+
+
 def is_constant(tensor: gs.Tensor | None) -> bool:
     if isinstance(tensor, gs.Constant):
         return True

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, fresh_name, make_constant, onnx_type, producer
+from fusekit.graph_edit import constant_array, fresh_name, make_constant, onnx_type, optional_input, producer
 from fusekit.pass_infra import Decline
 
 FLOAT_TYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
@@ -130,13 +130,6 @@ def constant_values(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
     """A constant's values: the float64 ones it was cast from if kept, else as stored."""
     exact = exact_value(graph, tensor)
     return exact if exact is not None else constant_array(tensor)
-
-
-def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
-    """Input ``index`` if the node has it (an empty name means absent)."""
-    if len(node.inputs) > index and node.inputs[index].name:
-        return node.inputs[index]
-    return None
 
 
 def channel_vector(const: np.ndarray, layout: tuple[int | None, int], channels: int) -> np.ndarray | Decline:

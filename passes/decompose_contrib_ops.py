@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import live_consumers, make_constant, replace_uses
+from fusekit.graph_edit import live_consumers, make_constant, optional_input, replace_uses
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._fusion import float_type, node, np_dtype, opset_raise_blocker, raise_opset, variable
 
@@ -59,10 +59,6 @@ class _Emit:
         return out
 
 
-def _given(n: gs.Node, i: int) -> gs.Tensor | None:
-    return n.inputs[i] if len(n.inputs) > i and n.inputs[i].name else None
-
-
 def _used(graph: gs.Graph, t: gs.Tensor) -> bool:
     return bool(t.name) and (bool(live_consumers(t)) or any(o is t for o in graph.outputs))
 
@@ -75,7 +71,7 @@ def _unused_outputs(graph: gs.Graph, n: gs.Node, first: int) -> str | None:
 
 
 def _biased(e: _Emit, n: gs.Node) -> gs.Tensor:
-    bias = _given(n, 1)
+    bias = optional_input(n, 1)
     return n.inputs[0] if bias is None else e.op("Add", n.inputs[0], bias)
 
 
@@ -103,10 +99,10 @@ def _quick_gelu(e: _Emit, n: gs.Node) -> list[gs.Tensor]:
 
 def _skip_layer_norm(e: _Emit, n: gs.Node) -> list[gs.Tensor]:
     s = e.op("Add", n.inputs[0], n.inputs[1])
-    bias = _given(n, 4)
+    bias = optional_input(n, 4)
     if bias is not None:
         s = e.op("Add", s, bias)
-    inputs = [s, n.inputs[2]] + ([n.inputs[3]] if _given(n, 3) is not None else [])
+    inputs = [s, n.inputs[2]] + ([n.inputs[3]] if optional_input(n, 3) is not None else [])
     raise_opset(e.graph, LAYER_NORM_OPSET)
     y = e.op("LayerNormalization", *inputs, axis=-1, epsilon=float(n.attrs.get("epsilon", 1e-12)))
     outs = [y]
@@ -118,7 +114,7 @@ def _skip_layer_norm(e: _Emit, n: gs.Node) -> list[gs.Tensor]:
 def _fused_conv(e: _Emit, n: gs.Node) -> list[gs.Tensor]:
     attrs = {k: n.attrs[k] for k in _CONV_ATTRS if k in n.attrs}
     y = e.op("Conv", *[t for t in n.inputs[:3] if t.name], **attrs)
-    z = _given(n, 3)
+    z = optional_input(n, 3)
     if z is not None:
         y = e.op("Add", y, z)
     act = n.attrs["activation"]
@@ -157,7 +153,7 @@ def _check_fused_conv(graph: gs.Graph, n: gs.Node) -> str | None:
 _Rule = tuple[Callable[[_Emit, gs.Node], list], Callable[[gs.Graph, gs.Node], str | None], str]
 RULES: dict[str, _Rule] = {
     "Gelu": (_gelu, lambda g, n: None, "erf GELU"),
-    "BiasGelu": (_gelu, lambda g, n: None if _given(n, 1) is not None else "bias is missing", "Add + erf GELU"),
+    "BiasGelu": (_gelu, lambda g, n: None if optional_input(n, 1) is not None else "bias is missing", "Add + erf GELU"),
     "FastGelu": (_fast_gelu, lambda g, n: None, "tanh GELU"),
     "QuickGelu": (_quick_gelu, lambda g, n: None, "x * Sigmoid(alpha * x)"),
     "SkipLayerNormalization": (_skip_layer_norm, _check_skip_layer_norm, "Add + LayerNormalization"),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, make_constant
+from fusekit.graph_edit import constant_array, make_constant, optional_input
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._fusion import float_type, node, np_dtype, replace_pattern, variable
 
@@ -56,7 +56,7 @@ class DecomposeDftPass(NodeRewritePass):
             return Decline("the signal length is not static")
         if n > MAX_LENGTH:
             return Decline(f"signal length {n} is above {MAX_LENGTH} (the basis would be too large)")
-        length = dft.inputs[1] if len(dft.inputs) > 1 and dft.inputs[1].name else None
+        length = optional_input(dft, 1)
         if length is not None:
             value = constant_array(length)
             if value is None or int(np.asarray(value).ravel()[0]) != int(n):

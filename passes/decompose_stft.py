@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, make_constant
+from fusekit.graph_edit import constant_array, make_constant, optional_input
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._fusion import float_type, node, np_dtype, replace_pattern, variable
 from fusekit.passes.decompose_dft import MAX_LENGTH, dft_basis
@@ -56,7 +56,7 @@ class DecomposeStftPass(NodeRewritePass):
             return Decline("frame_step is not a constant (tensorrt_rtx rejects a computed frame_step)")
         if step < 1:
             return Decline(f"frame_step {step} is not positive")
-        window = _input(stft, 2)
+        window = optional_input(stft, 2)
         window_value = None
         if window is not None:
             window_value = constant_array(window)
@@ -66,7 +66,7 @@ class DecomposeStftPass(NodeRewritePass):
             if window_value.ndim != 1:
                 return Decline("the window is not 1-D")
         frame_length = _input_scalar(stft, 3)
-        if _input(stft, 3) is not None and frame_length is None:
+        if optional_input(stft, 3) is not None and frame_length is None:
             return Decline("frame_length is not a constant")
         if window_value is not None:
             if frame_length is not None and frame_length != window_value.shape[0]:
@@ -127,12 +127,8 @@ class DecomposeStftPass(NodeRewritePass):
         replace_pattern(graph, [stft], out, nodes, result)
 
 
-def _input(stft: gs.Node, i: int) -> gs.Tensor | None:
-    return stft.inputs[i] if len(stft.inputs) > i and stft.inputs[i].name else None
-
-
 def _input_scalar(stft: gs.Node, i: int) -> int | None:
-    tensor = _input(stft, i)
+    tensor = optional_input(stft, i)
     if tensor is None:
         return None
     value = constant_array(tensor)

@@ -37,10 +37,11 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, is_graph_io, live_consumers, producer, remove, replace_uses
+from fusekit.graph_edit import (constant_array, is_graph_io, live_consumers, optional_input, producer, remove,
+                                replace_uses)
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._channel_affine import (DEFAULT_DOMAINS, Folded, LinearOp, cast_once, constant_values,
-                                            linear_op, optional_input, place)
+                                            linear_op, place)
 
 log = logging.getLogger(__name__)
 
