@@ -106,9 +106,16 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _resident_bytes() -> int:
-    """This process's resident memory (0 where /proc is missing: never over budget)."""
+    """This process's resident memory (0 where /proc is missing: never over budget). Passes
+    ask after every rewrite, so /proc/self/statm stays open (reopened in a forked child,
+    whose /proc/self is another file)."""
+    global _statm
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
+        if _statm is None or _statm[0] != os.getpid():
+            _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+        return int(os.pread(_statm[1], 128, 0).split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+_statm: tuple[int, int] | None = None  # (pid, fd of /proc/self/statm)
