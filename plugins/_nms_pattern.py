@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from fusekit.graph_edit import constant_array
+
 AXES_OPS = frozenset({"Unsqueeze", "Squeeze"})
 
 
@@ -27,10 +29,9 @@ def const(t) -> np.ndarray | None:
     """The value of a constant tensor (initializer or Constant node output), else None."""
     if isinstance(t, np.ndarray):
         return t
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
-    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and "value" in t.inputs[0].attrs:
-        return np.asarray(t.inputs[0].attrs["value"].values)
+    if isinstance(t, gs.Constant) or len(t.inputs) == 1:  # one producer: a Constant node's value
+        v = constant_array(t)
+        return None if v is None else np.asarray(v)
     return None
 
 
@@ -143,7 +144,7 @@ def _operands(node: gs.Node) -> tuple[dict, list]:
 def _attr(op: str, attrs: dict, key: str):
     if key in attrs:
         v = attrs[key]
-        return np.asarray(v.values) if isinstance(v, gs.Constant) else v
+        return np.asarray(constant_array(v)) if isinstance(v, gs.Constant) else v
     try:
         default = onnx.defs.get_schema(op).attributes[key].default_value
     except Exception:
