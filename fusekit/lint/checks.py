@@ -20,6 +20,7 @@ import onnx
 from fusekit import profiles, registry
 from fusekit.builder.facts import trt_node_name, walk_nodes
 from fusekit.errors import FusekitError
+from fusekit.graph_edit import NONDETERMINISTIC_OPS
 from fusekit.lint.rules import RULES, Severity
 from fusekit.model_io import PROTOBUF_LIMIT, LoadedModel, MappedValues, resolve_external_path
 from fusekit.pass_infra import PassContext
@@ -29,8 +30,7 @@ log = logging.getLogger(__name__)
 INT32 = np.iinfo(np.int32)
 INT64_SENTINELS = {np.iinfo(np.int64).max, np.iinfo(np.int64).min}  # "to the end" in Slice
 FP16_MAX = 65504.0
-RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                        "Multinomial", "Bernoulli"})
+RANDOM_OPS = NONDETERMINISTIC_OPS - {"Dropout"}  # FK505 leaves Dropout alone (random only when training)
 QDQ_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 INLINE_LIMIT = PROTOBUF_LIMIT  # tests lower it
 
@@ -299,8 +299,8 @@ def check_names(t: Target) -> Iterator[LintFinding]:
             yield t.finding("FK503", f"{count} nodes are named {name!r}", name, key=f"node:{name}")
     produced = Counter(o for n in t.proto.graph.node for o in n.output if o)
     produced.update(i.name for i in t.proto.graph.input)
-    produced.update(x.name for x in t.proto.graph.initializer
-                    if x.name not in {i.name for i in t.proto.graph.input})
+    inputs = {i.name for i in t.proto.graph.input}
+    produced.update(x.name for x in t.proto.graph.initializer if x.name not in inputs)
     for name, count in produced.items():
         if count > 1:
             yield t.finding("FK503", f"tensor {name!r} is produced {count} times", name, key=f"tensor:{name}")
