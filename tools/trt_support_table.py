@@ -65,8 +65,9 @@ def parse_operators_md(text: str) -> dict:
     return {"version": header.group(1), "opset": [int(header.group(2)), int(header.group(3))], "ops": ops}
 
 
-def make_table(text: str, version: str | None, source: str) -> dict:
-    parsed = parse_operators_md(text)
+def make_table(text: str, version: str | None, source: str, parsed: dict | None = None) -> dict:
+    """The support table of ``text``; ``parsed``: its :func:`parse_operators_md`, if already made."""
+    parsed = parse_operators_md(text) if parsed is None else parsed
     ops = parsed["ops"]
     return {
         "backend": "tensorrt",
@@ -101,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         text = args.file.read_text()
         source = f"onnx/onnx-tensorrt docs/operators.md ({args.file.name}); made by tools/trt_support_table.py"
-    table = make_table(text, args.version, source)
-    parsed_version = parse_operators_md(text)["version"]
+    parsed = parse_operators_md(text)
+    table = make_table(text, args.version, source, parsed)
+    parsed_version = parsed["version"]
     if args.version and args.version != parsed_version:
         table["source"] += f"; the document's header says TensorRT {parsed_version}"
     args.output.write_text(json.dumps(table, indent=1) + "\n")
