@@ -22,21 +22,28 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
 
 
+def constant_of(tensor: gs.Tensor | None) -> gs.Constant | None:
+    """The ``gs.Constant`` holding a constant tensor's values: the tensor itself (an
+    initializer) or the ``value`` of the ``Constant`` node computing it; else None."""
+    if isinstance(tensor, gs.Constant):
+        return tensor
+    node = producer(tensor) if tensor is not None else None
+    if node is not None and node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
+        return node.attrs["value"]
+    return None
+
+
 def constant_array(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of a constant tensor (initializer or ``Constant`` node output), else None.
 
     Lazy (file-backed) values are read without being cached on the tensor, so reading a
     weight does not make the exporter copy it later.
     """
-    if tensor is None:
+    const = constant_of(tensor)
+    if const is None:
         return None
-    if isinstance(tensor, gs.Constant):
-        values = tensor._values
-        return values.load() if isinstance(values, LazyValues) else values
-    node = producer(tensor)
-    if node is not None and node.op == "Constant" and "value" in node.attrs:
-        return constant_array(node.attrs["value"])
-    return None
+    values = const._values
+    return values.load() if isinstance(values, LazyValues) else values
 
 
 def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
@@ -47,10 +54,7 @@ def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
 
 
 def is_constant(tensor: gs.Tensor | None) -> bool:
-    if isinstance(tensor, gs.Constant):
-        return True
-    node = producer(tensor) if tensor is not None else None
-    return node is not None and node.op == "Constant" and "value" in node.attrs
+    return constant_of(tensor) is not None
 
 
 def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:

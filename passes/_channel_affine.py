@@ -29,7 +29,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, fresh_name, make_constant, onnx_type, optional_input, producer
+from fusekit.graph_edit import (constant_array, constant_of, fresh_name, make_constant, onnx_type, optional_input,
+                                producer)
 from fusekit.pass_infra import Decline
 
 FLOAT_TYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
@@ -56,14 +57,9 @@ def place(values: np.ndarray, weight_shape: tuple[int, ...], axis: int, groups: 
 def constant_info(tensor: gs.Tensor | None) -> tuple[tuple[int, ...], np.dtype | None] | None:
     """(shape, NumPy dtype or None) of a constant tensor without reading its values; None if
     not constant. Checks stay cheap on large weights: values are read only to rewrite."""
-    if tensor is None:
+    const = constant_of(tensor)
+    if const is None:
         return None
-    const = tensor
-    if not isinstance(tensor, gs.Constant):
-        node = producer(tensor)
-        if node is None or node.op != "Constant" or not isinstance(node.attrs.get("value"), gs.Constant):
-            return None
-        const = node.attrs["value"]
     enum = onnx_type(const.dtype)
     try:
         dtype = None if enum is None else np.dtype(onnx.helper.tensor_dtype_to_np_dtype(enum))

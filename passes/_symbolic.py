@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, is_constant
+from fusekit.graph_edit import constant_array, constant_of, is_constant
 
 MAX_ELEMENTS = 64  # TensorRT caps shape tensors at 64 elements
 FRESH = "?"  # prefix of the names of unknown dims: never written to the model
@@ -490,9 +490,7 @@ def broadcast_dim(dims: Sequence[Expr]) -> Expr | None:
 
 
 def _constant_shape(tensor: gs.Tensor) -> tuple[int, ...]:
-    if isinstance(tensor, gs.Constant):
-        return tuple(tensor.shape)
-    return tuple(tensor.inputs[0].attrs["value"].shape)
+    return tuple(constant_of(tensor).shape)
 
 
 _TERM = re.compile(r"([+-]?)([^+-]+)")

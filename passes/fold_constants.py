@@ -36,7 +36,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from fusekit.graph_edit import NONDETERMINISTIC_OPS, constant_array, fresh_name, is_constant, itemsize
+from fusekit.graph_edit import NONDETERMINISTIC_OPS, constant_array, constant_of, fresh_name, is_constant, itemsize
 from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
 
 log = logging.getLogger(__name__)
@@ -254,12 +254,8 @@ def _detach(graph: gs.Graph, node: gs.Node, tensor: gs.Tensor) -> None:
 
 def constant_nbytes(tensor: gs.Tensor) -> int:
     """Bytes of a constant's values, from its metadata: a weight is not read to size it."""
-    if isinstance(tensor, gs.Constant):
-        return int(tensor._values.nbytes)
-    node = tensor.inputs[0] if tensor.inputs else None
-    if node is not None and node.op == "Constant" and "value" in node.attrs:
-        return constant_nbytes(node.attrs["value"])
-    return 0
+    const = constant_of(tensor)
+    return 0 if const is None else int(const._values.nbytes)
 
 
 def _predicted_nbytes(node: gs.Node) -> int | None:
