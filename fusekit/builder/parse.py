@@ -34,6 +34,30 @@ class ParseProblem:
 _UNSUPPORTED_CODES = {"UNSUPPORTED_NODE", "UNSUPPORTED_GRAPH"}
 
 
+@dataclass(frozen=True)
+class ParserError:
+    """One error as TensorRT's ONNX parser reports it, read out of the parser (each caller
+    words its own message from it)."""
+
+    index: int  # the node's index in the graph (out of range: not about one node)
+    node: str  # the node's name ("" when none)
+    operator: str  # its op type ("" when none)
+    func: str  # the parser function that failed
+    code: str  # the ErrorCode name, e.g. UNSUPPORTED_NODE
+    desc: str  # the description, cleaned (:func:`_clean`)
+
+
+def parser_errors(parser) -> list[ParserError]:
+    """Every error ``parser`` (a ``trt.OnnxParser`` after a parse) reports, in order."""
+    errors = []
+    for i in range(parser.num_errors):
+        error = parser.get_error(i)
+        code = error.code()
+        errors.append(ParserError(error.node(), error.node_name(), error.node_operator(), error.func(),
+                                  getattr(code, "name", str(code)), _clean(error.desc())))
+    return errors
+
+
 def parse(backend, builder, trt_logger, path: Path, domains: dict[str, str] | None = None):
     """Parse the ONNX file at ``path`` into a new network; return ``(network, parser)``.
 
@@ -45,7 +69,7 @@ def parse(backend, builder, trt_logger, path: Path, domains: dict[str, str] | No
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, trt_logger)
     ok = parser.parse_from_file(str(path))
-    problems = [_problem(parser.get_error(i), domains or {}) for i in range(parser.num_errors)]
+    problems = [_problem(error, domains or {}) for error in parser_errors(parser)]
     if not ok or problems:
         problems = list(dict.fromkeys(problems)) or [ParseProblem(None, None, "the parser failed without "
                                                                   "saying why", "UNKNOWN", False)]
@@ -56,20 +80,20 @@ def parse(backend, builder, trt_logger, path: Path, domains: dict[str, str] | No
     return network, parser
 
 
-def _problem(error, domains: dict[str, str]) -> ParseProblem:
-    code = getattr(error.code(), "name", str(error.code()))
-    node = error.node_name() or None
-    op = error.node_operator() or None
+def _problem(error: ParserError, domains: dict[str, str]) -> ParseProblem:
+    code = error.code
+    node = error.node or None
+    op = error.operator or None
     domain = domains.get(node or "", "")
     if op and domain not in ("", "ai.onnx"):
         op = f"{domain}.{op}"
-    desc = _clean(error.desc())
+    desc = error.desc
     plugin_missing = "Plugin not found" in desc
     if plugin_missing:
         reason = (f"no TensorRT importer or plugin creator for this op ({desc.rstrip('?')}); the parser "
                   "looks custom-domain and unknown ops up as plugins")
     elif desc in ("", "false"):
-        reason = f"not supported by this parser ({error.func()} rejected it)"
+        reason = f"not supported by this parser ({error.func} rejected it)"
     else:
         reason = desc
     return ParseProblem(node, op, reason, code, code in _UNSUPPORTED_CODES or plugin_missing)

@@ -31,7 +31,7 @@ import onnx.shape_inference
 from onnx import numpy_helper
 
 from fusekit.builder.facts import trt_node_name
-from fusekit.builder.parse import _clean
+from fusekit.builder.parse import parser_errors
 from fusekit.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -198,17 +198,15 @@ def _parse_errors(model: onnx.ModelProto, backend, file: Path | None = None
             parser.parse_from_file(str(path))
     nodes = list(model.graph.node)
     errors = []
-    for i in range(parser.num_errors):
-        error = parser.get_error(i)
-        index = error.node()
-        desc = _clean(error.desc())
+    for error in parser_errors(parser):
+        index, desc = error.index, error.desc
         if "Plugin not found" in desc:
-            reason = (f"no TensorRT importer: the parser looked {error.node_operator()!r} up as a plugin and no "
-                      f"creator of that name is registered ({error.func()})")
+            reason = (f"no TensorRT importer: the parser looked {error.operator!r} up as a plugin and no "
+                      f"creator of that name is registered ({error.func})")
         elif desc in ("", "false"):
-            reason = f"{error.func()} rejects it"
+            reason = f"{error.func} rejects it"
         else:
-            reason = f"{error.func()}: {desc}"
+            reason = f"{error.func}: {desc}"
         errors.append((nodes[index] if 0 <= index < len(nodes) else None, reason))
     del parser, network, builder
     return errors
