@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import bypass, can_replace, constant_array, make_constant, producer, remove, sole_use_problem
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.passes.merge_transposes import resolve_perm
 
 UNARY = frozenset({
     "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "Ceil", "Celu", "Cos", "Cosh", "Elu",
@@ -33,14 +34,6 @@ UNARY = frozenset({
 })
 BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Min", "Max", "PRelu"})
 MAX_CHAIN = 16
-
-
-def _perm(node: gs.Node) -> list[int] | None:
-    perm = node.attrs.get("perm")
-    if perm is not None:
-        return [int(p) for p in perm]
-    shape = node.inputs[0].shape
-    return None if shape is None else list(reversed(range(len(shape))))
 
 
 def _operand_problem(node: gs.Node, link: gs.Tensor, rank: int) -> str | None:
@@ -104,11 +97,11 @@ class PushTransposesPass(NodeRewritePass):
         first = source
         if not chain:
             return Decline("input is a Transpose directly (merge-transposes merges those)")
-        p, q = _perm(first), _perm(node)
+        p, q = resolve_perm(first, None), resolve_perm(node, None)
         if p is None and q is not None:
-            p = list(reversed(range(len(q))))
+            p = resolve_perm(first, len(q))
         if q is None and p is not None:
-            q = list(reversed(range(len(p))))
+            q = resolve_perm(node, len(p))
         if p is None or q is None:
             return Decline("a Transpose has no perm and the rank is unknown")
         middle = first.outputs[0]
