@@ -65,21 +65,20 @@ class FoldConstantsPass(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> int:
         weights = weight_values(graph)
-        region, _, largest = self._region(graph, ctx, weights)
+        cap = _max_bytes(ctx)
+        region, _, largest = self._region(graph, cap, weights)
         if not region:
             return 0
-        cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
         folded = 0
         outputs = {id(t) for t in graph.outputs}
         touched: dict[int, gs.Node] = {}
         for nodes in batches(region, BATCH_INPUT_BYTES, weights):
-            frontier = self._frontier(graph, nodes)
+            frontier = self._frontier(nodes, outputs)
             values = evaluate(graph, nodes, frontier)
             for tensor in frontier:
                 value = values.get(tensor.name)
                 node = tensor.inputs[0]
-                if value is None or (value.nbytes > cap and value.nbytes > largest[id(node)]
-                                     and id(tensor) not in weights):
+                if value is None or _over_cap(value.nbytes, cap, largest[id(node)], id(tensor) in weights):
                     continue
                 if replace_with_constant(graph, tensor, value, outputs):
                     touched.setdefault(id(node), node)
@@ -90,18 +89,17 @@ class FoldConstantsPass(Pass):
         return folded
 
     def inspect(self, graph: gs.Graph, ctx: PassContext):
-        region, declined, _ = self._region(graph, ctx, weight_values(graph))
+        region, declined, _ = self._region(graph, _max_bytes(ctx), weight_values(graph))
         for node in region:
             if node.op != "Constant":
                 yield self.finding(node, Match("fold into a constant"))
         for node, reason in declined:
             yield self.finding(node, Decline(reason))
 
-    def _region(self, graph: gs.Graph, ctx: PassContext, weights: set[int]):
+    def _region(self, graph: gs.Graph, cap: int, weights: set[int]):
         """Nodes computable from constants alone (in order), (node, reason) refusals, and
         for each region node (by id) the bytes of the largest constant it is computed from.
-        ``weights``: ids of the tensors read only as weights (exempt from the cap)."""
-        cap = ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
+        ``weights``: ids of the tensors read only as weights (exempt from the ``cap``)."""
         source_bytes: dict[int, int] = {}  # region tensor -> largest constant it comes from
         region, declined, largest = [], [], {}
         for node in graph.nodes:
@@ -138,14 +136,14 @@ class FoldConstantsPass(Pass):
             size = _predicted_nbytes(node)
             if size is None:
                 return f"{node.op} output size is unknown"
-            if size > cap and size > largest_input and not weight:
+            if _over_cap(size, cap, largest_input, weight):
                 return f"result would be {size} bytes (over fold_max_bytes={cap}) and is not only read as a weight"
         return None
 
     @staticmethod
-    def _frontier(graph: gs.Graph, region: list[gs.Node]) -> list[gs.Tensor]:
+    def _frontier(region: list[gs.Node], outputs: set[int]) -> list[gs.Tensor]:
+        """The region's results read outside it (``outputs``: ids of the graph outputs)."""
         in_region = {id(n) for n in region}
-        outputs = {id(t) for t in graph.outputs}
         frontier = []
         for node in region:
             for t in node.outputs:
@@ -153,6 +151,16 @@ class FoldConstantsPass(Pass):
                     if not (node.op == "Constant" and id(t) in outputs):
                         frontier.append(t)
         return frontier
+
+
+def _max_bytes(ctx: PassContext) -> int:
+    return ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
+
+
+def _over_cap(size: int, cap: int, largest_input: int, weight: bool) -> bool:
+    """Whether a folded value of ``size`` bytes is refused: over ``cap``, larger than the
+    largest constant it is computed from, and not only read as a weight."""
+    return size > cap and size > largest_input and not weight
 
 
 # Constant inputs evaluated together, at most (one larger independent part goes alone):
