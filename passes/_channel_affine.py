@@ -32,9 +32,9 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import (constant_array, constant_of, fresh_name, make_constant, onnx_type, optional_input,
                                 producer)
 from fusekit.pass_infra import Decline
+from fusekit.passes._fusion import is_default_domain
 
 FLOAT_TYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
-DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 
 
 def place(values: np.ndarray, weight_shape: tuple[int, ...], axis: int, groups: int = 1) -> np.ndarray:
@@ -330,6 +330,6 @@ VARIANTS: dict[str, type[LinearOp]] = {"Conv": LinearOp, "ConvTranspose": ConvTr
 
 def linear_op(graph: gs.Graph, node: gs.Node | None) -> LinearOp | None:
     """The node as a :class:`LinearOp` if it is one of the variants (default domain)."""
-    if node is None or node.op not in VARIANTS or (node.domain or "") not in DEFAULT_DOMAINS:
+    if node is None or node.op not in VARIANTS or not is_default_domain(node):
         return None
     return VARIANTS[node.op](graph, node)

@@ -34,6 +34,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, constant_of, is_constant
+from fusekit.passes._fusion import is_default_domain
 
 MAX_ELEMENTS = 64  # TensorRT caps shape tensors at 64 elements
 FRESH = "?"  # prefix of the names of unknown dims: never written to the model
@@ -380,7 +381,7 @@ class Analysis:
         return [d if d is not None or not fill else self._fresh_dim() for d in dims]
 
     def _visit(self, node: gs.Node) -> None:
-        supported = (node.domain or "") in ("", "ai.onnx") and not any(isinstance(v, gs.Graph) for v in node.attrs.values())
+        supported = is_default_domain(node) and not any(isinstance(v, gs.Graph) for v in node.attrs.values())
         own_shapes: list = []
         own_values: list = []
         if supported:

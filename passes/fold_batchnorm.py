@@ -40,8 +40,8 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import (constant_array, is_graph_io, live_consumers, optional_input, producer, remove,
                                 replace_uses)
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import (DEFAULT_DOMAINS, Folded, LinearOp, cast_once, constant_values,
-                                            linear_op, place)
+from fusekit.passes._channel_affine import Folded, LinearOp, cast_once, constant_values, linear_op, place
+from fusekit.passes._fusion import is_default_domain
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class FoldBatchNormPass(NodeRewritePass):
         y = node.outputs[0]
         readers = live_consumers(y)
         if is_graph_io(graph, y) or len(readers) != 1 or readers[0].op != "Conv" \
-                or (readers[0].domain or "") not in DEFAULT_DOMAINS:
+                or not is_default_domain(readers[0]):
             return Decline("its output is not read by exactly one Conv")
         conv = readers[0]
         where = f"Conv {conv.name!r}"

@@ -38,6 +38,7 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from fusekit.graph_edit import NONDETERMINISTIC_OPS, constant_array, constant_of, fresh_name, is_constant, itemsize
 from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
+from fusekit.passes._fusion import is_default_domain
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class FoldConstantsPass(Pass):
 
     @staticmethod
     def _why_not(node: gs.Node, cap: int, largest_input: int, weight: bool) -> str | None:
-        if (node.domain or "") not in ("", "ai.onnx"):
+        if not is_default_domain(node):
             return f"op of domain {node.domain!r} is not evaluated"
         if node.op in NONDETERMINISTIC_OPS:
             return f"{node.op} is nondeterministic"
@@ -183,7 +184,7 @@ def weight_values(graph: gs.Graph) -> set[int]:
 
 
 def _reads_as_weight(consumer: gs.Node, tensor: gs.Tensor, weights: set[int]) -> bool:
-    if (consumer.domain or "") not in ("", "ai.onnx"):
+    if not is_default_domain(consumer):
         return False
     slots = [i for i, t in enumerate(consumer.inputs) if t is tensor]
     if consumer.op in LAYOUT_OPS:

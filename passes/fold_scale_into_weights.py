@@ -40,8 +40,9 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, fresh_name, is_graph_io, live_consumers, producer, remove, replace_uses
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import (DEFAULT_DOMAINS, FLOAT_TYPES, LinearOp, MatMulOp, cast_once,
-                                            channel_vector, exact_constant, exact_value, linear_op)
+from fusekit.passes._channel_affine import (FLOAT_TYPES, LinearOp, MatMulOp, cast_once, channel_vector,
+                                            exact_constant, exact_value, linear_op)
+from fusekit.passes._fusion import is_default_domain
 
 Verdict = Match | Decline
 SCALES, SHIFTS = frozenset({"Mul", "Div"}), frozenset({"Add", "Sub"})
@@ -71,7 +72,7 @@ class Affine:
 
 def as_affine(graph: gs.Graph, node: gs.Node) -> Affine | Decline:
     """The node as an :class:`Affine` link, or why it is not one."""
-    if node.op not in SCALES | SHIFTS or (node.domain or "") not in DEFAULT_DOMAINS or len(node.inputs) != 2:
+    if node.op not in SCALES | SHIFTS or not is_default_domain(node) or len(node.inputs) != 2:
         return Decline(f"{node.op} is not a Mul/Add/Sub/Div of the default domain")
     values = [constant_array(t) for t in node.inputs]
     if all(v is not None for v in values):

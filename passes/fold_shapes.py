@@ -34,6 +34,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import bypass, is_constant, make_constant
 from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
+from fusekit.passes._fusion import is_default_domain
 from fusekit.passes._symbolic import Analysis, Expr
 from fusekit.passes.fold_constants import record_folded, replace_with_constant
 
@@ -106,7 +107,7 @@ class FoldShapesPass(Pass):
                 if id(t) in constant and (id(t) in outputs or any(
                         not all(id(o) in constant for o in c.outputs) for c in t.outputs)):
                     plan.folds.append((t, analysis.values[id(t)].array()))
-            if (node.domain or "") not in ("", "ai.onnx"):
+            if not is_default_domain(node):
                 continue
             if node.op == "Reshape":
                 self._reshape(node, analysis, constant, plan)

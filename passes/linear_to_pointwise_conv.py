@@ -50,13 +50,12 @@ from fusekit.graph_edit import (constant_array, is_graph_io, live_consumers, mak
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._channel_affine import matrix_weight
 from fusekit.passes._fusion import node as new_node
-from fusekit.passes._fusion import variable
+from fusekit.passes._fusion import is_default_domain, variable
 from fusekit.passes.push_transposes import BROADCASTING, UNARY
 
 TO_NCHW = [0, 3, 1, 2]
 FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT}  # no float64 Conv in onnxruntime or TensorRT
 MAX_REGION = 32
-DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 class _Linear:
@@ -78,7 +77,7 @@ class _Linear:
 def _linear(graph: gs.Graph, out: gs.Tensor) -> _Linear | str:
     """The Linear computing ``out`` on a rank-4 float tensor, or why there is none."""
     node = producer(out)
-    if node is None or (node.domain or "") not in DEFAULT_DOMAINS or node.op not in ("Add", "MatMul"):
+    if node is None or not is_default_domain(node) or node.op not in ("Add", "MatMul"):
         return f"input comes from {'a graph input or constant' if node is None else node.op}, not a Linear"
     add, bias = None, None
     if node.op == "Add":
@@ -126,7 +125,7 @@ def _to_nchw(value: np.ndarray) -> np.ndarray:
 def _pointwise(node: gs.Node | None) -> bool:
     """Whether ``node`` computes each element from the same position only (constants being
     one-element or per channel) and is not a Linear's bias Add (which ends a region)."""
-    if node is None or (node.domain or "") not in DEFAULT_DOMAINS or node.op not in UNARY | BROADCASTING | {"Clip"}:
+    if node is None or not is_default_domain(node) or node.op not in UNARY | BROADCASTING | {"Clip"}:
         return False
     if node.op == "Add" and any(producer(t) is not None and producer(t).op == "MatMul" for t in node.inputs):
         return False
