@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from fusekit.pass_infra import Match, PassContext
+from fusekit.passes.matmul_add_to_gemm import MatMulAddToGemmPass
 from tests.helpers import parse
 from tests.rewrite_checks import check_pass, dims, verdicts
 
@@ -142,3 +146,28 @@ def test_shared_transposed_weight_stays_shared():
                   " wt = Transpose<perm = [1, 0]>(w)\n [m1] y = MatMul(x, wt)\n a = Relu(x)\n [m2] z = MatMul(a, wt)\n}")
     optimized = check_pass(model, PASS, expect={"Gemm": 2, "Transpose": 0})
     assert [t.name for t in optimized.graph.initializer] == ["w"]
+
+
+def test_check_reads_the_weight_shape_not_its_values(monkeypatch):
+    """A file-backed weight is not loaded by ``check`` (only its shape is needed there)."""
+    def refuse(self):
+        raise AssertionError("check loaded a weight")
+
+    for layout in ("plain", "transposed"):
+        shape = (3, 4) if layout == "plain" else (4, 3)
+        w = gs.Constant("w", LazyValues(onnx.numpy_helper.from_array(np.ones(shape, np.float32), "w")))
+        a = gs.Variable("a", np.float32, ["M", 3])
+        b = gs.Constant("b", np.ones(4, np.float32))
+        p, y = gs.Variable("p", np.float32), gs.Variable("y", np.float32)
+        nodes = []
+        if layout == "transposed":
+            wt = gs.Variable("wt", np.float32)
+            nodes.append(gs.Node("Transpose", inputs=[w], outputs=[wt], attrs={"perm": [1, 0]}))
+            w = wt
+        matmul = gs.Node("MatMul", inputs=[a, w], outputs=[p])
+        nodes += [matmul, gs.Node("Add", inputs=[p, b], outputs=[y])]
+        graph = gs.Graph(nodes=nodes, inputs=[a], outputs=[y], opset=17)
+        with monkeypatch.context() as m:
+            m.setattr(LazyValues, "load", refuse)
+            verdict = MatMulAddToGemmPass().check(graph, matmul, PassContext())
+        assert isinstance(verdict, Match), verdict
