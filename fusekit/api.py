@@ -303,35 +303,34 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     complete_outputs(loaded.graph, loaded.shell, name)
     check_graph(loaded.graph, loaded.shell, f"{name}: invalid model")
     with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
-        path = Path(folder) / "model.onnx"
-        found = _unsupported(loaded, path, table)
-        if not found:
-            return []
-        offers = _offers(path, found, name, table, passes)
+        found = _unsupported(loaded, Path(folder), table)
+    if not found:
+        return []
+    offers = _offers(model, found, name, table, passes)
     return [replace(u, substitution=offers.get(u.node)) for u in found]
 
 
-def _unsupported(loaded: LoadedModel, path: Path, table: str | None):
-    """What TensorRT rejects in ``loaded``, parsed from ``path`` where it is written first
-    (weights streamed from where they live); the whole model is built in memory only when
-    a rejected node must be cut out to parse the rest. Every node is named, as the report
-    names them."""
+def _unsupported(loaded: LoadedModel, folder: Path, table: str | None):
+    """What TensorRT rejects in ``loaded``. The parser reads it from a file in ``folder``,
+    written when the parser is asked (weights streamed from where they live; the support
+    table needs none); the whole model is built in memory only when a rejected node must
+    be cut out to parse the rest. Every node is named, as the report names them."""
     from fusekit.builder import support
 
-    save_graph(loaded.graph, loaded.shell, path)
-    found, _ = support.check(export_weightless(loaded.graph, loaded.shell), table, file=path,
+    found, _ = support.check(export_weightless(loaded.graph, loaded.shell), table,
+                             write=lambda: save_graph(loaded.graph, loaded.shell, folder / "model.onnx")[0],
                              whole=lambda: to_model_proto(loaded.graph, loaded.shell))
     return found
 
 
-def _offers(path: Path, found, name: str, table: str | None,
+def _offers(model: ModelSource, found, name: str, table: str | None,
             passes: Iterable[str] | None) -> dict[str, str]:
     """Node name -> what the optimize pipeline does about that unsupported node."""
     infos = registry.discover().passes
     try:
-        result = run(path, passes=passes, plugins=_ALL_PLUGINS)
+        result = run(model, passes=passes, plugins=_ALL_PLUGINS)
         with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
-            after = _unsupported(result.loaded, Path(folder) / "model.onnx", table)
+            after = _unsupported(result.loaded, Path(folder), table)
     except PassError as exc:
         log.warning("%s: the substitutions could not be worked out: %s", name, exc)
         return {}

@@ -114,7 +114,8 @@ def supported_opsets() -> tuple[tuple[int, int], str]:
     return (low, high), name
 
 
-def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *, file: Path | None = None,
+def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *,
+                      write: Callable[[], Path] | None = None,
                       whole: Callable[[], onnx.ModelProto] | None = None) -> list[UnsupportedNode]:
     """Every node the real parser of ``backend`` rejects, with the parser's reason.
 
@@ -124,15 +125,19 @@ def check_with_parser(model: onnx.ModelProto, backend, max_rounds: int = 8, *, f
     inputs, typed by shape inference) and the rest is parsed again, until no new node is
     rejected or the cut leaves nothing to parse.
 
-    ``file``: ``model`` as already written (then ``model`` may be weightless: its nodes name
-    what the parser rejects), parsed first; ``whole``: the model with its weights, made
-    only when a node is rejected and must be cut out (default: a copy of ``model``).
+    ``write``: writes ``model`` with its weights and returns the file, parsed first (then
+    ``model`` may be weightless: its nodes name what the parser rejects); ``whole``: the
+    model with its weights, made only when a node is rejected and must be cut out
+    (default: a copy of ``model``).
     """
     by = f"{backend.describe()} parser"
     current = None  # the whole model, made before the first cut: a model that parses is never copied
     found: dict[str, UnsupportedNode] = {}
     for _ in range(max_rounds):
-        errors = _parse_errors(model, backend, file) if current is None else _parse_errors(current, backend)
+        if current is None:
+            errors = _parse_errors(model, backend, write() if write is not None else None)
+        else:
+            errors = _parse_errors(current, backend)
         fresh = [(n, reason) for n, reason in errors if n is None or trt_node_name(n) not in found]
         if not fresh:
             break
@@ -277,15 +282,15 @@ def _table_reason(n, supported, unsupported, reasons, data, constants, used) -> 
     return None
 
 
-def check(model: onnx.ModelProto, table: str | None = None, *, file: Path | None = None,
+def check(model: onnx.ModelProto, table: str | None = None, *, write: Callable[[], Path] | None = None,
           whole: Callable[[], onnx.ModelProto] | None = None) -> tuple[list[UnsupportedNode], str]:
     """Unsupported nodes, and what said so: the installed parser, else (or when ``table``
     is given) the support table ``table`` (default: the newest TensorRT release shipped).
-    ``file`` / ``whole``: see :func:`check_with_parser`."""
+    ``write`` / ``whole``: see :func:`check_with_parser` (the table needs neither)."""
     from fusekit.builder import backend as backends
 
     found = backends.installed() if table is None else None
     if found is not None:
-        return check_with_parser(model, found, file=file, whole=whole), f"{found.describe()} parser"
+        return check_with_parser(model, found, write=write, whole=whole), f"{found.describe()} parser"
     name = table or DEFAULT_TABLE
     return check_with_table(model, name), f"table {name}"
