@@ -1,7 +1,7 @@
 """Fold shape computations: what the shapes fix becomes a constant, the rest stays dynamic.
 
 Exporters compute shapes at runtime: ``Shape -> Gather -> Unsqueeze -> Concat ->
-Reshape``. With the symbolic analysis of ``passes/_symbolic.py`` (each dim an
+Reshape``. With the symbolic analysis of ``passes/_shapes/`` (each dim an
 expression over the named dims), this pass rewrites:
 
 - every small integer tensor whose value is the same for all input sizes becomes a
@@ -35,7 +35,8 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import bypass, is_constant, make_constant
 from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
 from fusekit.passes._fusion import is_default_domain
-from fusekit.passes._symbolic import Analysis, Expr
+from fusekit.passes._shapes.analysis import Analysis
+from fusekit.passes._shapes.expr import Expr
 from fusekit.passes.fold_constants import record_folded, replace_with_constant
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Write the shapes symbolic analysis finds onto the graph: one dim, one name, everywhere.
 
 Rewrites no node. After ``infer-shapes`` (ONNX shape inference), it completes and
-corrects the shapes stored on tensors with what the analysis of ``passes/_symbolic.py``
+corrects the shapes stored on tensors with what the analysis of ``passes/_shapes/``
 computes through shape arithmetic:
 
 - a dim ONNX inference could only name (``unk__0``) gets its real name wherever it
@@ -27,7 +27,7 @@ import re
 import onnx_graphsurgeon as gs
 
 from fusekit.pass_infra import Pass, PassContext, Stage
-from fusekit.passes._symbolic import Analysis
+from fusekit.passes._shapes.analysis import Analysis
 
 _MADE_UP = re.compile(r"unk__\d+")  # names ONNX shape inference invents
 

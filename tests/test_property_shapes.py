@@ -25,7 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fusekit.api import optimize
 from fusekit.model_io import load_model
-from fusekit.passes._symbolic import Analysis, Expr
+from fusekit.passes._shapes.analysis import Analysis
+from fusekit.passes._shapes.expr import Expr
 from fusekit.shapes import annotate_shapes
 from tests.helpers import run_ort
 

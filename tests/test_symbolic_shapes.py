@@ -1,6 +1,6 @@
 """symbolic-shapes: one name per dim across the graph; nothing frozen; no node touched.
 
-Also the algebra underneath (passes/_symbolic.py): polynomials over named dims with
+Also the algebra underneath (passes/_shapes/expr.py): polynomials over named dims with
 ONNX's integer semantics (Div truncates, Mod takes the divisor's sign).
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fusekit.passes._symbolic import Expr, compare, maximum, minimum, parse_dim
+from fusekit.passes._shapes.expr import Expr, compare, maximum, minimum, parse_dim_param
 from tests.helpers import assert_same_outputs, inspect_pass, op_counts, optimize_with, parse
 
 PASSES = ["infer-shapes", "symbolic-shapes"]
@@ -55,12 +55,12 @@ def test_order_is_decided_only_when_it_holds_for_every_size():
 
 @pytest.mark.parametrize("text", ["batch", "4*batch*seq", "seq+1", "2*a*b-3*c+4", "batch-1"])
 def test_names_read_back_as_written(text):
-    assert parse_dim(text).render() == text
+    assert parse_dim_param(text).render() == text
 
 
 @pytest.mark.parametrize("text", ["floor(seq/2)", "a**b", "unk__3", "N"])
 def test_other_names_stay_names(text):
-    assert parse_dim(text) == Expr.atom(text)
+    assert parse_dim_param(text) == Expr.atom(text)
 
 
 # -- the pass ---------------------------------------------------------------------------
