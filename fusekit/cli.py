@@ -27,6 +27,7 @@ from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, In
                             PassError, TensorRTError)
 from fusekit.manager import pipeline_key
 from fusekit.model_io import atomic_write
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.shapes import parse_dims, parse_shape
 from fusekit.verify import Tolerance
 from typer.exceptions import TyperException
@@ -165,7 +166,7 @@ def check_trt_cmd(
         out.print(f"{model}: {len(found)} node{'s' if len(found) > 1 else ''} TensorRT cannot parse "
                   f"(checked by the {found[0].checked_by}):", soft_wrap=True, highlight=False)
         for u in found:
-            op = u.op if u.domain in ("", "ai.onnx") else f"{u.domain}.{u.op}"
+            op = u.op if is_default_domain(u) else f"{u.domain}.{u.op}"
             out.print(f"  {u.node} ({op}): {u.reason}", soft_wrap=True, markup=False, highlight=False)
             out.print(f"    substitution: {u.substitution or 'none (no rewrite or plugin in fusekit)'}",
                       soft_wrap=True, markup=False, highlight=False)

@@ -31,10 +31,10 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import (constant_array, constant_of, fresh_name, make_constant, onnx_type, optional_input,
                                 producer)
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline
-from fusekit.passes._fusion import is_default_domain
 
-FLOAT_TYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 
 
 def place(values: np.ndarray, weight_shape: tuple[int, ...], axis: int, groups: int = 1) -> np.ndarray:
@@ -180,7 +180,7 @@ class LinearOp:
         """Why the weights cannot absorb a per-channel scale and shift, or None."""
         if self.weight_shape is None:
             return "its weights are not constant"
-        if self.weight_dtype not in FLOAT_TYPES:
+        if self.weight_dtype not in FLOAT_DTYPES:
             return f"its weights are {self.weight_dtype}, not float16/float32/float64"
         return self.shape_problem() or self.bias_problem()
 

@@ -35,7 +35,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, is_graph_io, live_consumers, make_constant
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import node, replace_pattern, variable
+from fusekit.passes._pattern import node, replace_pattern, variable
 
 AXES_AS_INPUT_OPSET = 18  # ReduceMean's axes are an input from opset 18, an attribute before
 TO_CHANNELS_LAST = [0, 2, 3, 1]

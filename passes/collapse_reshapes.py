@@ -27,6 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, make_constant, producer, remove, sole_use_problem
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 
 RESHAPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
@@ -65,7 +66,7 @@ class CollapseReshapesPass(NodeRewritePass):
     def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Match | Decline:
         middle = node.inputs[0]
         inner = producer(middle)
-        if inner is None or inner.op not in RESHAPING or (inner.domain or "") not in self.domains:
+        if inner is None or inner.op not in RESHAPING or not is_default_domain(inner):
             return Decline("input is not produced by a Reshape, Flatten, Squeeze or Unsqueeze")
         problem = sole_use_problem(graph, middle, node)
         if problem:

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, make_constant
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import float_type, node, np_dtype, replace_pattern, variable
+from fusekit.passes._pattern import float_type, node, np_dtype, replace_pattern, variable
 
 
 def base_grid(h: int, w: int, align_corners: bool, dtype) -> np.ndarray:

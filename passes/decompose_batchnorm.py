@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import fresh_name, onnx_type, remove, replace_uses, type_name
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import FLOAT_TYPES, cast_once, exact_constant
+from fusekit.passes._channel_affine import FLOAT_DTYPES, cast_once, exact_constant
 from fusekit.passes.fold_batchnorm import FoldBatchNormPass, batchnorm_affine
 
 Verdict = Match | Decline
@@ -55,7 +55,7 @@ class DecomposeBatchNormPass(NodeRewritePass):
         if elem is None:
             return Decline("its input type is unknown")
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
-        if dtype not in FLOAT_TYPES:
+        if dtype not in FLOAT_DTYPES:
             return Decline(f"its input is {type_name(elem)}, not float16/float32/float64")
         for label, value in zip(("scale", "shift"), affine):
             if isinstance(problem := cast_once(value, dtype), str):

@@ -39,7 +39,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, make_constant
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import float_type, node, np_dtype, replace_pattern, variable
+from fusekit.passes._pattern import float_type, node, np_dtype, replace_pattern, variable
 
 
 def block_filter(channels: int, kh: int, kw: int, dtype, dilations=(1, 1)) -> np.ndarray:

@@ -30,7 +30,8 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import live_consumers, make_constant, optional_input, replace_uses
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import float_type, node, np_dtype, opset_raise_blocker, raise_opset, variable
+from fusekit.passes._opset import opset_raise_blocker, raise_opset
+from fusekit.passes._pattern import float_type, node, np_dtype, variable
 
 Verdict = Match | Decline
 SQRT_2 = math.sqrt(2.0)

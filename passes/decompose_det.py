@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import make_constant
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import float_type, node, replace_pattern, variable
+from fusekit.passes._pattern import float_type, node, replace_pattern, variable
 
 MAX_SIZE = 3
 

@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, make_constant, optional_input
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import float_type, node, np_dtype, replace_pattern, variable
+from fusekit.passes._pattern import float_type, node, np_dtype, replace_pattern, variable
 
 MAX_LENGTH = 4096  # basis matrices of n x n floats: 64 MiB at most
 

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import make_constant, static_shape
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import node, np_dtype, replace_pattern, variable
+from fusekit.passes._pattern import node, np_dtype, replace_pattern, variable
 
 
 class DecomposeMaxUnpoolPass(NodeRewritePass):

@@ -39,9 +39,9 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import (constant_array, is_graph_io, live_consumers, optional_input, producer, remove,
                                 replace_uses)
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._channel_affine import Folded, LinearOp, cast_once, constant_values, linear_op, place
-from fusekit.passes._fusion import is_default_domain
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from fusekit.graph_edit import NONDETERMINISTIC_OPS, constant_array, constant_of, fresh_name, is_constant, itemsize
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
-from fusekit.passes._fusion import is_default_domain
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, fresh_name, is_graph_io, live_consumers, producer, remove, replace_uses
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import (FLOAT_TYPES, LinearOp, MatMulOp, cast_once, channel_vector,
+from fusekit.passes._channel_affine import (FLOAT_DTYPES, LinearOp, MatMulOp, cast_once, channel_vector,
                                             exact_constant, exact_value, linear_op)
-from fusekit.passes._fusion import is_default_domain
 
 Verdict = Match | Decline
 SCALES, SHIFTS = frozenset({"Mul", "Div"}), frozenset({"Add", "Sub"})
@@ -83,7 +83,7 @@ def as_affine(graph: gs.Graph, node: gs.Node) -> Affine | Decline:
         return Decline(f"the constant is the first operand of {node.op}")
     index = 0 if values[0] is not None else 1
     stored = np.asarray(values[index])
-    if stored.dtype not in FLOAT_TYPES:
+    if stored.dtype not in FLOAT_DTYPES:
         return Decline(f"the constant is {stored.dtype}, not float16/float32/float64")
     if node.op == "Div" and not np.all(stored != 0):
         return Decline("it divides by a constant holding a zero")

@@ -33,8 +33,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import bypass, is_constant, make_constant
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
-from fusekit.passes._fusion import is_default_domain
 from fusekit.passes._shapes.analysis import Analysis
 from fusekit.passes._shapes.expr import Expr
 from fusekit.passes.fold_constants import record_folded, replace_with_constant

@@ -58,9 +58,9 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import is_graph_io, make_constant, onnx_type, type_name
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import (close, constant_operand, consumer, escaping, float_type, node, np_dtype,
-                                    only_consumer, op_of, other_input, rank_of, replace_pattern, scale_of, scalar,
-                                    variable)
+from fusekit.passes._pattern import (close, constant_operand, consumer, escaping, float_type, node, np_dtype,
+                                     only_consumer, op_of, other_input, rank_of, replace_pattern, scalar_operand,
+                                     scale_of, variable)
 
 Verdict = Match | Decline
 HARDSWISH_OPSET, MISH_OPSET = 14, 18
@@ -80,7 +80,7 @@ def _clip_bounds(graph: gs.Graph, clip: gs.Node, rank) -> tuple[float, float] | 
         if len(clip.inputs) <= i or not clip.inputs[i].name:
             bounds.append(default)
             continue
-        value = scalar(clip.inputs[i], rank)
+        value = scalar_operand(clip.inputs[i], rank)
         if value is None:
             return "Clip bounds are not scalar constants"
         bounds.append(value)

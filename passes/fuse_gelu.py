@@ -44,8 +44,8 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import make_constant, onnx_type, type_name
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import (close, constant_operand, consumer, escaping, float_type, node, np_dtype,
-                                    op_of, other_input, rank_of, replace_pattern, scale_of, scalar, variable)
+from fusekit.passes._pattern import (close, constant_operand, consumer, escaping, float_type, node, np_dtype, op_of,
+                                     other_input, rank_of, replace_pattern, scalar_operand, scale_of, variable)
 
 GELU_OPSET = 20
 SQRT_2 = math.sqrt(2.0)
@@ -83,7 +83,7 @@ def _erf_inner(erf: gs.Node, rank, dtype) -> _Gelu | str:
 def _cube(p: gs.Tensor, x: gs.Tensor, rank) -> list | None:
     power = op_of(p, "Pow")
     if power is not None:
-        exponent = scalar(power.inputs[1], rank, kinds="fiu")
+        exponent = scalar_operand(power.inputs[1], rank, kinds="fiu")
         return [power] if power.inputs[0] is x and exponent == 3.0 else None
     outer = op_of(p, "Mul")
     if outer is None:

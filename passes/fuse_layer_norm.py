@@ -19,7 +19,7 @@ default-domain opset to 17 (and its IR version to 8, the first to carry opset 17
 only when no other node changes meaning between the two opsets: every op of the graph
 (subgraphs included) is checked with ``onnx.defs``, and only version changes that add
 types or add an attribute whose default is the old behaviour are crossed (the list is in
-``passes/_fusion.py``; RoiAlign-16 and every opset-13 change refuse). Option
+``passes/_opset.py``; RoiAlign-16 and every opset-13 change refuse). Option
 ``layer_norm_raise_opset: False`` leaves such models as they are.
 Why raise rather than leave: TensorRT's ONNX parser imports LayerNormalization as one
 INormalizationLayer (onnx-tensorrt ``onnxOpImporters.cpp``: ``addNormalization`` with the
@@ -56,10 +56,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, live_consumers, make_constant, onnx_type, producer, type_name
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import (consumer, escaping, float_type, is_default_domain, node, np_dtype,
-                                    only_consumer, op_of, opset_raise_blocker, other_input, raise_opset, rank_of,
-                                    replace_pattern, scalar, variable)
+from fusekit.passes._opset import opset_raise_blocker, raise_opset
+from fusekit.passes._pattern import (consumer, escaping, float_type, node, np_dtype, only_consumer, op_of, other_input,
+                                     rank_of, replace_pattern, scalar_operand, variable)
 
 OPSET = 17
 Verdict = Match | Decline
@@ -178,7 +179,7 @@ class FuseLayerNormPass(NodeRewritePass):
             return Decline("x - mean is not squared once and divided once (not a LayerNorm pattern)")
         square, div = squares[0], divs[0]
         if square.op == "Pow":
-            exponent = scalar(square.inputs[1], rank, kinds="fiu")
+            exponent = scalar_operand(square.inputs[1], rank, kinds="fiu")
             if exponent != 2.0:
                 return Decline(f"the centred input is raised to {exponent if exponent is not None else 'a non-constant'}"
                                ", not 2")
@@ -192,7 +193,7 @@ class FuseLayerNormPass(NodeRewritePass):
         eps = None
         if add_eps is not None:
             other = add_eps.inputs[1] if add_eps.inputs[0] is var_mean.outputs[0] else add_eps.inputs[0]
-            eps = scalar(other, rank)
+            eps = scalar_operand(other, rank)
         if eps is None or eps < 0:
             return Decline("the variance is not increased by a non-negative scalar constant epsilon")
         sqrt = consumer(add_eps.outputs[0], "Sqrt")

@@ -47,10 +47,10 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import (constant_array, is_graph_io, live_consumers, make_constant, onnx_type, producer,
                                 remove, replace_uses, sole_use_problem)
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._channel_affine import matrix_weight
-from fusekit.passes._fusion import node as new_node
-from fusekit.passes._fusion import is_default_domain, variable
+from fusekit.passes._pattern import node as new_node, variable
 from fusekit.passes.push_transposes import BROADCASTING, UNARY
 
 TO_NCHW = [0, 3, 1, 2]

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, make_constant
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._fusion import float_type, node, variable
+from fusekit.passes._pattern import float_type, node, variable
 
 K_LIMIT = 3840  # tensorrt_rtx 1.7: K must be less than this (fusekit.builder.support)
 

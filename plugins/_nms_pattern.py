@@ -35,7 +35,8 @@ def const(t) -> np.ndarray | None:
     return None
 
 
-def scalar(t):
+def single_value(t):
+    """The Python value of a one-element constant tensor, else None."""
     v = const(t)
     return None if v is None or v.size != 1 else v.reshape(-1)[0].item()
 
@@ -120,7 +121,7 @@ def _through_if(g, bound: Bound):
     exports ``squeeze(0)`` of a dim it cannot prove is 1 as such an If)."""
     while not isinstance(g, np.ndarray) and len(g.inputs) == 1 and g.inputs[0].op == "If":
         node = g.inputs[0]
-        cond = scalar(node.inputs[0])
+        cond = single_value(node.inputs[0])
         if cond is None:
             break
         if not any(node is n for n in bound.covered):

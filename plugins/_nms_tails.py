@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.plugins._nms_pattern import Bound, const, scalar
+from fusekit.plugins._nms_pattern import Bound, const, single_value
 
 
 @dataclass
@@ -217,14 +217,14 @@ mmdeploy_single_runtime_k (float boxes, float scores, int64 per_class, float iou
 
 
 def _constant_k(bound: Bound) -> tuple[int | None, str | None]:
-    k = scalar(bound.tensors["k"])
+    k = single_value(bound.tensors["k"])
     if k is None:
         return None, "TopK's K is computed at run time"
     return int(k), None
 
 
 def _documented_k(bound: Bound) -> tuple[int | None, str | None]:
-    fill = scalar(bound.tensors["fill"])
+    fill = single_value(bound.tensors["fill"])
     if fill is None or fill > -1e38:
         return None, "the padding is not a constant fill below every score (<= -1e38)"
     return _constant_k(bound)
@@ -238,7 +238,7 @@ def _mmdeploy_k(bound: Bound) -> tuple[int | None, str | None]:
         shape = const(bound.tensors["labels_shape"])
         if shape is None or shape.tolist() != [-1, k]:
             return None, f"labels are not reshaped to [-1, {k}]"
-    if scalar(bound.tensors["score_thr"]) < 0:
+    if single_value(bound.tensors["score_thr"]) < 0:
         return None, "score_threshold < 0: a kept score can tie the zero score of padding rows"
     return k, None
 

@@ -65,7 +65,7 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import fresh_name, replace_uses
 from fusekit.pass_infra import Decline
 from fusekit.plugin_infra import PluginMatch, PluginSpec
-from fusekit.plugins._nms_pattern import Pattern, scalar
+from fusekit.plugins._nms_pattern import Pattern, single_value
 from fusekit.plugins._nms_tails import TAILS, Tail
 
 
@@ -202,7 +202,7 @@ def _nms_inputs(node: gs.Node):
         return Decline("NonMaxSuppression needs all five inputs, score_threshold included (torchvision's nms "
                        "exports four: it keeps every score and outputs one row per kept box)")
     boxes, scores_cn, per_class_t, iou_t, score_t = node.inputs
-    per_class, iou, score = scalar(per_class_t), scalar(iou_t), scalar(score_t)
+    per_class, iou, score = single_value(per_class_t), single_value(iou_t), single_value(score_t)
     if per_class is None or iou is None or score is None:
         return Decline("max_output_boxes_per_class, iou_threshold and score_threshold must be constants")
     center = int(node.attrs.get("center_point_box", 0))

@@ -414,10 +414,10 @@ def test_pattern_constants_leave_lazy_weights_unread_on_the_tensor():
     import onnx_graphsurgeon as gs
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
-    from fusekit.plugins._nms_pattern import const, scalar
+    from fusekit.plugins._nms_pattern import const, single_value
 
     lazy = gs.Constant("k", LazyValues(nh.from_array(np.array([7], np.int64), "k")))
-    assert scalar(lazy) == 7 and isinstance(const(lazy), np.ndarray)
+    assert single_value(lazy) == 7 and isinstance(const(lazy), np.ndarray)
     assert isinstance(lazy._values, LazyValues)  # read, not cached on the tensor
     out = gs.Variable("out")
     gs.Node("Constant", attrs={"value": gs.Constant("v", np.array([1.5, 2.5], np.float32))}, outputs=[out])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 
 from fusekit.builder import sidecar
+from fusekit.onnx_nodes import trt_node_name, walk_nodes
 
 
 @dataclass
@@ -30,21 +30,6 @@ class ModelFacts:
                    domains={trt_node_name(n): n.domain for n in nodes if n.domain},
                    source_path=None if isinstance(source, onnx.ModelProto) else str(source),
                    source_sha256=_sha256_of(source), optimized=optimized)
-
-
-def walk_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of ``graph`` and of its subgraphs (depth first, each node before its subgraphs)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from walk_nodes(sub)
-
-
-def trt_node_name(node: onnx.NodeProto) -> str:
-    """The name TensorRT's parser gives a node's layer (``node_of_OUTPUT`` when unnamed;
-    empty for an unnamed node without outputs)."""
-    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
 
 
 def _sha256_of(source: Path | onnx.ModelProto) -> str:

@@ -30,15 +30,14 @@ import onnx
 import onnx.shape_inference
 from onnx import numpy_helper
 
-from fusekit.builder.facts import trt_node_name
 from fusekit.builder.parse import parser_errors
 from fusekit.errors import InputError
+from fusekit.onnx_nodes import is_default_domain, trt_node_name
 
 log = logging.getLogger(__name__)
 
 TABLES = Path(__file__).resolve().parent.parent / "data" / "trt_support"
 DEFAULT_TABLE = "tensorrt-10.15"
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _TOPK_LIMIT = 3840
 
 
@@ -173,7 +172,7 @@ def _build_time_problems(model: onnx.ModelProto):
     allowed (3840)")."""
     constants = _constants(model)
     for n in model.graph.node:
-        if n.op_type == "TopK" and n.domain in _DEFAULT_DOMAINS and len(n.input) > 1 and n.input[1] in constants:
+        if n.op_type == "TopK" and is_default_domain(n) and len(n.input) > 1 and n.input[1] in constants:
             k = _topk_k_over_limit(constants[n.input[1]])
             if k is not None:
                 yield n, (f"K = {k}: the parser accepts it, but the engine build fails (K must be less than "
@@ -262,7 +261,7 @@ def check_with_table(model: onnx.ModelProto, table: str = DEFAULT_TABLE) -> list
 def _table_reason(n, supported, unsupported, reasons, data, constants, used) -> str | None:
     label = f"TensorRT {data['version']}" if data["backend"] == "tensorrt" else \
         f"{data['backend']} {data['version']}"
-    if n.domain not in _DEFAULT_DOMAINS:
+    if not is_default_domain(n):
         return (f"custom-domain op ({n.domain}): the parser looks it up as a plugin named {n.op_type!r}, "
                 "and fails unless a creator of that name is registered")
     if n.op_type in unsupported:

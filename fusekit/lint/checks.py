@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 
 from fusekit import profiles, registry
-from fusekit.builder.facts import trt_node_name, walk_nodes
 from fusekit.errors import FusekitError
 from fusekit.graph_edit import NONDETERMINISTIC_OPS
 from fusekit.lint.rules import RULES, Severity
 from fusekit.model_io import PROTOBUF_LIMIT, LoadedModel, MappedValues, resolve_external_path
+from fusekit.onnx_nodes import is_default_domain, trt_node_name, walk_nodes
 from fusekit.pass_infra import PassContext
 
 log = logging.getLogger(__name__)
@@ -116,12 +116,12 @@ def check_trt(t: Target) -> Iterator[LintFinding]:
         t.notes.append(f"TensorRT support checked by the {found[0].checked_by}")
     passes = registry.discover().passes
     for u in found:
-        op = u.op if u.domain in ("", "ai.onnx") else f"{u.domain}.{u.op}"
+        op = u.op if is_default_domain(u) else f"{u.domain}.{u.op}"
         where = f"{u.node} ({op})" if u.node else "model"
         pass_name = (u.substitution or "").split(":", 1)[0].split(" ", 1)[0]
         info = passes.get(pass_name)
         plugin_offer = info is not None and (info.cls.stage == Stage.PLUGINS or not info.cls.enabled_by_default)
-        if u.domain not in ("", "ai.onnx") or plugin_offer:
+        if not is_default_domain(u) or plugin_offer:
             offer = f"; fusekit offers {u.substitution}" if u.substitution else ""
             yield t.finding("FK102", f"{where}: {u.reason}{offer}", u.node or None, op, key=op)
         elif not u.substitution:
@@ -139,7 +139,7 @@ def check_opset(t: Target) -> Iterator[LintFinding]:
     else:
         (low, high), source = t.opset_range, "the configured range"
     for entry in t.proto.opset_import:
-        if entry.domain in ("", "ai.onnx") and not low <= entry.version <= high:
+        if is_default_domain(entry) and not low <= entry.version <= high:
             side = "older" if entry.version < low else "newer"
             yield t.finding("FK104", f"opset {entry.version} is {side} than {source} "
                                      f"{low}..{high}", key=str(entry.version))
@@ -216,7 +216,7 @@ def check_qdq(t: Target) -> Iterator[LintFinding]:
     outputs = {o.name for o in graph.output}
     for n in graph.node:
         name = n.name or (n.output[0] if n.output else "")
-        if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx"):
+        if n.op_type == "QuantizeLinear" and is_default_domain(n):
             users = consumers.get(n.output[0], [])
             bad = [u for u in users if u.op_type != "DequantizeLinear"]
             if bad or not users or n.output[0] in outputs:
@@ -314,7 +314,7 @@ def check_names(t: Target) -> Iterator[LintFinding]:
 def check_random(t: Target) -> Iterator[LintFinding]:
     """FK505: random ops."""
     for n in walk_nodes(t.proto.graph):
-        if n.op_type in RANDOM_OPS and n.domain in ("", "ai.onnx"):
+        if n.op_type in RANDOM_OPS and is_default_domain(n):
             name = trt_node_name(n) or "?"
             yield t.finding("FK505", f"{name} ({n.op_type}) is non-deterministic", name, n.op_type)
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, constant_of, is_constant
-from fusekit.passes._fusion import is_default_domain
+from fusekit.onnx_nodes import is_default_domain
 from fusekit.passes._shapes.expr import FRESH, Expr, Minima, broadcast_dim, minimum, parse_dim_param
 from fusekit.passes._shapes.shape_rules import SHAPE_RULES
 from fusekit.passes._shapes.value_rules import MAX_ELEMENTS, VALUE_RULES, ShapeT, Value, is_int

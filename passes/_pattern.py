@@ -1,12 +1,13 @@
-"""Matching helpers shared by the fusion passes (fuse-layer-norm, fuse-gelu, fuse-activations).
+"""Helpers for passes that match a small pattern of nodes and replace it: find producers and
+consumers, read scalar constants, check that no intermediate escapes, build the new nodes.
 
-Not a pass. Everything here reads the graph; only :func:`raise_opset` and
-:func:`replace_pattern` change it, and only from a pass's ``rewrite``.
+Not a pass. Everything here reads the graph; only :func:`replace_pattern` changes it, and
+only from a pass's ``rewrite``.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import onnx
@@ -14,12 +15,9 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import (constant_array, fresh_name, is_graph_io, live_consumers, onnx_type, producer, remove,
                                 replace_uses)
+from fusekit.onnx_nodes import is_default_domain
 
-FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-
-
-def is_default_domain(node: gs.Node) -> bool:
-    return (node.domain or "") in ("", "ai.onnx")
+FLOAT_ENUMS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 def op_of(tensor: gs.Tensor | None, *ops: str) -> gs.Node | None:
@@ -49,7 +47,7 @@ def rank_of(tensor: gs.Tensor) -> int | None:
     return None if tensor.shape is None else len(tensor.shape)
 
 
-def scalar(tensor: gs.Tensor | None, rank: int | None, kinds: str = "f") -> float | None:
+def scalar_operand(tensor: gs.Tensor | None, rank: int | None, kinds: str = "f") -> float | None:
     """The value of a one-element constant (of a NumPy kind in ``kinds``) that does not
     broadcast a tensor of ``rank`` to a higher rank (unknown rank: only a 0-d constant
     qualifies); else None."""
@@ -74,7 +72,7 @@ def constant_operand(node: gs.Node, rank: int | None) -> tuple[int, float] | Non
     operand, the constant's value)."""
     if len(node.inputs) != 2:
         return None
-    values = [scalar(t, rank) for t in node.inputs]
+    values = [scalar_operand(t, rank) for t in node.inputs]
     if (values[0] is None) == (values[1] is None):
         return None
     return (1, values[0]) if values[0] is not None else (0, values[1])
@@ -126,7 +124,7 @@ def escaping(graph: gs.Graph, nodes: Iterable[gs.Node], output: gs.Tensor) -> st
 def float_type(tensor: gs.Tensor) -> int | None:
     """The tensor's element type as an ONNX enum if it is a float type, else None."""
     enum = onnx_type(tensor.dtype)
-    return enum if enum in FLOAT_TYPES else None
+    return enum if enum in FLOAT_ENUMS else None
 
 
 def np_dtype(tensor: gs.Tensor) -> np.dtype:
@@ -155,77 +153,3 @@ def variable(graph: gs.Graph, base: str, like: gs.Tensor | None = None) -> gs.Va
 def node(graph: gs.Graph, op: str, base: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor],
          **attrs) -> gs.Node:
     return gs.Node(op, fresh_name(graph, base), attrs=attrs, inputs=inputs, outputs=outputs)
-
-
-# ---------------------------------------------------------------- opset
-
-# Default-domain op versions between opsets 14 and 17 that leave every existing use of the
-# op meaning what it meant: types added, or an attribute added whose default is the old
-# behaviour. Checked against onnx.defs (type constraints and attributes of both versions).
-# Not here, so raising across them is refused: RoiAlign-16 (new attribute
-# coordinate_transformation_mode defaults to "half_pixel", the old behaviour is
-# "output_half_pixel"), and every change of opset 13 or earlier.
-_TYPES_ONLY = {
-    ("Add", 14), ("Sub", 14), ("Mul", 14), ("Div", 14), ("Relu", 14), ("CumSum", 14), ("Identity", 14),
-    ("BatchNormalization", 15), ("Pow", 15), ("GreaterOrEqual", 16), ("LessOrEqual", 16),
-    ("LeakyRelu", 16), ("PRelu", 16), ("Where", 16), ("Identity", 16), ("If", 16), ("Loop", 16),
-    ("Scan", 16),
-}
-_DEFAULTED_ATTRIBUTE = {
-    ("GRU", 14): "layout", ("LSTM", 14): "layout", ("RNN", 14): "layout", ("Reshape", 14): "allowzero",
-    ("Shape", 15): "start/end", ("ScatterElements", 16): "reduction", ("ScatterND", 16): "reduction",
-}
-
-
-def _bump_is_safe(node: gs.Node, op: str, version: int) -> bool:
-    if (op, version) in _TYPES_ONLY or (op, version) in _DEFAULTED_ATTRIBUTE:
-        return True
-    if (op, version) == ("BatchNormalization", 14):
-        # training_mode (default 0) is new; version 9's extra outputs were training-only.
-        return len(node.outputs) == 1
-    return False
-
-
-def walk(graph: gs.Graph) -> Iterator[gs.Node]:
-    """Every node of ``graph`` and of its subgraphs (If/Loop/Scan bodies)."""
-    for n in graph.nodes:
-        yield n
-        for value in n.attrs.values():
-            for sub in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(sub, gs.Graph):
-                    yield from walk(sub)
-
-
-def opset_raise_blocker(graph: gs.Graph, target: int) -> str | None:
-    """Why the default-domain opset of ``graph`` cannot be raised to ``target`` without
-    changing what a node means, or None if it can."""
-    current = graph.opset
-    if getattr(graph, "functions", None):
-        return "the model has local functions, whose opset imports would have to change too"
-    seen: set[tuple[str, int]] = set()
-    for n in walk(graph):
-        if not is_default_domain(n) or (n.op, len(n.outputs)) in seen:
-            continue
-        seen.add((n.op, len(n.outputs)))
-        try:
-            old = onnx.defs.get_schema(n.op, current).since_version
-        except onnx.defs.SchemaError:
-            return f"{n.op} has no ONNX schema at opset {current}"
-        for version in range(old + 1, target + 1):
-            try:
-                changed = onnx.defs.get_schema(n.op, version).since_version == version
-            except onnx.defs.SchemaError:
-                return f"{n.op} has no ONNX schema at opset {version}"
-            if changed and not _bump_is_safe(n, n.op, version):
-                return f"{n.op} changed meaning in opset {version}"
-    return None
-
-
-def raise_opset(graph: gs.Graph, target: int) -> None:
-    """Raise the default-domain opset (and the IR version if it predates it) to ``target``."""
-    if graph.opset >= target:
-        return
-    graph.opset = target
-    needed = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", target)])
-    if graph.ir_version is not None and graph.ir_version < needed:
-        graph.ir_version = needed
