@@ -21,8 +21,8 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import fresh_name, onnx_type, remove, replace_uses, type_name
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.passes._batchnorm import batchnorm_affine, fold_into_neighbour
 from fusekit.passes._channel_affine import FLOAT_DTYPES, cast_once, exact_constant
-from fusekit.passes.fold_batchnorm import FoldBatchNormPass, batchnorm_affine
 
 Verdict = Match | Decline
 
@@ -39,7 +39,7 @@ class DecomposeBatchNormPass(NodeRewritePass):
         affine = batchnorm_affine(graph, node)
         if isinstance(affine, Decline):
             return affine
-        folded = FoldBatchNormPass().fold(graph, node, affine)
+        folded = fold_into_neighbour(graph, node, affine)
         if isinstance(folded, Match):
             return Decline(f"fold-batchnorm removes it: {folded.message}")
         x, y = node.inputs[0], node.outputs[0]

@@ -25,9 +25,8 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, make_constant, optional_input
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.passes._dft import MAX_LENGTH, dft_basis
 from fusekit.passes._pattern import float_type, node, np_dtype, replace_pattern, variable
-
-MAX_LENGTH = 4096  # basis matrices of n x n floats: 64 MiB at most
 
 
 class DecomposeDftPass(NodeRewritePass):
@@ -104,12 +103,6 @@ class DecomposeDftPass(NodeRewritePass):
         result = op("Concat", op("Unsqueeze", real, minus_one), op("Unsqueeze", imag, minus_one), axis=-1)
         result.shape = out.shape
         replace_pattern(graph, [dft], out, nodes, result)
-
-
-def dft_basis(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The float64 [n, k] bases C[j, m] = cos(2 pi j m / n) and S[j, m] = sin(2 pi j m / n)."""
-    angle = 2.0 * np.pi * np.outer(np.arange(n), np.arange(k)) / n
-    return np.cos(angle), np.sin(angle)
 
 
 def _axis_input(dft: gs.Node) -> int | None:

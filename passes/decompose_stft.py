@@ -27,8 +27,8 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, make_constant, optional_input
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.passes._dft import MAX_LENGTH, dft_basis
 from fusekit.passes._pattern import float_type, node, np_dtype, replace_pattern, variable
-from fusekit.passes.decompose_dft import MAX_LENGTH, dft_basis
 
 MAX_INDICES = 1 << 24  # frames x frame_length int64 indices: 128 MiB at most
 

@@ -35,9 +35,9 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import bypass, is_constant, make_constant
 from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
+from fusekit.passes._folding import record_folded, replace_with_constant
 from fusekit.passes._shapes.analysis import Analysis
 from fusekit.passes._shapes.expr import Expr
-from fusekit.passes.fold_constants import record_folded, replace_with_constant
 
 log = logging.getLogger(__name__)
 
@@ -202,4 +202,3 @@ def _dynamic_shape_reason(node: gs.Node, analysis: Analysis) -> str:
     shown = [analysis.final(d).render() for d in shape]
     text = ", ".join("?" if d is None else str(d) for d in shown)
     return f"{node.inputs[0].name!r} has shape ({text}): its dynamic dims are read at runtime"
-

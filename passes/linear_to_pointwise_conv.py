@@ -51,7 +51,7 @@ from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 from fusekit.passes._channel_affine import matrix_weight
 from fusekit.passes._pattern import node as new_node, variable
-from fusekit.passes.push_transposes import BROADCASTING, UNARY
+from fusekit.passes._permute import BROADCASTING, UNARY
 
 TO_NCHW = [0, 3, 1, 2]
 FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT}  # no float64 Conv in onnxruntime or TensorRT

@@ -18,16 +18,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import bypass, can_replace, producer, remove, sole_use_problem
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-
-
-def resolve_perm(node: gs.Node, rank: int | None) -> list[int] | None:
-    """The node's perm, or the reversed axes when it has none (None if the rank is unknown)."""
-    perm = node.attrs.get("perm")
-    if perm is not None:
-        return [int(p) for p in perm]
-    if rank is None and node.inputs[0].shape is not None:
-        rank = len(node.inputs[0].shape)
-    return None if rank is None else list(reversed(range(rank)))
+from fusekit.passes._permute import resolve_perm
 
 
 class MergeTransposesPass(NodeRewritePass):

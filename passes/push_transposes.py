@@ -24,15 +24,8 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import bypass, can_replace, constant_array, make_constant, producer, remove, sole_use_problem
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes.merge_transposes import resolve_perm
+from fusekit.passes._permute import BROADCASTING, UNARY, resolve_perm
 
-UNARY = frozenset({
-    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "Ceil", "Celu", "Cos", "Cosh", "Elu",
-    "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Identity", "IsInf", "IsNaN", "LeakyRelu", "Log",
-    "Mish", "Neg", "Not", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus",
-    "Softsign", "Sqrt", "Tan", "Tanh", "ThresholdedRelu",
-})
-BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Min", "Max", "PRelu"})
 MAX_CHAIN = 16
 
 

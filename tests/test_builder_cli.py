@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import jsonschema
@@ -269,6 +271,38 @@ def test_only_the_builder_imports_tensorrt():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Every module ``path`` (a module of ``package``) imports, at any depth, relative ones resolved;
+    ``from a import b`` counts as importing ``a`` and ``a.b``."""
+    found = set()
+    for stmt in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(stmt, ast.Import):
+            found.update(alias.name for alias in stmt.names)
+        elif isinstance(stmt, ast.ImportFrom):
+            base = stmt.module or ""
+            if stmt.level:
+                parent = package.rsplit(".", stmt.level - 1)[0] if stmt.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in stmt.names)
+    return found
+
+
+def test_no_pass_imports_another_public_pass_module():
+    root = Path(__file__).resolve().parents[1]
+    public = {ep.module for group in ("fusekit.passes", "fusekit.plugins") for ep in entry_points(group=group)}
+    assert {"fusekit.passes.fold_batchnorm", "fusekit.plugins.efficient_nms"} <= public  # the entry points are seen
+    offenders = []
+    for folder in ("passes", "plugins"):
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = path.relative_to(root / folder).with_suffix("").parts
+            module = ".".join(("fusekit", folder, *parts)).removesuffix(".__init__")
+            package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+            for imported in sorted((_imported_modules(path, package) & public) - {module}):
+                offenders.append(f"{path.relative_to(root)} imports {imported}")
+    assert offenders == []
 
 
 @needs_trt
