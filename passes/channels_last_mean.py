@@ -8,19 +8,8 @@ Rewrite, for x of rank 4 [N, C, H, W]:
 - ``Flatten(GlobalAveragePool(x), axis=1)`` (the pool read by nothing else) -> the same.
 
 Both sides are the [N, C] mean of each channel over the same H*W elements: the transpose
-only reorders memory (mean_{h,w} x[n,c,h,w] = mean_{h,w} T(x)[n,h,w,c]).
-
-Why: TensorRT runs convolutions channels-last, so a pool of a Conv's output needs a layout
-transpose. Measured with tensorrt_rtx 1.7.1 (builder log of the engine's layers): Myelin
-fuses that transpose into the mean's kernel ("TranMean") at small batch profiles but keeps
-it a kernel of its own ("Tran", then "Mean") at others, e.g. the zoo ResNet (tiny and
-resnet50) with batch 1:8:32 once fold-batchnorm lets the last Conv absorb the residual
-Add and Relu (compute layers 21 -> 22, 57 -> 58 against the raw exports; the raw export's
-BatchNorm kernels carry the transpose with them). Written as an explicit transpose and a
-mean over axes [1, 2], it is one kernel at every profile measured (Conv -> [Add ->] Relu,
-HardSwish or nothing -> pool -> Gemm; 64..2048 channels, 1x1..8x8; batch 1:1:1, 1:2:4,
-1:8:32, 4:16:64), never more kernels than the pool as it was. (A Reshape to [N, C, H*W]
-and a mean over axis 2 was worse for some sizes: not used.)
+only reorders memory (mean_{h,w} x[n,c,h,w] = mean_{h,w} T(x)[n,h,w,c]). TensorRT runs
+convolutions channels-last, and this form lets it fuse the layout change into the mean.
 
 Must not rewrite when: the rank of x is unknown or not 4; ReduceMean keeps its dims or
 reduces other axes, or its axes are not constant; the pool is read by anything but one

@@ -1,7 +1,6 @@
 """Decompose 2D ``AffineGrid`` with a constant size into a MatMul with a constant base grid.
 
-TensorRT has no AffineGrid (onnx-tensorrt: unsupported; tensorrt_rtx 1.7:
-``checkAffineGrid`` rejects it). For ``size`` = [N, C, H, W] known, the grid is
+TensorRT cannot parse AffineGrid. For ``size`` = [N, C, H, W] known, the grid is
 
     grid[n, h, w] = theta[n] @ (x_w, y_h, 1)
 

@@ -1,31 +1,21 @@
 """Decompose 2-D ``Col2Im`` into a Reshape and a grouped ConvTranspose with a 0/1 filter.
 
-TensorRT has no Col2Im (onnx-tensorrt: unsupported; tensorrt_rtx 1.7: ``checkCol2Im``
-rejects it). Col2Im (opset 18) scatters-and-adds the columns of ``input`` [N, C*kh*kw, L]
-back into an image [N, C, H, W], for ``image_shape`` = [H, W], ``block_shape`` = [kh, kw]
-and the attributes ``strides`` (default 1s), ``dilations`` (default 1s) and ``pads``
-([top, left, bottom, right], default 0s). Column l = lh*Lw + lw holds the block whose
-top-left corner is at (lh*sh - top, lw*sw - left), where
-
-    Lh = (H + top + bottom - (dh*(kh-1) + 1)) // sh + 1     (Lw likewise)
-
-and row c*kh*kw + i*kw + j of that column is added to y[n, c, lh*sh - top + i*dh,
-lw*sw - left + j*dw] (positions in the padding are dropped). That is a transposed
-convolution, one group per channel:
+TensorRT cannot parse Col2Im. Col2Im (opset 18) scatters-and-adds the columns of ``input``
+[N, C*kh*kw, L] back into an image [N, C, H, W] (``image_shape`` [H, W], ``block_shape``
+[kh, kw], ``strides``, ``dilations``, ``pads`` [top, left, bottom, right]): row
+c*kh*kw + i*kw + j of column l = lh*Lw + lw is added to y[n, c, lh*sh - top + i*dh,
+lw*sw - left + j*dw], with Lh = (H + top + bottom - (dh*(kh-1) + 1)) // sh + 1 (Lw
+likewise). That is a transposed convolution, one group per channel:
 
     Y = ConvTranspose(Reshape(input, [0, C*kh*kw, Lh, Lw]), W, group=C, strides, dilations,
                       pads, output_padding)
     W [C*kh*kw, 1, kh, kw],  W[c*kh*kw + k, 0, i, j] = 1 iff k = i*kw + j
 
-with ``output_padding`` = (H + top + bottom - (dh*(kh-1) + 1)) mod s, the rows (columns) the
-last block never reaches, which ConvTranspose's own size formula would otherwise drop. When
-a stride and a dilation both exceed 1, the dilations are spread into the filter instead
-(W of [C*kh*kw, 1, dh*(kh-1) + 1, dw*(kw-1) + 1], ones at (i*dh, j*dw), dilations 1): the
-same sums, and tensorrt_rtx 1.7 fails to build a deconvolution that is strided and dilated
-("Strided & Dilated Deconv are currently not supported", measured). Every
-output element is a sum of the same input values (each times 1), so the result equals
-Col2Im up to the order of the float additions, for finite inputs (the filter's zeros
-times an inf or NaN give NaN where Col2Im does not read that value).
+with ``output_padding`` = (H + top + bottom - (dh*(kh-1) + 1)) mod s (the rows the last
+block never reaches). When a stride and a dilation both exceed 1 the dilations are spread
+into the filter instead (TensorRT builds no strided and dilated deconvolution). Equal to
+Col2Im up to the order of float additions, for finite inputs (the filter's zeros times an
+inf or NaN give NaN where Col2Im does not read that value).
 
 Must not: rewrite a computed ``image_shape`` or ``block_shape``, other than 2-D blocks, an
 ``input`` whose dim 1 is unknown or not a multiple of kh*kw, or whose dim 2 is known and not

@@ -1,13 +1,12 @@
 """Decompose onnxruntime's ``com.microsoft`` contrib ops into standard ONNX ops.
 
 TensorRT's parser looks a custom-domain op up as a plugin named after its op type, and
-none of these has one, so the parse fails (measured with tensorrt_rtx 1.7). Each rewrite
-is the op's definition in onnxruntime's contrib-op docs, written with default-domain ops
-(x is the input, plus ``bias`` where the op takes one):
+none of these has one. Each rewrite is the op's definition in onnxruntime's contrib-op
+docs, written with default-domain ops (x is the input, plus ``bias`` where the op takes one):
 
 - ``Gelu(x)``, ``BiasGelu(x, bias)``: g(x + bias), g(v) = v * (erf(v / sqrt 2) + 1) * 0.5
 - ``FastGelu(x[, bias])``: v * (tanh(sqrt(2/pi) * (v + 0.044715 v^3)) + 1) * 0.5
-  (both written as the canonical pattern fuse-gelu recognises and TensorRT fuses)
+  (both written as the canonical pattern fuse-gelu recognises)
 - ``QuickGelu(x; alpha=1.702)``: x * Sigmoid(alpha * x)
 - ``SkipLayerNormalization(x, skip, gamma[, beta[, bias]]; epsilon=1e-12)``:
   s = x + skip (+ bias); LayerNormalization(s, gamma, beta, axis=-1, epsilon); the

@@ -1,16 +1,16 @@
 """Decompose ``Det`` of 1x1, 2x2 and 3x3 matrices into elementwise arithmetic.
 
-TensorRT has no Det (onnx-tensorrt: unsupported; tensorrt_rtx 1.7: ``checkDet`` rejects
-it). For a static matrix size n <= 3 the determinant is a fixed polynomial of the
-entries, read with ``Gather`` (a scalar index drops the axis, so each entry has the batch
-shape [...] of the result):
+TensorRT cannot parse Det. For a static matrix size n <= 3 the determinant is a fixed
+polynomial of the entries, read with ``Gather`` (a scalar index drops the axis, so each
+entry has the batch shape [...] of the result):
 
 - n = 1: a
 - n = 2: a d - b c
 - n = 3: a (e i - f h) - b (d i - f g) + c (d h - e g)   (cofactors of the first row)
 
-The same value as onnxruntime's LU-based kernel up to float rounding (the order of the
-operations differs). Must not: rewrite a larger or unknown matrix size, or a non-float input.
+The same value as onnxruntime's LU-based kernel up to float rounding.
+
+Must not: rewrite a larger or unknown matrix size, or a non-float input.
 """
 
 from __future__ import annotations

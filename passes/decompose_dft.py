@@ -1,8 +1,7 @@
 """Decompose ``DFT`` over a static signal length into MatMuls with a constant basis.
 
-TensorRT has no DFT (onnx-tensorrt: unsupported; tensorrt_rtx 1.7 rejects it). The DFT of
-length n is a matrix product: with C[j, k] = cos(2 pi j k / n) and S[j, k] = sin(2 pi j k / n),
-a signal x = xr + i xi has
+TensorRT cannot parse DFT. The DFT of length n is a matrix product: with
+C[j, k] = cos(2 pi j k / n) and S[j, k] = sin(2 pi j k / n), a signal x = xr + i xi has
 
     forward:  Yr = xr C + xi S,          Yi = xi C - xr S
     inverse:  Yr = (xr C - xi S) / n,    Yi = (xi C + xr S) / n
@@ -10,12 +9,12 @@ a signal x = xr + i xi has
 (real input: xi = 0). ``onesided`` keeps the columns k = 0 .. n/2. Entries are read with
 ``Gather`` on the last (real/imaginary) axis, products are ``MatMul`` with [n, K] constants
 (computed in float64, cast once), and the two parts are stacked again on a new last axis.
-Same values as onnxruntime's FFT up to float rounding (a direct sum, O(n^2) work: meant for
-the short, fixed-length transforms of audio front ends).
+Same values as onnxruntime up to float rounding; O(n^2) work, for short fixed-length
+transforms.
 
-Only the signal axis just before the real/imaginary axis (the default, -2) is rewritten.
-Must not: rewrite a computed or other axis, a ``dft_length`` different from the signal
-length, an unknown length, inverse with onesided, or a non-float input.
+Must not: rewrite a computed axis or one other than -2 (the default, just before the
+real/imaginary axis), a ``dft_length`` different from the signal length, an unknown
+length or one above ``MAX_LENGTH``, inverse with onesided, or a non-float input.
 """
 
 from __future__ import annotations

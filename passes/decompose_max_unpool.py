@@ -1,8 +1,7 @@
 """Decompose ``MaxUnpool`` into a ScatterElements of the values into zeros.
 
-TensorRT has no MaxUnpool (onnx-tensorrt: unsupported; tensorrt_rtx 1.7: ``checkMaxUnpool``
-rejects it). ONNX defines its indices as MaxPool gives them: positions in the flattened
-output tensor, [0, N*C*H_out*W_out). So, for an output of static shape S:
+TensorRT cannot parse MaxUnpool. ONNX defines its indices as MaxPool gives them: positions
+in the flattened output tensor, [0, N*C*H_out*W_out). So, for an output of static shape S:
 
     Y = Reshape(ScatterElements(zeros(prod S), Reshape(I, [-1]), Reshape(X, [-1]), axis=0), S)
 

@@ -1,23 +1,22 @@
 """Decompose ``STFT`` over a static signal length into a frame Gather and MatMuls with a
 constant cos/sin basis.
 
-TensorRT has no general STFT (tensorrt_rtx 1.7 rejects it unless frame_step is a constant;
-TensorRT 10 wants initializers and a real signal). With a static signal length L, a constant
-frame_step s and a constant frame length n (the window's length, or the ``frame_length``
-input), the F = 1 + (L - n) // s frames are a ``Gather`` on the signal axis with the constant
-[F, n] index matrix idx[f, j] = f s + j, giving [B, F, n, parts]; they are multiplied by the
-constant window (when there is one) and each part goes through the DFT of length n as in
-``decompose-dft`` (whose basis helper is reused): for x = xr + i xi
+TensorRT's STFT support is partial (constant frame_step, initializer inputs, real signal).
+With a static
+signal length L, a constant frame_step s and a constant frame length n (the window's
+length, or the ``frame_length`` input), the F = 1 + (L - n) // s frames are a ``Gather``
+on the signal axis with the constant [F, n] index matrix idx[f, j] = f s + j, giving
+[B, F, n, parts]; they are multiplied by the constant window (when there is one) and each
+part goes through the DFT of length n as ``decompose-dft`` writes it: for x = xr + i xi
 
     Yr = xr C + xi S,    Yi = xi C - xr S      (real signal: xi = 0)
 
 with ``onesided`` (the default) keeping the bins k = 0 .. n/2. The result is stacked to
-[B, F, bins, 2], as onnxruntime's STFT. A direct sum, O(n^2) per frame: meant for the short
-frames of audio front ends.
+[B, F, bins, 2], as onnxruntime's STFT. O(n^2) per frame, for short frames.
 
-Must not: rewrite a computed frame_step (what tensorrt_rtx rejects), a computed frame_length
-or window, a frame_length that differs from the window's length, an unknown signal length or
-one shorter than a frame, a complex signal with onesided, or a non-float signal.
+Must not: rewrite a computed frame_step, a computed frame_length or window, a frame_length
+that differs from the window's length, an unknown signal length or one shorter than a
+frame or longer than ``MAX_LENGTH``, a complex signal with onesided, or a non-float signal.
 """
 
 from __future__ import annotations

@@ -2,10 +2,9 @@
 
 Rewrites: constants with equal dtype, shape and bytes (compared exactly after a hash;
 strings compare as strings). -0.0 and 0.0, or two NaNs with different payloads, differ.
-Only tensors of the same dtype and shape are ever hashed, so unique weights are not read,
-and only sampled (16 spaced chunks of 256 bytes) unless another's sample is the same; a
-constant is hashed once per run: the pass remembers each digest by tensor and value object
-(passes replace a constant's values, they never edit them in place).
+Only tensors of the same dtype and shape are hashed, first from a sample of their bytes,
+so unique weights are not read whole.
+
 Must not: merge tensors that differ in dtype or shape, even with equal bytes.
 """
 

@@ -1,11 +1,9 @@
 """Drop an unused ``Indices`` output of MaxPool (TensorRT rejects MaxPool with two outputs).
 
-tensorrt_rtx 1.7's parser refuses any MaxPool that declares its second output
-(``emptyOutputChecker``: "doesn't support more than 1 outputs for MaxPool nodes"), used or
-not, and onnx-tensorrt documents the ``Indices`` output as unsupported. PyTorch exports
-``max_pool2d(return_indices=True)`` with it even when only the values are used. When
-nothing reads the indices, the node is rewritten to declare only ``Y``: the values are
-unchanged, exactly.
+TensorRT's parser refuses any MaxPool that declares its second output, used or not, and
+PyTorch exports ``max_pool2d(return_indices=True)`` with it even when only the values are
+used. When nothing reads the indices, the node is rewritten to declare only ``Y``: the
+values are unchanged, exactly.
 
 Must not: drop indices that a node reads or that are a graph output.
 """

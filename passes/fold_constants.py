@@ -1,30 +1,22 @@
 """Fold constant subgraphs into initializers.
 
 Rewrites every node whose inputs are all constants (initializers, ``Constant`` nodes or
-outputs of other folded nodes): the constant region is evaluated in onnxruntime sessions,
-one per batch of its independent parts (64 MiB of constant inputs each, so the model's
-weights and their folded copies are never all in memory at once), or by the onnx
-reference evaluator, node by node, where onnxruntime cannot run a batch; each value that
-leaves the region becomes an initializer. A region value that is a graph output is kept
-by a ``Constant`` node of the same name (unless its node writes several graph outputs:
-folding never adds nodes). A node that stays for its other outputs keeps an unused
-placeholder in the folded output's place.
+outputs of other folded nodes): the constant region is evaluated in onnxruntime, in
+batches of its independent parts (at most ``BATCH_INPUT_BYTES`` of inputs each, so weights
+and their folded copies are never all in memory at once), or by the onnx reference
+evaluator where onnxruntime cannot run a batch; each value that leaves the region becomes
+an initializer. A region value that is a graph output is kept by a ``Constant`` node of
+the same name (unless its node writes several graph outputs: folding never adds nodes);
+a node that stays for its other outputs keeps an unused placeholder in that output's place.
 
 Must not fold: nondeterministic ops (``Random*``, ``Multinomial``, ``Bernoulli``), ops of
 other domains, nodes with subgraphs, sequence/optional ops, DequantizeLinear of a quantized
-constant (explicit quantization is what TensorRT builds INT8 layers from; of INT32, a bias
-TensorRT rejects, it folds), and any value larger than
-``fold_max_bytes`` (default 1 MiB) that is also larger than the largest constant it is
-computed from (through the region): folding never grows the model beyond that cap.
-
-Except a weight: a value read only where TensorRT wants constant weights (``WEIGHT_INPUTS``:
-Conv/ConvTranspose W and B, Gemm B and C, either MatMul operand, normalization
-parameters, PRelu slope), directly or through layout ops (``Reshape``, ``Transpose``,
-``Unsqueeze``...: as many elements), folds whatever its size: TensorRT stores it in the
-engine anyway, and left computed (``ConstantOfShape``, ``Expand`` of a fill value) it
-keeps the layer from fusing. Such values are counted in the batch budget by their
-predicted size, so a batch never makes more than ``BATCH_INPUT_BYTES`` of them at once
-(one larger value goes alone) and the weight spill can move each batch out of memory.
+constant (explicit quantization is what TensorRT builds INT8 layers from; of INT32 it
+folds), or a value larger than ``fold_max_bytes`` (default 1 MiB) that is also larger than
+the largest constant it is computed from, except a weight: a value read only where
+TensorRT wants constant weights (``WEIGHT_INPUTS``), directly or through layout ops, folds
+whatever its size (TensorRT stores it in the engine anyway, and left computed it keeps the
+layer from fusing).
 """
 
 from __future__ import annotations

@@ -5,40 +5,18 @@ Rules, one per root op (x any float tensor, constants scalars):
 
 - Clip -> HardSigmoid. ``Clip(a*x + b, 0, hi) * f`` with hi * f = 1 (f as Mul or as Div
   by hi; a*x optional, as Mul or Div) is max(0, min(1, (a/hi) x + b/hi)), which is
-  ``HardSigmoid<alpha=a f, beta=b f>(x)`` (hi = 1: no f). So torch's
-  ``relu6(x + 3) / 6`` becomes HardSigmoid(1/6, 0.5).
-  ``x * Clip(x + b, 0, hi) * f`` (the product taken before the scale, as in
-  ``x * relu6(x + 3) / 6``) becomes ``HardSwish(x)`` when alpha, beta are 1/6, 1/2
-  (opset >= 14), else ``Mul(x, HardSigmoid(x))``.
-- HardSigmoid -> HardSwish. ``x * HardSigmoid<alpha=1/6, beta=1/2>(x)`` is HardSwish's
-  definition; opset >= 14 (HardSwish's first version).
-- Softplus -> Mish. ``x * tanh(softplus(x))`` is Mish's definition; opset >= 18 (Mish's
-  first version). Below 18 it is left as it is and inspect says so: the opset is not
-  raised for it, because TensorRT's ONNX parser imports Mish as exactly these three
-  layers (onnx-tensorrt ``DEFINE_BUILTIN_OP_IMPORTER(Mish)``: kSOFTPLUS, kTANH, kPROD).
-- Sigmoid: ``x * Sigmoid(x)`` (SiLU/Swish) is recognised and kept as Sigmoid + Mul;
-  inspect reports it. TensorRT's pointwise fusion merges such adjacent elementwise
-  layers into one kernel (the mechanism NVIDIA names for GELU in NVIDIA/TensorRT#1240);
-  its ONNX parser has no Swish importer (onnx-tensorrt 10.x docs/operators.md lists
-  none), its ActivationType has no Swish, and ONNX's Swish op needs opset 24, so there is
-  nothing better to rewrite it into. TensorRT imports HardSwish itself as kHARD_SIGMOID(1/6, 1/2) times x,
-  so the HardSigmoid/HardSwish rewrites mostly shrink the graph and make it readable.
-- HardSwish read only by a reduction (ReduceMean, ReduceSum, ReduceMax over any axes,
-  GlobalAveragePool: a classifier head's pool) is written ``x * Clip(x + 3, 0, 6) / 6``
-  (the same function: HardSwish(x) = x * max(0, min(1, x/6 + 1/2))), from the HardSwish
-  op, ``x * HardSigmoid<1/6, 1/2>(x)`` or any other Clip form above, and that form is
-  kept rather than fused. Measured with tensorrt_rtx 1.7.1 (builder log of the engine's
-  layers, Conv -> activation -> reduction, 64..1024 channels, 4x4..16x16, batch
-  profiles 1:2:4 and 1:8:32): Myelin fuses ``x * Clip(x + 3, 0, 6) / 6`` (or ``* 1/6``)
-  into the reduction's kernel in every case; the HardSwish op (parsed as kHARD_SIGMOID
-  times x), ``x * HardSigmoid(x)``, ``x * Clip(x/6 + 1/2, 0, 1)`` and
-  ``x * (Clip(x + 3, 0, 6) / 6)`` end in a product of two tensors that is reduced, and for
-  some sizes (e.g. 256 channels at 8x8, the zoo MobileNet's head) stay a kernel of their
-  own: one engine layer more. The raw export only escapes that because its BatchNorm
-  (one more pointwise op) sits in the same kernel; once fold-batchnorm removes it the
-  head would cost a layer. Read through channels-last-mean's form of a pool (Transpose to
-  NHWC, ReduceMean over [1, 2]) the op and the Clip form build to the same engine layers
-  (same sweep, 18 cases), so there the op stays (3 nodes fewer).
+  ``HardSigmoid<alpha=a f, beta=b f>(x)`` (hi = 1: no f); torch's ``relu6(x + 3) / 6`` is
+  HardSigmoid(1/6, 0.5). ``x * Clip(x + b, 0, hi) * f`` becomes ``HardSwish(x)`` when
+  alpha, beta are 1/6, 1/2 (opset >= 14), else ``Mul(x, HardSigmoid(x))``.
+- HardSigmoid -> HardSwish. ``x * HardSigmoid<alpha=1/6, beta=1/2>(x)``; opset >= 14.
+- Softplus -> Mish. ``x * tanh(softplus(x))``; opset >= 18 (the opset is not raised for
+  it: TensorRT imports Mish as these three layers anyway).
+- Sigmoid: ``x * Sigmoid(x)`` (SiLU) is recognised and kept as it is (TensorRT has no
+  Swish op and fuses the pair); inspect reports it.
+- HardSwish read only by one reduction (ReduceMean, ReduceSum, ReduceMax, GlobalAveragePool)
+  is written ``x * Clip(x + 3, 0, 6) / 6`` (the same function), from the op or any form
+  above: the form TensorRT fuses into the reduction's kernel. Read through
+  channels-last-mean's NHWC mean, the op stays.
 
 Constants must equal their exact values within float32 rounding (or x's dtype, if
 coarser). Must not rewrite when: Clip's lower bound is not 0 or its bounds are not
@@ -139,7 +117,7 @@ def _is_hard_swish(alpha: float, beta: float, dtype=np.float32) -> bool:
 def _reduced_by(graph: gs.Graph, out: gs.Tensor) -> gs.Node | None:
     """The reduction that is the only reader of ``out`` (not a graph output), if any. Not
     through a Transpose: read by channels-last-mean's Transpose + ReduceMean, the HardSwish
-    op fuses into the mean as well as the Clip form does (measured, see the docstring)."""
+    op fuses into the mean as well as the Clip form does."""
     if is_graph_io(graph, out):
         return None
     reader = only_consumer(out, *REDUCTIONS)

@@ -6,32 +6,21 @@ The two forms, x any float tensor:
     tanh:  y = x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  (tanh approximation)
 
 matched in the orderings exporters write: x / sqrt(2) or x * (1/sqrt(2)); 1 + e or
-e + 1; the 0.5 applied last ((x * (1 + e)) * 0.5, torch), to (1 + e) first, or to x
-first ((x * 0.5) * (1 + e), the hand-written HF/Megatron form); 0.5 as Mul or as Div by
-2; x^3 as Pow(x, 3) or x * x * x; commuted operands. Each constant must equal its exact
-value within the rounding of a float32 (or of x's dtype, if coarser); otherwise the
-pattern is left alone and inspect says which constant differs.
+e + 1; the 0.5 applied last, to (1 + e) first, or to x first; 0.5 as Mul or as Div by 2;
+x^3 as Pow(x, 3) or x * x * x; commuted operands.
 
-- Opset >= 20: the pattern becomes ``Gelu<approximate="none"|"tanh">(x)``, which
-  TensorRT's ONNX parser imports as a single activation layer (onnx-tensorrt
-  ``DEFINE_BUILTIN_OP_IMPORTER(Gelu)``: kGELU_ERF / kGELU_TANH).
-- Below opset 20 ONNX has no Gelu (and ``com.microsoft`` Gelu is not a TensorRT op), so
-  the pattern is rewritten into the canonical form torch.onnx writes:
+- Opset >= 20: the pattern becomes ``Gelu<approximate="none"|"tanh">(x)``, one
+  activation layer in TensorRT.
+- Below opset 20 (no Gelu op; the opset is never raised for it) the pattern is rewritten
+  into the canonical form torch.onnx writes, which TensorRT's pointwise fusion matches:
   ``Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5`` (tanh: ``x*x*x`` or ``Pow`` kept
-  as written, ``Mul 0.044715 -> Add x -> Mul sqrt(2/pi) -> Tanh -> Add 1 -> Mul x -> Mul 0.5``),
-  and a pattern already in that form is left unchanged. Evidence that TensorRT
-  recognises this decomposition: NVIDIA/TensorRT#1240 ("GELU not in ActivationType, how
-  is its fusion supported?", which cites the best-practices guide's fusion types for
-  Conv-GELU fusion) was answered by NVIDIA: "For gelu it is matched in pointwise fusion,
-  and then it is fused into conv"; the torch spelling is the one exported by every
-  pre-opset-20 BERT-style model, so it is the spelling to converge on. (The text of the
-  fusion catalog's GELU entry could not be read here; the exact operand orders it
-  accepts are not documented in what was found.) The opset is never raised for GELU:
-  only fuse-layer-norm raises it, to 17.
+  as written, ``Mul 0.044715 -> Add x -> Mul sqrt(2/pi) -> Tanh -> Add 1 -> Mul x -> Mul 0.5``);
+  a pattern already in that form is left unchanged.
 
-The rewrite never adds nodes. Must not rewrite when: a constant differs (1.41 is not
-sqrt 2); the two x operands are different tensors; an intermediate is read outside the
-pattern or is a graph output; a constant would broadcast x to a higher rank.
+The rewrite never adds nodes. Must not rewrite when: a constant differs from its exact
+value beyond the rounding of a float32 (or of x's dtype, if coarser: 1.41 is not sqrt 2;
+inspect says which); the two x operands are different tensors; an intermediate is read
+outside the pattern or is a graph output; a constant would broadcast x to a higher rank.
 """
 
 from __future__ import annotations

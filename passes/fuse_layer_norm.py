@@ -9,45 +9,22 @@ Below opset 17 ONNX has no LayerNormalization, so ``torch.onnx.export`` writes
     n  = Div(d, Sqrt(Add(v, eps)))
     y  = Add(Mul(n, gamma), beta)         optional: both, only one, or neither
 
-which is, with the biased variance, y = (x - E[x]) / sqrt(Var[x] + eps) * gamma + beta:
-exactly ``LayerNormalization<axis=-k, epsilon=eps>(x, gamma, beta)`` (gamma = ones when
-absent; a constant gamma/beta that broadcasts over the normalized axes only is expanded to
-their shape). Commuted operands are matched too. Epsilon is taken from the constant.
+which is y = (x - E[x]) / sqrt(Var[x] + eps) * gamma + beta (biased variance): exactly
+``LayerNormalization<axis=-k, epsilon=eps>(x, gamma, beta)`` (gamma = ones when absent; a
+constant gamma/beta that broadcasts over the normalized axes only is expanded to their
+shape). Commuted operands are matched too. Statistics are computed in float32
+(``stash_type`` 1): equal up to rounding for float32, more accurate for float16.
 
-Opset: the rewrite needs opset 17. For a model below 17 the pass raises the model's
-default-domain opset to 17 (and its IR version to 8, the first to carry opset 17), but
-only when no other node changes meaning between the two opsets: every op of the graph
-(subgraphs included) is checked with ``onnx.defs``, and only version changes that add
-types or add an attribute whose default is the old behaviour are crossed (the list is in
-``passes/_opset.py``; RoiAlign-16 and every opset-13 change refuse). Option
-``layer_norm_raise_opset: False`` leaves such models as they are.
-Why raise rather than leave: TensorRT's ONNX parser imports LayerNormalization as one
-INormalizationLayer (onnx-tensorrt ``onnxOpImporters.cpp``: ``addNormalization`` with the
-compute precision taken from ``stash_type``), and NVIDIA's TensorRT 8.6 release notes
-advise "For networks containing normalization layers, particularly if deploying with
-mixed precision, target the latest ONNX opset that contains the corresponding function
-ops, for example: opset 17 for LayerNormalization ... Numerical accuracy using function
-ops is superior to corresponding implementation with primitive ops" (quoted in
-NVIDIA/TensorRT#3657; NVIDIA's answer in NVIDIA/TensorRT#2781 to fp16 LayerNorm
-overflow: export opset 17, "precision requirements for LayerNormalization operator is
-handled automatically by TensorRT optimizer in 8.6"). TensorRT before 8.6 has no
-LayerNormalization importer (NVIDIA/TensorRT#3346); fusekit targets TensorRT 10 / RTX.
-(The onnxslim LayerNorm fusion read for this emits LayerNormalization without looking at
-the opset, which gives an invalid model below 17; raising the opset is what makes the
-fused op legal.)
-
-Numerics: statistics are computed in float32 (``stash_type`` 1). For float32 inputs the
-result equals the decomposition up to rounding; for float16 it is more accurate than the
-float16 decomposition (which overflows once |x - mean| > 256), so the two agree within
-float16 rounding on ordinary inputs.
+The rewrite needs opset 17: below it the model's default-domain opset is raised to 17 (IR
+version 8) when no other node changes meaning between the two opsets (``passes/_opset.py``);
+option ``layer_norm_raise_opset: False`` leaves such models as they are.
 
 Must not rewrite when: the two reductions are not over the same last axes of x or do
 not keep dims; the exponent is not exactly 2; eps is not a non-negative scalar constant;
 any intermediate (mean, centred x, variance, ...) is read outside the pattern or is a
-graph output (LayerNormalization's Mean/InvStdDev outputs are not imported by TensorRT);
-gamma/beta would broadcast over other axes or have another dtype; x is float64 (the
-statistics would drop to float32) or its rank/type is unknown; the opset is below 17 and
-cannot be raised.
+graph output; gamma/beta would broadcast over other axes or have another dtype; x is
+float64 (the statistics would drop to float32) or its rank/type is unknown; the opset is
+below 17 and cannot be raised.
 """
 
 from __future__ import annotations

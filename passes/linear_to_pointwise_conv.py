@@ -10,33 +10,22 @@ NCHW activation and transpose back afterwards:
 with ``L_i(a) = MatMul(a, W_i) + b_i`` (W_i a constant [K, N], b_i a constant broadcast over
 the last axis; the Add may be absent) and R_k possibly empty. With T = Transpose(., [0, 3, 1, 2]):
 
-    T(a @ W + b)[n, c, h, w] = b[c] + sum_k W[k, c] * T(a)[n, k, h, w]
-                             = Conv(T(a), W^T reshaped to [N, K, 1, 1], b)[n, c, h, w]
+    T(a @ W + b) = Conv(T(a), W^T reshaped to [N, K, 1, 1], b)
 
-(the same products summed; only the accumulation order is the backend's). A pointwise
-region R (unary ops, or binary ops whose other operands are constants varying at most
-along the last axis: the decomposed GELU, ConvNeXt's layer-scale Mul) computes each element
-from the element at the same position and its channel's constants, so
-``T(R(e)) = R'(T(e))`` with each constant c of shape [..., C] re-laid as [1, C, 1, 1]
-(one-element constants unchanged). The rewrite therefore moves the closing transpose to
-the start of the chain: ``T(a_1) -> Conv_1 -> R_1' -> ... -> Conv_k -> R_k'``. Nodes: each
-MatMul (+ Add) becomes one Conv, the closing Transpose becomes the opening one.
-
-Why: measured with tensorrt_rtx 1.7.1 on the zoo ConvNeXt (examples/zoo.py, batch 1:2:4),
-the MatMul + Add on the 4-D NHWC activation builds as a plain gemm layer plus a pointwise
-kernel for bias and GELU, 6 engine layers per block (43 in all); as 1x1 convolutions the
-first fuses with the GELU (and the transpose before it) and the second with the residual
-Add, 4 per block (32 in all; onnxsim's 2-D Gemm form gives 37).
+(the same products summed). A pointwise region R (unary ops, or binary ops whose other
+operands are constants varying at most along the last axis) commutes with T once each
+constant of shape [..., C] is re-laid as [1, C, 1, 1]. So the closing transpose moves to
+the start of the chain: ``T(a_1) -> Conv_1 -> R_1' -> ... -> Conv_k -> R_k'``, each MatMul
+(+ Add) one Conv, which TensorRT fuses with the pointwise ops around it.
 
 Must not: rewrite when the closing Transpose's perm is not [0, 3, 1, 2] or its input does
 not come (through a region) from a Linear on a rank-4 tensor; when a weight is not a rank-2
 constant (or a Transpose of one); when a bias is not a constant or varies along any axis
-but the last; when the element type is not float16 or float32 (onnxruntime has no float64
-Conv kernel, TensorRT no float64); when an intermediate (a MatMul or Add result, a region
-tensor, the value entering a region) is a graph output or read outside the chain (it would
-be seen in the other layout); when a region constant varies along another axis or has a
-rank above 4. A chain stops (and the transpose is placed) at the first Linear whose input
-does not come, through such a region, from another Linear.
+but the last; when the element type is not float16 or float32 (no float64 Conv in
+onnxruntime or TensorRT); when an intermediate is a graph output or read outside the
+chain (it would be seen in the other layout); when a region constant varies along another
+axis or has a rank above 4. A chain stops at the first Linear whose input does not come,
+through such a region, from another Linear.
 """
 
 from __future__ import annotations

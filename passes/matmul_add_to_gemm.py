@@ -8,18 +8,10 @@ Rewrites, for A of rank 2 (M x K) and a constant weight W of rank 2:
 - ``MatMul(A, Transpose(W))`` (perm [1, 0]) -> ``Gemm(A, W, transB=1)``, with or without a
   following bias Add.
 
-Weight layout. TensorRT's ONNX parser lowers both MatMul and Gemm to one
-IMatrixMultiplyLayer; Gemm's ``transB`` becomes ``MatrixOperation::kTRANSPOSE`` on that
-layer, an operand flag the builder folds into its kernel choice, not a data movement
-(onnx-tensorrt ``builtin_op_importers.cpp``, Gemm importer; a constant B becomes a
-constant layer whose format the builder picks at build time). So TensorRT has no cheaper
-storage order for constant weights to be rewritten into; what costs is an explicit
-Transpose node on the weight path (a Shuffle layer) and a second, transposed copy of the
-weights in the file. This pass therefore never copies or re-lays weights: a plain
-[K, N] weight stays as it is with ``transB=0``, and a weight reached through a Transpose
-of a [N, K] constant (PyTorch's ``nn.Linear`` storage) is used as stored with
-``transB=1``, which removes the Transpose and keeps a weight shared with other nodes
-(tied embeddings) shared.
+Weights are never copied or re-laid: TensorRT treats ``transB`` as an operand flag, so a
+[K, N] weight stays as it is with ``transB=0`` and a Transpose of a [N, K] constant
+(``nn.Linear`` storage) is read as stored with ``transB=1`` (a weight shared with other
+nodes stays shared).
 
 Must not: rewrite when A's rank is not known to be 2 (Gemm is strictly 2-D: a batched
 MatMul stays), when the weight is not a rank-2 constant, when the element type is not a

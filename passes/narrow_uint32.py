@@ -1,9 +1,8 @@
 """Give a UINT32 constant read only by Casts the type INT32 when its values fit.
 
-tensorrt_rtx 1.7 has no UINT32: an initializer of that type fails ``importInitializers``
-("Failed to import initializer") and a Cast to it fails ``checkCast``. Exporters emit
-UINT32 constants that are immediately cast (index tables, hash seeds). When every value is
-in [0, 2**31 - 1], the INT32 constant holds the same integers, and a Cast's result depends
+TensorRT has no UINT32 (neither initializers nor Casts to it), and exporters emit UINT32
+constants that are immediately cast (index tables, hash seeds). When every value is in
+[0, 2**31 - 1], the INT32 constant holds the same integers, and a Cast's result depends
 only on the integer it reads (rounding to a float type, wrap-around modulo 2**bits to an
 integer type, non-zero to bool), so every consuming Cast computes exactly what it did.
 

@@ -1,18 +1,15 @@
 """Rewrite a TopK whose constant K is at or beyond TensorRT's limit as an exact rank sort.
 
-tensorrt_rtx 1.7 parses a TopK with K >= 3840 but ``build_serialized_network`` fails
-("K exceeds the maximum value allowed (3840)"). Splitting the axis into chunks does not
-help: merging the chunks' candidates again needs a TopK with K >= 3840. Instead, along the
-last axis of length N (static), every element's position in the sorted output is counted:
+TensorRT builds no TopK with K >= ``K_LIMIT``, and splitting the axis into chunks does not
+help (merging the chunks needs such a TopK again). Instead, along the last axis of length N
+(static), every element's position in the sorted output is counted:
 
     rank[i] = #{j : x[j] beats x[i]} + #{j < i : x[j] == x[i]}
 
 ("beats": greater for largest=1, less for largest=0), which is ONNX's order, ties to the
 lower index. Without NaN these ranks are a permutation of 0..N-1, so ``ScatterElements``
 puts each value (and its index) at its rank: the fully sorted axis, then ``Slice`` keeps
-the first K. Values and indices are the same as onnxruntime's exactly (no arithmetic on
-values; the counts are int32, exact up to 2**31). Cost: N x N comparisons per row, so
-this is for the K range TensorRT rejects, not a general sort.
+the first K. Values and indices are exactly onnxruntime's. Cost: N x N comparisons per row.
 
 Must not: rewrite K below the limit, a non-constant K, an unknown axis length, a
 non-float input, ``sorted=0`` (the order is then the runtime's choice), or models below

@@ -1,8 +1,8 @@
 """DeformConv (opset 19) -> NVIDIA's ``ModulatedDeformConv2d`` plugin (version 1, default namespace).
 
-tensorrt_rtx 1.7's parser rejects ``DeformConv``; TensorRT OSS ships the deformable
-convolution of Deformable ConvNets v2 as ``plugin/modulatedDeformConvPlugin``. Fields, from
-its README: int32[2] ``stride``, ``padding``, ``dilation`` (height, width); int32 ``group``,
+TensorRT's parser cannot parse ``DeformConv``; TensorRT OSS ships Deformable ConvNets v2's
+convolution as ``plugin/modulatedDeformConvPlugin``. Fields, from its README: int32[2]
+``stride``, ``padding``, ``dilation`` (height, width); int32 ``group``,
 ``deformable_group``. Inputs x [N, C, H, W], offset [N, 2*dg*kh*kw, OH, OW], mask
 [N, dg*kh*kw, OH, OW], weight [OC, C/group, kh, kw], bias [OC] (ONNX's order is X, W,
 offset, B, mask, so the inputs are reordered); output [N, OC, OH, OW] (OH, OW read off
@@ -11,13 +11,11 @@ the offset's dims, which ONNX requires to be the output's).
 Mapping: strides -> stride, dilations -> dilation, group -> group, offset_group ->
 deformable_group, pads [top, left, bottom, right] -> padding only when top == bottom and
 left == right (the plugin pads each axis by one number). Offsets are (y, x) pairs per
-kernel position in both, and both sample bilinearly with zero outside the image (the
-torchvision / DCNv2 rule the reference below follows).
+kernel position in both, and both sample bilinearly with zero outside the image.
 
 Declined: inputs other than 2-D (rank-4 X), asymmetric pads, and a missing mask or bias
-whose constant stand-in cannot be built exactly: a mask of ones (exact: every sample is
-multiplied by 1) needs the offset's static shape; a zero bias needs the weight's static
-output-channel count.
+whose constant stand-in cannot be built exactly: a mask of ones needs the offset's static
+shape; a zero bias needs the weight's static output-channel count.
 """
 
 from __future__ import annotations

@@ -2,57 +2,36 @@
 
 The pattern is the NonMaxSuppression node plus the post-processing between it and the
 graph outputs it reaches, replaced as a whole when that post-processing is one of the
-tails in ``plugins/_nms_tails.py`` (each an ONNX-text pattern graph, matched node by
-node by ``plugins/_nms_pattern.py``: op types, attributes, constants, wiring), nothing
-else reads the values computed from the NMS (values before it, like the scores Transpose
-or the batch size, stay when something else reads them), and its constants are ones the
+tails in ``plugins/_nms_tails.py`` (matched node by node by ``plugins/_nms_pattern.py``),
+nothing else reads the values computed from the NMS, and its constants are ones the
 substitution is exact for:
 
 - the documented tail: ``scores [B,N,C]`` -> Transpose -> NonMaxSuppression; the selected
   scores scattered into a dense ``[B, C*N]`` filled with -3e38; TopK K; outputs
   num_detections ``[B,1]`` int32, detection_boxes ``[B,K,4]``, detection_scores ``[B,K]``,
-  detection_classes ``[B,K]`` int32, zero past num_detections (EfficientNMS_TRT's own four,
-  one to one);
-- mmdeploy's ``_multiclass_nms`` + ``_select_nms_index`` (``mmdeploy/mmcv/ops/nms.py``,
-  dynamic batch, pre_top_k -1): ``dets [B,K,5]`` (box, score) and ``labels [B,K]`` int64,
-  with a constant keep_top_k K, or -- as mmdeploy's ONNX Runtime export writes it, its
-  ``topk__dynamic`` rewrite taking ``K' = min(K, S + 1)`` rows, S the number of selections
-  in the whole batch -- ``[B,K',5]`` and ``[B,K']``. Those are rebuilt from the plugin's four
-  outputs with ordinary nodes (Less, ReduceSum, Equal, Where, Cast, Unsqueeze, Concat; a
-  Slice to ``min(K, sum(num_detections) + 1)`` rows for K', which equals K' because the sum
-  is S whenever S + 1 <= K and >= K once an image is capped). Rows past an image's
-  detections are mmdeploy's zeroed rows of other images (dets 0, label -1) in index order,
-  then its one appended zero row (label 0) at position S; a padding row can only be at S
-  when S < K, and then S is the sum of num_detections, so every padding label is
-  determined. With a constant K, where onnxruntime fails on the original (K > S + 1) the
-  substitute returns padded rows.
+  detection_classes ``[B,K]`` int32 (EfficientNMS_TRT's own four, one to one);
+- mmdeploy's ``_multiclass_nms`` + ``_select_nms_index`` (dynamic batch, pre_top_k -1):
+  ``dets [B,K,5]`` and ``labels [B,K]`` int64 with a constant keep_top_k K, or its
+  ``topk__dynamic`` form with ``K' = min(K, S + 1)`` rows (S the selections in the whole
+  batch); rebuilt exactly from the plugin's four outputs with ordinary nodes.
 
-Declined, with the reason: thresholds or K computed at run time; center_point_box 1;
-scores not ``Transpose<perm=[0,2,1]>`` of ``[B,N,C]``; N or C not static; a per-class cap
-below K; score_threshold < 0 for mmdeploy (a kept score could tie a padding row's 0);
-outputs with one row per selection, like yolov7's ``ONNX_ORT`` end2end export
-(``[S, 7]``): a fixed-size plugin cannot produce them; any other tail.
+Plugin fields (TensorRT's ``plugin/efficientNMSPlugin`` README): int32
+``background_class`` (-1), ``max_output_boxes`` (K), ``score_activation`` (0),
+``class_agnostic`` (0), ``box_coding`` (0: corners); float32 ``score_threshold``,
+``iou_threshold``. Inputs boxes [B,N,4] and scores [B,N,C] (the Transpose's input).
 
-Fields (TensorRT's ``plugin/efficientNMSPlugin`` README): int32 ``background_class``
-(-1: none), ``max_output_boxes`` (K), ``score_activation`` (0), ``class_agnostic`` (0),
-``box_coding`` (0: corners); float32 ``score_threshold``, ``iou_threshold``. Inputs
-boxes [B,N,4] and scores [B,N,C] (the Transpose's input); outputs num_detections [B,1]
-int32, detection_boxes [B,K,4], detection_scores [B,K], detection_classes [B,K] int32,
-zero past num_detections.
+Declined, with the reason: thresholds or K computed at run time; center_point_box 1
+(EfficientNMS writes corners whatever the input coding); scores not
+``Transpose<perm=[0,2,1]>`` of ``[B,N,C]``; N or C not static; a per-class cap below K;
+score_threshold < 0 for mmdeploy (a kept score could tie a padding row's 0); outputs with
+one row per selection (a fixed-size plugin cannot produce them); any other tail.
 
-center_point_box=1 is declined: EfficientNMS writes detection_boxes as corners whatever
-the input coding (a comment in NVIDIA's kernel, read in a port of it), while the tails
-gather the input boxes as given, so with center boxes the two differ.
-
-Equivalence, and its limits: per class, greedy NMS on boxes scoring above
-score_threshold, then the K best of all classes by score. ONNX caps each class at
-max_output_boxes_per_class, so the spec declines when that is below K (with it >= K the
-cap never changes the K best). Exact ties differ: onnxruntime drops a box scoring exactly
-score_threshold and suppresses only at IoU > iou_threshold, EfficientNMS keeps the first
-and suppresses at IoU >= iou_threshold (the reference below follows onnxruntime); equal
-scores may come out in another order; EfficientNMS considers at most its pre-NMS top-k
-(4096 by default) candidates per image. The reference orders each box's corners (as
-onnxruntime does); whether EfficientNMS accepts flipped corners is not established.
+Equivalence: per class, greedy NMS on boxes scoring above score_threshold, then the K best
+of all classes by score. Exact ties differ: onnxruntime drops a box scoring exactly
+score_threshold and suppresses only at IoU > iou_threshold, EfficientNMS keeps it and
+suppresses at IoU >= iou_threshold (the reference below follows onnxruntime); equal scores
+may come out in another order; EfficientNMS considers at most its pre-NMS top-k (4096 by
+default) candidates per image.
 """
 
 from __future__ import annotations

@@ -1,15 +1,14 @@
 """RoiAlign -> NVIDIA's ``ROIAlign_TRT`` plugin (version 1, default namespace).
 
-tensorrt_rtx 1.7's parser imports ``RoiAlign`` only through that plugin, which it does not
-ship (measured: "ROIAlign plugin was not found in the plugin registry"); TensorRT 10
-ships it. Fields, from TensorRT's ``plugin/roiAlignPlugin`` README and config: int32
-``coordinate_transformation_mode`` (1: half_pixel, 0: output_half_pixel), ``mode``
-(1: avg, 0: max), ``output_height``, ``output_width``, ``sampling_ratio``; float32
-``spatial_scale``. Inputs X [N, C, H, W], rois [R, 4], batch_indices [R] as int32 (a
-Cast is inserted: ONNX gives int64); output [R, C, output_height, output_width].
+TensorRT's parser imports ``RoiAlign`` only through that plugin. Fields, from TensorRT's
+``plugin/roiAlignPlugin`` README: int32 ``coordinate_transformation_mode`` (1: half_pixel,
+0: output_half_pixel), ``mode`` (1: avg, 0: max), ``output_height``, ``output_width``,
+``sampling_ratio``; float32 ``spatial_scale``. Inputs X [N, C, H, W], rois [R, 4],
+batch_indices [R] as int32 (a Cast is inserted: ONNX gives int64); output
+[R, C, output_height, output_width].
 
-Max mode is declined: onnxruntime's max mode takes the largest of the four weighted
-corner terms of each sample, which the reference below does not reproduce.
+Declined: max mode (onnxruntime's max mode takes the largest of the four weighted corner
+terms of each sample, which the reference below does not reproduce).
 """
 
 from __future__ import annotations
