@@ -26,6 +26,7 @@ from fusekit.errors import InputError
 from fusekit.profiles import dim_names
 from fusekit.model_io.load import _TYPES_KEY as _DECLARED_TYPES
 from fusekit.model_io import export_weightless
+from fusekit.onnx_nodes import is_default_domain
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ def tensorrt_shape_problems(graph: gs.Graph) -> list[str]:
     origin = _data_origins(graph)
     for node in graph.nodes:
         for i in SHAPE_INPUTS.get(node.op, ()):
-            if (node.domain or "") not in ("", "ai.onnx") or i >= len(node.inputs) or id(node.inputs[i]) not in origin:
+            if not is_default_domain(node) or i >= len(node.inputs) or id(node.inputs[i]) not in origin:
                 continue
             t = node.inputs[i]
             where, kind = origin[id(t)]
@@ -351,7 +352,7 @@ def _data_origins(graph: gs.Graph) -> dict[int, tuple[str, str]]:
             continue
         sources = [origin[id(t)] for t in node.inputs if id(t) in origin]
         floats = any(_is_float(t.dtype) for t in (*node.inputs, *node.outputs) if t.name)
-        if node.op in _SHAPE_OPS and (node.domain or "") in ("", "ai.onnx"):
+        if node.op in _SHAPE_OPS and is_default_domain(node):
             if not sources:
                 continue
             kind = max((k for _, k in sources), key=order.get)

@@ -21,6 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array
+from fusekit.onnx_nodes import is_default_domain
 
 AXES_OPS = frozenset({"Unsqueeze", "Squeeze"})
 
@@ -88,7 +89,7 @@ class Pattern:
         if isinstance(g, np.ndarray) or len(g.inputs) != 1:
             return f"{_name(g)} is not computed by {pn.op}"
         gn = g.inputs[0]
-        if gn.op != pn.op or (gn.domain or "") not in ("", "ai.onnx"):
+        if gn.op != pn.op or not is_default_domain(gn):
             return f"{g.name!r} comes from {gn.op}, the pattern has {pn.op}"
         if pn.outputs.index(p) != gn.outputs.index(g) or len(pn.outputs) != len(gn.outputs):
             return f"{gn.name!r} ({gn.op}) has other outputs than the pattern's"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusekit.errors import ParseFailedError
+from fusekit.onnx_nodes import DEFAULT_DOMAINS
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _problem(error: ParserError, domains: dict[str, str]) -> ParseProblem:
     node = error.node or None
     op = error.operator or None
     domain = domains.get(node or "", "")
-    if op and domain not in ("", "ai.onnx"):
+    if op and domain not in DEFAULT_DOMAINS:
         op = f"{domain}.{op}"
     desc = error.desc
     plugin_missing = "Plugin not found" in desc
