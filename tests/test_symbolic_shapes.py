@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 
+from fusekit.passes._shapes.analysis import Analysis
 from fusekit.passes._shapes.expr import Expr, compare, maximum, minimum, parse_dim_param
 from tests.helpers import assert_same_outputs, inspect_pass, op_counts, optimize_with, parse
 
@@ -119,19 +121,22 @@ def test_range_and_slice_lengths():
     assert got["r"] == ["seq"] and got["p"] == [1, "min(512,seq)"]  # ...an unnamed one gets the computed one
 
 
+CAUSAL_MASK = """g (float[batch,4,seq,seq] scores, bool[1,1,128,128] mask) => (float[batch,4,?,?] y)
+                  <int64[1] z = {0}, int64[2] zeros = {0, 0}, int64[2] axes = {2, 3}, int64 two = {2},
+                   float minf = {-1e9}> {
+  s = Shape(scores)
+  n = Gather<axis = 0>(s, two)
+  n1 = Unsqueeze(n, z)
+  ends = Concat<axis = 0>(n1, n1)
+  m = Slice(mask, zeros, ends, axes)
+  y = Where(m, scores, minf)
+}"""
+
+
 def test_causal_mask_slice_broadcast_against_seq_is_seq():
     """scores [batch, 4, seq, seq] masked by mask[:, :, :seq, :seq] of a [1, 1, 128, 128] buffer:
     the slice is min(128,seq) long, and broadcast against seq it can only be seq."""
-    model = parse("""g (float[batch,4,seq,seq] scores, bool[1,1,128,128] mask) => (float[batch,4,?,?] y)
-                      <int64[1] z = {0}, int64[2] zeros = {0, 0}, int64[2] axes = {2, 3}, int64 two = {2},
-                       float minf = {-1e9}> {
-      s = Shape(scores)
-      n = Gather<axis = 0>(s, two)
-      n1 = Unsqueeze(n, z)
-      ends = Concat<axis = 0>(n1, n1)
-      m = Slice(mask, zeros, ends, axes)
-      y = Where(m, scores, minf)
-    }""")
+    model = parse(CAUSAL_MASK)
     optimized, _ = optimize_with(model, PASSES)
     got = shapes(optimized)
     assert got["m"] == [1, 1, "min(128,seq)", "min(128,seq)"]
@@ -141,6 +146,20 @@ def test_causal_mask_slice_broadcast_against_seq_is_seq():
         feeds = {"scores": rng.standard_normal((2, 4, n, n)).astype(np.float32),
                  "mask": rng.integers(0, 2, (1, 1, 128, 128)).astype(bool)}
         assert_same_outputs(model, optimized, [feeds])
+
+
+def test_what_a_min_name_stands_for_belongs_to_one_analysis_run():
+    """The min(128,seq) fact that decides the broadcast is the run's own: a second run learns
+    it again from the Slice, and a run over another graph starts with none."""
+    graph = gs.import_onnx(parse(CAUSAL_MASK))
+    first, second = Analysis(graph), Analysis(graph)
+    for run in (first, second):
+        assert run.minima == {"min(128,seq)": (Expr.atom("seq"), c(128))}
+        y = next(t for t in graph.outputs if t.name == "y")
+        assert [str(d) for d in run.shape(y)] == ["batch", "4", "seq", "seq"]
+    assert first.minima is not second.minima
+    other = gs.import_onnx(parse("""g (float[batch,seq] x) => (float[batch,seq] y) { y = Relu(x) }"""))
+    assert Analysis(other).minima == {}
 
 
 @pytest.mark.parametrize("written", [-1, 0])
