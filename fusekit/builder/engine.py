@@ -90,7 +90,8 @@ def build(onnx_path: Path, facts: ModelFacts, shapes: dict, profile: list[dict],
         vertical_fusions=layers.vertical_fusions(messages), profile=profile,
         seconds={k: round(v, 4) for k, v in seconds.items()}, engine_bytes=engine.nbytes,
         notes=([cache_use.note] if cache_use and cache_use.note else []) + plugin_notes,
-        warnings=list(dict.fromkeys(r.message for r in captured.records if r.severity == 2)))
+        warnings=list(dict.fromkeys(r.message for r in captured.records if r.severity == 2)),
+        onnx_edges=facts.edges, inputs=facts.inputs, outputs=facts.outputs)
     data = sidecar.make(engine_file="", engine_bytes=engine.nbytes, engine_sha256=sidecar.sha256(engine),
                         backend=backend.name, version=backend.version,
                         compute_capability=_targets(backend, options), precision=options.precision,
