@@ -216,7 +216,7 @@ CcOpt = Annotated[Optional[list[str]], typer.Option(
 @app.command()
 def build(
     model: Annotated[Path, typer.Argument(help="The ONNX model (never modified).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")] = None,
     no_optimize: Annotated[bool, typer.Option("--no-optimize", help="Build the model as it is.")] = False,
     dynamic: DynamicOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels (tensorrt only).")] = False,
@@ -228,13 +228,27 @@ def build(
     report: Annotated[bool, typer.Option("--report", help="Print every engine layer and the ONNX nodes it computes.")] = False,
     report_json: Annotated[Optional[Path], typer.Option("--report-json", help="Write the fused-layer report as JSON ('-': stdout).")] = None,
     plugins: PluginsOpt = "none",
+    triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Write the engine into this Triton model repository (NAME/1/model.plan, NAME/config.pbtxt) instead of -o.")] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="--triton-repo: the model's name there (default: MODEL's file stem).")] = None,
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
+    plan = None
+    if triton_repo is not None:
+        from fusekit import triton
+
+        if output is not None:
+            raise InputError("-o and --triton-repo: give one (the engine goes to DIR/NAME/1/model.plan)")
+        plan = triton.plan_path(triton_repo, model_name or model.stem)
+        output = plan if plan.parent.is_dir() else None  # else its folders are made after the build
+    elif output is None:
+        raise InputError("say where the engine goes: -o ENGINE or --triton-repo DIR")
     with BuildDisplay() as display:
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
                            compute_capabilities=_split(compute_capability) or (), plugins=plugins,
                            progress=display.progress, status=display.status)
+    if plan is not None:
+        result.written = triton.write(result, plan, plan.parent.parent.name)
     data = result.report.to_dict()
     if report_json is not None:
         _write_json(report_json, data)
