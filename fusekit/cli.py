@@ -230,6 +230,7 @@ def build(
     plugins: PluginsOpt = "none",
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Write the engine into this Triton model repository (NAME/1/model.plan, NAME/config.pbtxt) instead of -o.")] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="--triton-repo: the model's name there (default: MODEL's file stem).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Build even when the engine there was built from the same model, options and backend.")] = False,
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
     plan = None
@@ -246,7 +247,11 @@ def build(
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
                            compute_capabilities=_split(compute_capability) or (), plugins=plugins,
-                           progress=display.progress, status=display.status)
+                           progress=display.progress, status=display.status, force=force)
+    reused = set(result.written) if result.reused else set()
+    if result.reused:
+        err.print(f"reused {result.written[0]}: built from the same model, options and backend (--force rebuilds)",
+                  soft_wrap=True, markup=False, highlight=False)
     if plan is not None:
         result.written = triton.write(result, plan, plan.parent.parent.name)
     data = result.report.to_dict()
@@ -256,7 +261,7 @@ def build(
         return
     if report:
         print_engine_layers(result.report)
-    print_build_summary(result.report, result.written)
+    print_build_summary(result.report, [p for p in result.written if p not in reused])
 
 
 @app.command("compare")

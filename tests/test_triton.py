@@ -10,7 +10,12 @@ from pathlib import Path
 import jsonschema
 import onnx
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+)
 
 from fusekit import triton
 from fusekit.builder.layers import TensorInfo
@@ -84,7 +89,7 @@ def test_batched_model_gets_plan_sidecar_and_a_config_triton_parses(tmp_path, mo
         assert not warning
     assert str(plan) in captured.out.replace("\n", "")
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == [
-        "detector/1/model.plan", "detector/1/model.plan.json",
+        "detector/1/model.plan", "detector/1/model.plan.json", "detector/1/model.plan.report.json",
         "detector/config.pbtxt"]
 
 

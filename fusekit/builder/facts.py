@@ -39,7 +39,7 @@ class ModelFacts:
         return cls(name=name, onnx_ops={trt_node_name(n): n.op_type for n in nodes},
                    domains={trt_node_name(n): n.domain for n in nodes if n.domain},
                    source_path=None if isinstance(source, onnx.ModelProto) else str(source),
-                   source_sha256=source_sha256 or _sha256_of(source), optimized=optimized,
+                   source_sha256=source_sha256 or sha256_of(source), optimized=optimized,
                    edges=graph_edges(proto.graph),
                    inputs=[tensor_info(v) for v in proto.graph.input if v.name not in initializers],
                    outputs=[tensor_info(v) for v in proto.graph.output])
@@ -89,7 +89,8 @@ def tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(value.name, dims, None if dtype is None else _DTYPE_NAMES.get(dtype, dtype.lower()))
 
 
-def _sha256_of(source: Path | onnx.ModelProto) -> str:
+def sha256_of(source: Path | onnx.ModelProto) -> str:
+    """The sidecar's ``source_model.sha256``: of the model file as given, or of the serialized proto."""
     if isinstance(source, onnx.ModelProto):
         return sidecar.sha256(source.SerializeToString())
     return sidecar.file_sha256(source)

@@ -101,7 +101,7 @@ class BuildReport:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BuildReport":
+    def from_dict(cls, data: dict) -> BuildReport:
         """The report whose :meth:`to_dict` is ``data`` (as stored beside a reused engine)."""
         onnx, engine = data["onnx"], data["engine"]
         return cls(
