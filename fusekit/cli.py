@@ -213,6 +213,19 @@ CcOpt = Annotated[Optional[list[str]], typer.Option(
     "--compute-capability", help="Target GPU architecture, e.g. 8.6 (repeatable; tensorrt_rtx).")]
 
 
+ReportHtmlOpt = Annotated[Optional[Path], typer.Option(
+    "--report-html", help="Write one self-contained HTML page: the ONNX graph coloured by engine layer, and the layer table.")]
+
+
+def _check_report_html(path: Path | None) -> None:
+    """Refuse --report-html before any build when Graphviz is missing or its folder is."""
+    if path is not None:
+        from fusekit import html_report
+
+        html_report.check_available()
+        html_report.check_output(path)
+
+
 @app.command()
 def build(
     model: Annotated[Path, typer.Argument(help="The ONNX model (never modified).")],
@@ -231,8 +244,10 @@ def build(
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Write the engine into this Triton model repository (NAME/1/model.plan, NAME/config.pbtxt) instead of -o.")] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="--triton-repo: the model's name there (default: MODEL's file stem).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Build even when the engine there was built from the same model, options and backend.")] = False,
+    report_html: ReportHtmlOpt = None,
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
+    _check_report_html(report_html)
     plan = None
     if triton_repo is not None:
         from fusekit import triton
@@ -254,6 +269,10 @@ def build(
                   soft_wrap=True, markup=False, highlight=False)
     if plan is not None:
         result.written = triton.write(result, plan, plan.parent.parent.name)
+    if report_html is not None:
+        from fusekit import html_report
+
+        html_report.write(report_html, html_report.build_page(result.report))
     data = result.report.to_dict()
     if report_json is not None:
         _write_json(report_json, data)
@@ -273,11 +292,17 @@ def compare_cmd(
     workspace: WorkspaceOpt = None,
     opt_level: OptLevelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    report_html: ReportHtmlOpt = None,
 ) -> None:
     """Build A and B and compare: engine layer counts, and ONNX nodes fused in only one of them."""
+    _check_report_html(report_html)
     with BuildDisplay() as display:
         comparison = api.compare_builds(a, b, optimize=optimize, dynamic=dynamic or (), workspace_mib=workspace,
                                         opt_level=opt_level, progress=display.progress, status=display.status)
+    if report_html is not None:
+        from fusekit import html_report
+
+        html_report.write(report_html, html_report.compare_page(comparison))
     data = comparison.to_dict()
     if as_json:
         print(json.dumps(data, indent=2))
