@@ -6,7 +6,8 @@ The ONNX graph handed to the parser is drawn with each node filled with the colo
 engine layer it ended in: nodes that share a colour run as one fused layer. A node alone in
 its engine layer (unfused) has a white fill and a dashed outline; a node in no engine layer
 (folded or removed by TensorRT) is grey and dotted. Below the graph, the engine layer table
-with the same colours. A comparison shows both graphs side by side, the nodes fused in only
+with the same colours; each node's label gives its engine layer number (``#7``), so a colour
+used twice is never ambiguous. A comparison shows both graphs side by side, the nodes fused in only
 one side outlined in red.
 
 Graphviz lays the graph out (``dot``, through the ``graphviz`` Python package) and renders
@@ -24,9 +25,11 @@ from fusekit.builder.report import BuildReport, Comparison
 from fusekit.errors import InputError
 from fusekit.model_io import atomic_write
 
-# Fill colours of fused engine layers (cycled); Tableau-like, dark text stays readable.
+# Fill colours of fused engine layers (cycled); light, so dark text stays readable.
+# Each node's label also carries its engine layer number (#7), so a colour met twice is never ambiguous.
 PALETTE = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
-           "#9edae5", "#fdd0a2", "#c7e9c0", "#dadaeb")
+           "#9edae5", "#fdd0a2", "#c7e9c0", "#dadaeb", "#fdae6b", "#a1d99b", "#bcbddc", "#fcbba1",
+           "#9ecae1", "#e7cb94", "#e7969c", "#de9ed6")
 UNMAPPED_FILL = "#e0e0e0"
 ONLY_HERE = "#d62728"
 
@@ -120,7 +123,8 @@ def graph_svg(report: BuildReport, outlined: set[str] = frozenset(), prefix: str
                  "tooltip": graphviz.escape(_tooltip(report, name, op, layers))}
         if name in outlined:
             attrs.update(color=ONLY_HERE, penwidth="3")
-        dot.node(ids[name], _label(op, name), id=f"{prefix}onnx-{ids[name]}", **attrs)
+        where_in = f"#{layers[0]} " if layers else ""
+        dot.node(ids[name], _label(op, name, where_in), id=f"{prefix}onnx-{ids[name]}", **attrs)
     ends: dict[tuple[str, str], str] = {}
     for kind, tensors in (("input", report.inputs), ("output", report.outputs)):
         for k, t in enumerate(tensors):
@@ -137,10 +141,10 @@ def graph_svg(report: BuildReport, outlined: set[str] = frozenset(), prefix: str
     return re.sub(r"^.*?(?=<svg)", "", svg, flags=re.DOTALL)  # drop the XML prolog and DOCTYPE
 
 
-def _label(title: str, detail: str) -> str:
-    """A Graphviz HTML-like label: ``title`` over ``detail`` in small grey type."""
+def _label(title: str, detail: str, lead: str = "") -> str:
+    """A Graphviz HTML-like label: ``title`` over ``lead`` + ``detail`` in small grey type."""
     return (f"<{html.escape(title)}<BR/><FONT POINT-SIZE=\"8\" COLOR=\"#555555\">"
-            f"{html.escape(_shorten(detail))}</FONT>>")
+            f"{html.escape(lead + _shorten(detail))}</FONT>>")
 
 
 def _shorten(text: str, limit: int = 40) -> str:
