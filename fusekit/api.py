@@ -210,7 +210,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
           compute_capabilities: Iterable[str] = (), passes: Iterable[str] | None = None,
           skip: Iterable[str] = (), progress: Callable[[Any], None] | None = None,
           status: Callable[[str], None] | None = None, plugins: str | Iterable[str] | None = None,
-          force: bool = False):
+          force: bool = False, reuse_at: str | os.PathLike | None = None):
     """Build a TensorRT engine from ``model`` (a path or a ``ModelProto``, never modified).
 
     Runs the optimize pipeline first unless ``optimize=False``, resolves the optimization
@@ -219,8 +219,8 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     and builds with the installed TensorRT, and, given ``output``, writes the engine and
     its JSON sidecar atomically. ``plugins`` (with ``optimize``): plugin substitutions, as
     :func:`optimize` takes them; plugin nodes in the model get a generated creator when the
-    installed TensorRT has none (``.plugins`` lists what the engine needs). Given ``output``,
-    an engine already there that was built from the same model, settings and backend is
+    installed TensorRT has none (``.plugins`` lists what the engine needs). An engine at
+    ``reuse_at`` (default: ``output``) built from the same model, settings and backend is
     returned as it is (``.reused``; see :mod:`fusekit.builder.reuse`) unless ``force``.
     Returns a :class:`fusekit.builder.engine.EngineBuild`
     (``.engine`` bytes, ``.report`` the fused-layer report, ``.sidecar``, ``.written``).
@@ -255,7 +255,8 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     plugins = plugins if plugins is None or isinstance(plugins, str) else tuple(plugins)
     key, source_sha256 = reuse.build_key(source, backend, options, given, optimize=optimize, passes=passes,
                                          skip=skip, plugins=plugins)
-    found = None if force or output is None or key is None else reuse.lookup(Path(output), key)
+    reuse_at = output if reuse_at is None else reuse_at
+    found = None if force or reuse_at is None or key is None else reuse.lookup(Path(reuse_at), key)
     if found is not None:
         return found
     seconds: dict[str, float] = {}

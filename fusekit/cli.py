@@ -254,15 +254,14 @@ def build(
 
         if output is not None:
             raise InputError("-o and --triton-repo: give one (the engine goes to DIR/NAME/1/model.plan)")
-        plan = triton.plan_path(triton_repo, model_name or model.stem)
-        output = plan if plan.parent.is_dir() else None  # else its folders are made after the build
+        plan = triton.plan_path(triton_repo, model_name or model.stem)  # written after the build
     elif output is None:
         raise InputError("say where the engine goes: -o ENGINE or --triton-repo DIR")
     with BuildDisplay() as display:
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
                            compute_capabilities=_split(compute_capability) or (), plugins=plugins,
-                           progress=display.progress, status=display.status, force=force)
+                           progress=display.progress, status=display.status, force=force, reuse_at=plan)
     reused = set(result.written) if result.reused else set()
     if result.reused:
         err.print(f"reused {result.written[0]}: built from the same model, options and backend (--force rebuilds)",

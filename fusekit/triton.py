@@ -50,14 +50,15 @@ def plan_path(repo: Path, name: str) -> Path:
 
 
 def write(result: EngineBuild, plan: Path, name: str) -> list[Path]:
-    """Write ``result``'s engine (unless already written at ``plan``), its sidecar and report,
-    and ``config.pbtxt``; return every file written. Folders are made only now, after the build."""
+    """Write ``result``'s engine (unless it was reused from ``plan``), its sidecar and report,
+    and ``config.pbtxt``; return every file written. The config is made first (a tensor Triton
+    cannot type fails before anything is written) and folders only now, after the build."""
     report = result.report
     if report.backend == "tensorrt_rtx":
         log.warning(RTX_WARNING.format(backend=report.backend))
     text = config_text(report, name)
     plan.parent.mkdir(parents=True, exist_ok=True)
-    written = result.written if Path(plan) in result.written else result.save(plan)
+    written = result.written if result.reused else result.save(plan)
     config = plan.parent.parent / CONFIG
     try:
         atomic_write(config, lambda f: f.write(text.encode()))

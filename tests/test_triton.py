@@ -21,6 +21,7 @@ from fusekit import triton
 from fusekit.builder.layers import TensorInfo
 from fusekit.builder.report import BuildReport
 from fusekit.cli import main
+from fusekit.errors import InputError
 from tests.test_builder import schema
 from tests.test_builder_cli import needs_trt, sha256
 
@@ -158,3 +159,9 @@ def test_output_whose_first_dim_is_fixed_turns_batching_off():
     report = report_with([TensorInfo("x", [-1, 3], "float32")], [TensorInfo("y", [1, 3], "float32")], profile)
     assert triton.batching(report) == (0, [])
     assert "max_batch_size: 0" in triton.config_text(report, "m") and "dynamic_batching" not in triton.config_text(report, "m")
+
+
+def test_a_tensor_triton_cannot_type_is_refused_by_name():
+    report = report_with([TensorInfo("x", [-1, 3], "float8")], [TensorInfo("y", [-1, 3], "float32")], [])
+    with pytest.raises(InputError, match="x: element type float8 has no Triton data type"):
+        triton.config_text(report, "m")
