@@ -123,7 +123,7 @@ def graph_svg(report: BuildReport, outlined: set[str] = frozenset(), prefix: str
                  "tooltip": graphviz.escape(_tooltip(report, name, op, layers))}
         if name in outlined:
             attrs.update(color=ONLY_HERE, penwidth="3")
-        where_in = f"#{layers[0]} " if layers else ""
+        where_in = f"#{fused if fused is not None else layers[0]} " if layers else ""  # the layer its colour shows
         dot.node(ids[name], _label(op, name, where_in), id=f"{prefix}onnx-{ids[name]}", **attrs)
     ends: dict[tuple[str, str], str] = {}
     for kind, tensors in (("input", report.inputs), ("output", report.outputs)):

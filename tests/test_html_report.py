@@ -42,7 +42,8 @@ def svg_nodes(page: str) -> dict[str, dict]:
                 continue
             shape = next(e for e in g.iter() if e.tag in (f"{SVG}path", f"{SVG}polygon", f"{SVG}ellipse"))
             nodes[g.get("id")] = {"classes": classes, "fill": shape.get("fill"), "stroke": shape.get("stroke"),
-                                  "dashed": shape.get("stroke-dasharray") is not None}
+                                  "dashed": shape.get("stroke-dasharray") is not None,
+                                  "text": " ".join(t.text or "" for t in g.iter(f"{SVG}text"))}
     return nodes
 
 
@@ -68,6 +69,7 @@ def test_build_page_colours_each_node_by_its_engine_layer():
         if i in colours:
             firsts = [n for n in layer.onnx_nodes if report.layer_of()[n][0] == i]
             assert {nodes[n]["fill"] for n in firsts} <= {colours[i]}
+            assert all(f"#{i} " in nodes[n]["text"] for n in firsts)  # the label names the layer
     fused_fills = [colours[i] for i in sorted(colours)]
     assert all(a != b for a, b in itertools.pairwise(fused_fills))  # neighbours never share a colour
     pool = nodes["/stem/stem.3/MaxPool"]
