@@ -1,7 +1,7 @@
 """Reuse an engine already built from the same inputs, so CI rebuilds only what changed.
 
 ``fusekit build`` records a cache key in the sidecar: the sha256 of everything the engine
-depends on (the source model and its external data, fusekit's version, the optimize
+depends on (the source model and its external data, fusekit's version and code, the optimize
 settings, the profile ranges given, the builder options, the TensorRT backend and its
 version, and the versions of the packages that provide passes and plugin specs). The build
 report is stored beside the engine (``model.engine.report.json``, the ``--report-json``
@@ -13,6 +13,7 @@ changes how long a build takes, not what it makes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -76,8 +77,24 @@ def build_key(source: Path | onnx.ModelProto, backend, options, given, **setting
         "dynamic": sorted(json.dumps(spec.to_json(), sort_keys=True) for spec in given),
         "options": {"workspace_mib": options.workspace_mib, "opt_level": options.opt_level, "fp16": options.fp16,
                     "bf16": options.bf16, "compute_capabilities": sorted(options.compute_capabilities)},
-        "backend": [backend.name, backend.version], "extensions": extension_versions()})
+        "backend": [backend.name, backend.version], "extensions": extension_versions(), "code": own_code_digest()})
     return key, source_sha256
+
+
+@functools.cache
+def own_code_digest() -> str:
+    """The sha256 of fusekit's own Python files (core, passes, plugins): an editable install
+    or a development build changes code without changing the version."""
+    import fusekit
+    import fusekit.passes
+    import fusekit.plugins
+
+    digest = hashlib.sha256()
+    for package in (fusekit, fusekit.passes, fusekit.plugins):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def extension_versions() -> list[tuple[str, str, str]]:
