@@ -3,9 +3,9 @@ between nodes, the graph's inputs and outputs, source hash."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 
@@ -31,7 +31,7 @@ class ModelFacts:
 
     @classmethod
     def of(cls, proto: onnx.ModelProto, name: str, source: Path | onnx.ModelProto, optimized: bool,
-           source_sha256: str | None = None) -> "ModelFacts":
+           source_sha256: str | None = None) -> ModelFacts:
         """Facts of ``proto`` (the model parsed), whose source is ``source`` (hashed as given,
         unless its ``source_sha256`` is known)."""
         nodes = [n for n in walk_nodes(proto.graph) if trt_node_name(n)]
