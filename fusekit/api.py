@@ -209,7 +209,8 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
           fp16: bool = False, bf16: bool = False, timing_cache: str | os.PathLike | None = None,
           compute_capabilities: Iterable[str] = (), passes: Iterable[str] | None = None,
           skip: Iterable[str] = (), progress: Callable[[Any], None] | None = None,
-          status: Callable[[str], None] | None = None, plugins: str | Iterable[str] | None = None):
+          status: Callable[[str], None] | None = None, plugins: str | Iterable[str] | None = None,
+          force: bool = False, reuse_at: str | os.PathLike | None = None):
     """Build a TensorRT engine from ``model`` (a path or a ``ModelProto``, never modified).
 
     Runs the optimize pipeline first unless ``optimize=False``, resolves the optimization
@@ -218,7 +219,10 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     and builds with the installed TensorRT, and, given ``output``, writes the engine and
     its JSON sidecar atomically. ``plugins`` (with ``optimize``): plugin substitutions, as
     :func:`optimize` takes them; plugin nodes in the model get a generated creator when the
-    installed TensorRT has none (``.plugins`` lists what the engine needs). Returns a :class:`fusekit.builder.engine.EngineBuild`
+    installed TensorRT has none (``.plugins`` lists what the engine needs). An engine at
+    ``reuse_at`` (default: ``output``) built from the same model, settings and backend is
+    returned as it is (``.reused``; see :mod:`fusekit.builder.reuse`) unless ``force``.
+    Returns a :class:`fusekit.builder.engine.EngineBuild`
     (``.engine`` bytes, ``.report`` the fused-layer report, ``.sidecar``, ``.written``).
 
     Raises:
@@ -228,6 +232,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     """
     from fusekit.builder import backend as backends
     from fusekit.builder import engine as engines
+    from fusekit.builder import reuse
     from fusekit.builder.facts import ModelFacts
     from fusekit.builder.options import BuildOptions
     from fusekit.builder.options import check as check_options
@@ -243,8 +248,17 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
             raise InputError(f"{output}: is the input model; choose another path for the engine")
         if not Path(output).parent.is_dir():
             raise InputError(f"{output}: output folder {Path(output).parent} does not exist")
-    check_options(backends.load(), options)  # say what cannot work before spending time on the model
+    backend = backends.load()
+    check_options(backend, options)  # say what cannot work before spending time on the model
     say = status or (lambda text: None)
+    skip, passes = tuple(skip), None if passes is None else tuple(passes)  # read twice
+    plugins = plugins if plugins is None or isinstance(plugins, str) else tuple(plugins)
+    key, source_sha256 = reuse.build_key(source, backend, options, given, optimize=optimize, passes=passes,
+                                         skip=skip, plugins=plugins)
+    reuse_at = output if reuse_at is None else reuse_at
+    found = None if force or reuse_at is None or key is None else reuse.lookup(Path(reuse_at), key)
+    if found is not None:
+        return found
     seconds: dict[str, float] = {}
     optimized = None
     if optimize:
@@ -262,7 +276,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     profiles.require_complete(resolution, name, given)
     for spec, why in resolution.unused:
         log.warning("%s: stored profile range %s=%s ignored: %s", name, spec.target, spec.range, why)
-    facts = ModelFacts.of(header, name, source, optimize)
+    facts = ModelFacts.of(header, name, source, optimize, source_sha256)
     del header
     with tempfile.TemporaryDirectory(prefix="fusekit-build-") as tmp:
         onnx_path = source
@@ -277,7 +291,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
             save_model(copy, onnx_path)
         say("parsing")
         result = engines.build(onnx_path, facts, resolution.shapes, resolution.to_json(), options,
-                               progress=progress, seconds=seconds)
+                               progress=progress, seconds=seconds, cache_key=key)
     if output is not None:
         say("saving")
         result.written = result.save(Path(output))

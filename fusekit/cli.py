@@ -214,10 +214,23 @@ CcOpt = Annotated[Optional[list[str]], typer.Option(
     "--compute-capability", help="Target GPU architecture, e.g. 8.6 (repeatable; tensorrt_rtx).")]
 
 
+ReportHtmlOpt = Annotated[Optional[Path], typer.Option(
+    "--report-html", help="Write one self-contained HTML page: the ONNX graph coloured by engine layer, and the layer table.")]
+
+
+def _check_report_html(path: Path | None) -> None:
+    """Refuse --report-html before any build when Graphviz is missing or its folder is."""
+    if path is not None:
+        from fusekit import html_report
+
+        html_report.check_available()
+        html_report.check_output(path)
+
+
 @app.command()
 def build(
     model: Annotated[Path, typer.Argument(help="The ONNX model (never modified).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")] = None,
     no_optimize: Annotated[bool, typer.Option("--no-optimize", help="Build the model as it is.")] = False,
     dynamic: DynamicOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels (tensorrt only).")] = False,
@@ -229,13 +242,37 @@ def build(
     report: Annotated[bool, typer.Option("--report", help="Print every engine layer and the ONNX nodes it computes.")] = False,
     report_json: Annotated[Optional[Path], typer.Option("--report-json", help="Write the fused-layer report as JSON ('-': stdout).")] = None,
     plugins: PluginsOpt = "none",
+    triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Write the engine into this Triton model repository (NAME/1/model.plan, NAME/config.pbtxt) instead of -o.")] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="--triton-repo: the model's name there (default: MODEL's file stem).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Build even when the engine there was built from the same model, options and backend.")] = False,
+    report_html: ReportHtmlOpt = None,
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
+    _check_report_html(report_html)
+    plan = None
+    if triton_repo is not None:
+        from fusekit import triton
+
+        if output is not None:
+            raise InputError("-o and --triton-repo: give one (the engine goes to DIR/NAME/1/model.plan)")
+        plan = triton.plan_path(triton_repo, model_name or model.stem)  # written after the build
+    elif output is None:
+        raise InputError("say where the engine goes: -o ENGINE or --triton-repo DIR")
     with BuildDisplay() as display:
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
                            compute_capabilities=_split(compute_capability) or (), plugins=plugins,
-                           progress=display.progress, status=display.status)
+                           progress=display.progress, status=display.status, force=force, reuse_at=plan)
+    reused = set(result.written) if result.reused else set()
+    if result.reused:
+        err.print(f"reused {result.written[0]}: built from the same model, options and backend (--force rebuilds)",
+                  soft_wrap=True, markup=False, highlight=False)
+    if plan is not None:
+        result.written = triton.write(result, plan, plan.parent.parent.name)
+    if report_html is not None:
+        from fusekit import html_report
+
+        html_report.write(report_html, html_report.build_page(result.report))
     data = result.report.to_dict()
     if report_json is not None:
         _write_json(report_json, data)
@@ -243,7 +280,7 @@ def build(
         return
     if report:
         print_engine_layers(result.report)
-    print_build_summary(result.report, result.written)
+    print_build_summary(result.report, [p for p in result.written if p not in reused])
 
 
 @app.command("compare")
@@ -255,11 +292,17 @@ def compare_cmd(
     workspace: WorkspaceOpt = None,
     opt_level: OptLevelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    report_html: ReportHtmlOpt = None,
 ) -> None:
     """Build A and B and compare: engine layer counts, and ONNX nodes fused in only one of them."""
+    _check_report_html(report_html)
     with BuildDisplay() as display:
         comparison = api.compare_builds(a, b, optimize=optimize, dynamic=dynamic or (), workspace_mib=workspace,
                                         opt_level=opt_level, progress=display.progress, status=display.status)
+    if report_html is not None:
+        from fusekit import html_report
+
+        html_report.write(report_html, html_report.compare_page(comparison))
     data = comparison.to_dict()
     if as_json:
         print(json.dumps(data, indent=2))

@@ -15,7 +15,7 @@ import fusekit.api as fk
 from fusekit.builder import backend as backends
 from fusekit.builder import layers
 from fusekit.builder.progress import ProgressEvent
-from fusekit.builder.report import Comparison
+from fusekit.builder.report import BuildReport, Comparison
 from fusekit.errors import InputError, ParseFailedError, TensorRTError
 from tests.zoo_models import zoo_model
 
@@ -150,6 +150,21 @@ def test_report_and_comparison_json_validate_against_their_schemas():
     data = Comparison(built("resnet-tiny", False).report, built("resnet-tiny", True).report).to_dict()
     jsonschema.validate(data, schema("build-comparison"))
     assert data["engine_layers_difference"] <= 0
+
+
+def test_report_carries_the_onnx_graph_and_round_trips_through_json():
+    report = built("resnet-tiny", False).report
+    edges = set(report.onnx_edges)
+    assert ("/stem/stem.0/Conv", "/stem/stem.1/BatchNormalization", "/stem/stem.0/Conv_output_0") in edges
+    assert {e[0] for e in edges} - {None} <= set(report.onnx_ops) and {e[1] for e in edges} - {None} <= set(report.onnx_ops)
+    [x] = report.inputs
+    assert x.dtype == "float32" and x.dims[0] == -1 and all(d > 0 for d in x.dims[1:])
+    assert [(None, x.name)] == [(p, t) for p, c, t in edges if p is None][:1]  # the input feeds the stem
+    assert [o.name for o in report.outputs] == [t for p, c, t in edges if c is None]
+    data = json.loads(json.dumps(report.to_dict()))
+    again = BuildReport.from_dict(data)
+    assert again.to_dict() == data and again.compute_layers == report.compute_layers
+    assert again.layer_of() == report.layer_of() and again.unmapped_nodes() == report.unmapped_nodes()
 
 
 def test_progress_monitor_reports_phases():

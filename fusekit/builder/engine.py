@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from fusekit.builder import backend as backends
-from fusekit.builder import device, layers, plugins, sidecar, timing_cache
+from fusekit.builder import device, layers, plugins, reuse, sidecar, timing_cache
 from fusekit.builder.capture import make_logger
 from fusekit.builder.facts import ModelFacts
 from fusekit.builder.options import BuildOptions, apply, cc_key, supported_ccs
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EngineBuild:
-    """A built engine (bytes), its report and its sidecar."""
+    """A built engine (bytes), its report and its sidecar (``reused``: found already built)."""
 
     engine: memoryview
     report: BuildReport
@@ -33,23 +33,26 @@ class EngineBuild:
     timing_cache: timing_cache.TimingCacheUse | None = None
     written: list[Path] = field(default_factory=list)  # engine and sidecar, once saved
     plugins: list[dict] = field(default_factory=list)  # TensorRT plugins the engine needs
+    reused: bool = False
 
     def save(self, path: Path) -> list[Path]:
-        """Write the engine and its sidecar (each atomically); return both paths."""
+        """Write the engine, its sidecar and its report (each atomically); return the paths."""
         path = Path(path)
         if not path.parent.is_dir():
             raise InputError(f"{path}: output folder {path.parent} does not exist")
         data = {**self.sidecar, "engine": {**self.sidecar["engine"], "file": path.name}}
         try:
             atomic_write(path, lambda f: f.write(self.engine))
-            return [path, sidecar.write(path, data)]
+            return [path, sidecar.write(path, data), reuse.save_report(path, self.report)]
         except OSError as exc:
             raise InputError(f"{path}: cannot write the engine: {exc.strerror or exc}") from None
 
 
 def build(onnx_path: Path, facts: ModelFacts, shapes: dict, profile: list[dict], options: BuildOptions,
-          progress: ProgressCallback | None = None, seconds: dict[str, float] | None = None) -> EngineBuild:
-    """Parse ``onnx_path`` with TensorRT and build an engine for the profile ``shapes``."""
+          progress: ProgressCallback | None = None, seconds: dict[str, float] | None = None,
+          cache_key: str | None = None) -> EngineBuild:
+    """Parse ``onnx_path`` with TensorRT and build an engine for the profile ``shapes``
+    (``cache_key``: see :mod:`fusekit.builder.reuse`)."""
     backend = backends.load()
     trt = backend.trt
     trt_logger, captured = make_logger(trt)
@@ -90,13 +93,15 @@ def build(onnx_path: Path, facts: ModelFacts, shapes: dict, profile: list[dict],
         vertical_fusions=layers.vertical_fusions(messages), profile=profile,
         seconds={k: round(v, 4) for k, v in seconds.items()}, engine_bytes=engine.nbytes,
         notes=([cache_use.note] if cache_use and cache_use.note else []) + plugin_notes,
-        warnings=list(dict.fromkeys(r.message for r in captured.records if r.severity == 2)))
+        warnings=list(dict.fromkeys(r.message for r in captured.records if r.severity == 2)),
+        onnx_edges=facts.edges, inputs=facts.inputs, outputs=facts.outputs)
     data = sidecar.make(engine_file="", engine_bytes=engine.nbytes, engine_sha256=sidecar.sha256(engine),
                         backend=backend.name, version=backend.version,
                         compute_capability=_targets(backend, options), precision=options.precision,
                         profile=profile, source_path=facts.source_path, source_sha256=facts.source_sha256,
-                        optimized=facts.optimized, build_seconds=seconds["build"])
-    return EngineBuild(engine, report, data, cache_use, plugins=[n.to_dict() for n in needed])
+                        optimized=facts.optimized, build_seconds=seconds["build"], cache_key=cache_key,
+                        plugins=[n.to_dict() for n in needed])
+    return EngineBuild(engine, report, data, cache_use, plugins=data["plugins"])
 
 
 def _engine_layers(backend, trt_logger, engine: memoryview, messages: list[str]):

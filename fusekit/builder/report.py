@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from fusekit.builder.layers import EngineLayer, NetworkLayer
+from fusekit.builder.layers import EngineLayer, NetworkLayer, TensorInfo
 
 SCHEMA = "fusekit.build-report/1"
 COMPARISON_SCHEMA = "fusekit.build-comparison/1"
@@ -34,6 +34,9 @@ class BuildReport:
     engine_bytes: int = 0
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # TensorRT's warnings during the build
+    onnx_edges: list[tuple[str | None, str | None, str]] = field(default_factory=list)  # see ModelFacts.edges
+    inputs: list[TensorInfo] = field(default_factory=list)  # the ONNX graph's inputs (-1: dynamic dim)
+    outputs: list[TensorInfo] = field(default_factory=list)
 
     @property
     def engine_layers(self) -> int | None:
@@ -81,7 +84,9 @@ class BuildReport:
             "backend": {"name": self.backend, "version": self.backend_version},
             "optimized": self.optimized,
             "layer_source": self.layer_source,
-            "onnx": {"nodes": len(self.onnx_ops), "ops": dict(sorted(Counter(self.onnx_ops.values()).items()))},
+            "onnx": {"nodes": len(self.onnx_ops), "ops": dict(sorted(Counter(self.onnx_ops.values()).items())),
+                     "graph": {"nodes": dict(self.onnx_ops), "edges": [list(e) for e in self.onnx_edges]},
+                     "inputs": [asdict(t) for t in self.inputs], "outputs": [asdict(t) for t in self.outputs]},
             "network": {"layers": len(self.network),
                         "types": dict(sorted(Counter(layer.type for layer in self.network).items()))},
             "engine": engine,
@@ -94,6 +99,26 @@ class BuildReport:
             "notes": self.notes,
             "warnings": self.warnings,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BuildReport:
+        """The report whose :meth:`to_dict` is ``data`` (as stored beside a reused engine)."""
+        onnx, engine = data["onnx"], data["engine"]
+        return cls(
+            model=data["model"], backend=data["backend"]["name"], backend_version=data["backend"]["version"],
+            optimized=data["optimized"], onnx_ops=dict(onnx["graph"]["nodes"]),
+            network=[NetworkLayer(**layer) for layer in data["network_layers"]],
+            engine=None if engine is None else [_engine_layer(layer) for layer in data["layers"]],
+            layer_source=data["layer_source"], vertical_fusions=None if engine is None else engine["vertical_fusions"],
+            profile=data["profile"], seconds=data["seconds"], engine_bytes=data["engine_bytes"],
+            notes=data["notes"], warnings=data["warnings"], onnx_edges=[tuple(e) for e in onnx["graph"]["edges"]],
+            inputs=[TensorInfo(**t) for t in onnx["inputs"]], outputs=[TensorInfo(**t) for t in onnx["outputs"]])
+
+
+def _engine_layer(data: dict) -> EngineLayer:
+    return EngineLayer(name=data["name"], type=data["type"], onnx_nodes=list(data["onnx_nodes"]),
+                       inputs=[TensorInfo(**t) for t in data["inputs"]],
+                       outputs=[TensorInfo(**t) for t in data["outputs"]], tactic=data["tactic"])
 
 
 @dataclass

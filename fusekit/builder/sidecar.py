@@ -14,7 +14,11 @@ or worse. The sidecar records what the engine needs (schema:
      "precision": "fp32",
      "profiles": [[{"input": "images", "min": [1, 3, 64, 64], "opt": [...], "max": [...]}]],
      "source_model": {"path": "model.onnx", "sha256": "...", "optimized": true},
-     "fusekit_version": "0.1.0", "created": "2026-01-01T00:00:00Z", "build_seconds": 0.12}
+     "fusekit_version": "0.1.0", "created": "2026-01-01T00:00:00Z", "build_seconds": 0.12,
+     "cache_key": "...", "plugins": [{"name": "EfficientNMS_TRT", ...}]}
+
+``cache_key`` is what :mod:`fusekit.builder.reuse` compares before building again;
+``plugins`` the TensorRT plugins the engine needs at run time.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def file_sha256(path: Path) -> str:
 
 def make(*, engine_file: str, engine_bytes: int, engine_sha256: str, backend: str, version: str,
          compute_capability: dict, precision: str, profile: list[dict], source_path: str | None,
-         source_sha256: str, optimized: bool, build_seconds: float) -> dict:
+         source_sha256: str, optimized: bool, build_seconds: float, cache_key: str | None = None,
+         plugins: list[dict] | None = None) -> dict:
     from fusekit import __version__
 
     return {
@@ -64,6 +69,8 @@ def make(*, engine_file: str, engine_bytes: int, engine_sha256: str, backend: st
         "fusekit_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "build_seconds": round(build_seconds, 3),
+        "cache_key": cache_key,
+        "plugins": list(plugins or []),
     }
 
 
