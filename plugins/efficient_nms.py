@@ -27,6 +27,18 @@ substitution is exact for:
   determined. With a constant K, where onnxruntime fails on the original (K > S + 1) the
   substitute returns padded rows.
 
+- Ultralytics' ``nms=True`` export (YOLOv5u/v8/11 detection, ``NMSModel`` in
+  ``ultralytics/engine/exporter.py``): torchvision's four-input NonMaxSuppression on each
+  image's boxes above ``conf``, class-aware by box offsets or agnostic, as exported or
+  slimmed by onnxslim (``plugins/_nms_ultralytics.py``). The plugin reads the boxes and the
+  class scores with every class but each box's best zeroed; ordinary nodes rebuild the
+  image's ``[1, max_det, 6]`` rows (box, score, class as float, zero padding), which
+  Ultralytics' own zeros/ScatterND/Slice still write into ``output0``. An export traced at
+  batch M has one tail per image and gets M plugins. Declined when conf <= 0, the boxes
+  are not divided by a positive constant, extras (Segment/Pose/OBB) are present, or the
+  per-class cap is below max_det; exact where boxes of different classes cannot meet after
+  Ultralytics' class offset (boxes within the image; see that module).
+
 Declined, with the reason: thresholds or K computed at run time; center_point_box 1;
 scores not ``Transpose<perm=[0,2,1]>`` of ``[B,N,C]``; N or C not static; a per-class cap
 below K; score_threshold < 0 for mmdeploy (a kept score could tie a padding row's 0);
@@ -65,6 +77,7 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import fresh_name, replace_uses
 from fusekit.pass_infra import Decline
 from fusekit.plugin_infra import PluginMatch, PluginSpec
+from fusekit.plugins import _nms_ultralytics as ultralytics
 from fusekit.plugins._nms_pattern import Pattern, scalar
 from fusekit.plugins._nms_tails import TAILS, Tail
 
@@ -86,6 +99,8 @@ class EfficientNmsSpec(PluginSpec):
               "box_coding": "int32"}
 
     def match(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
+        if len(node.inputs) == 4 and all(t.name for t in node.inputs):
+            return self._match_ultralytics(graph, node)
         given = _nms_inputs(node)
         if isinstance(given, Decline):
             return given
@@ -133,18 +148,44 @@ class EfficientNmsSpec(PluginSpec):
     def _plugin_match(self, graph, tail: Tail, nodes, boxes, scores, outs, fields, message) -> PluginMatch:
         if tail.rebuild is None:
             return PluginMatch(nodes, [boxes, scores], outs, fields, message)
-        k, batch = fields["max_output_boxes"], boxes.shape[0]
-        kinds = [("num_detections", np.int32, [batch, 1]), ("detection_boxes", boxes.dtype, [batch, k, 4]),
-                 ("detection_scores", scores.dtype, [batch, k]), ("detection_classes", np.int32, [batch, k])]
-        held = [gs.Variable(f"{nodes[0].name or 'nms'}/{n}", dtype=d, shape=s) for n, d, s in kinds]
+        k = fields["max_output_boxes"]
+        return _rebuilt(graph, nodes, [boxes, scores], outs, fields, message,
+                        lambda held, fresh: tail.rebuild(graph, held, outs, k, fresh))
 
-        def build_after():
-            made, new_outs = tail.rebuild(graph, held, outs, k, lambda base: fresh_name(graph, base))
-            graph.nodes.extend(made)
-            for old, new in zip(outs, new_outs):
-                replace_uses(graph, old, new)
+    def _match_ultralytics(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
+        """torchvision's four-input NonMaxSuppression inside Ultralytics' NMSModel tail
+        (plugins/_nms_ultralytics.py): replaced up to the rows it writes into output0."""
+        torchvision = ("NonMaxSuppression needs all five inputs, score_threshold included (torchvision's nms "
+                       "exports four: it keeps every score and outputs one row per kept box)")
+        if int(node.attrs.get("center_point_box", 0)) != 0:
+            return Decline(torchvision)
+        _, below = _outputs_below(graph, node)
+        updates = [n.inputs[2] for n in graph.nodes if n.op == "ScatterND" and len(n.inputs) == 3
+                   and len(n.inputs[2].inputs) == 1 and id(n.inputs[2].inputs[0]) in below]
+        if len(updates) != 1:
+            return Decline(f"{torchvision}; not Ultralytics' NMSModel tail either (its kept rows are not written "
+                           "into the output by one ScatterND)")
+        found = ultralytics.match(node, updates[0])
+        if isinstance(found, str):
+            return Decline(f"{torchvision}; not Ultralytics' NMSModel tail either ({found})")
+        bound = found.bound
+        nodes = [node] + [n for n in bound.nodes.values() if n is not node and id(n) in below] + bound.covered
+        why = _read_outside(graph, nodes, updates)
+        if why:
+            return Decline(why)
+        scores, make_scores = ultralytics.masked_scores(found, lambda base: fresh_name(graph, base))
+        fields = {"background_class": -1, "max_output_boxes": found.k, "score_threshold": found.conf,
+                  "iou_threshold": found.iou, "score_activation": 0, "class_agnostic": int(found.form.agnostic),
+                  "box_coding": 0}
+        message = (f"NonMaxSuppression + {found.form.name}, image {found.image} ({len(nodes)} nodes) -> "
+                   f"{self.plugin} (K {found.k}, iou {found.iou:g}, score {found.conf:g}); rows of output0 rebuilt "
+                   "from the plugin's outputs")
 
-        return PluginMatch(nodes, [boxes, scores], held, fields, message, build_after=build_after)
+        def rebuild(held, fresh):
+            made, new = ultralytics.rebuild(found, held, updates[0], fresh)
+            return make_scores() + made, [new]
+
+        return _rebuilt(graph, nodes, [bound.tensors["boxes"], scores], updates, fields, message, rebuild)
 
     def output_dims(self, fields, input_ranks):
         k = int(fields["max_output_boxes"])
@@ -164,24 +205,44 @@ class EfficientNmsSpec(PluginSpec):
         out_boxes = np.zeros((batch, k, 4), boxes.dtype)
         out_scores = np.zeros((batch, k), scores.dtype)
         out_classes = np.zeros((batch, k), np.int32)
+        classes = [c for c in range(scores.shape[2]) if c != int(fields["background_class"])]
+        # class-aware: each class on its own; class_agnostic: every (box, class) candidate in one NMS
+        groups = [classes] if int(fields.get("class_agnostic", 0)) else [[c] for c in classes]
         for b in range(batch):
             corners = _corners(boxes[b].astype(np.float64))
             found = []  # (score, class, box)
-            for c in range(scores.shape[2]):
-                if c == int(fields["background_class"]):
-                    continue
-                cand = [i for i in np.argsort(-scores[b, :, c], kind="stable") if scores[b, i, c] > score_t]
-                kept: list[int] = []
-                for i in cand:
-                    if all(_iou(corners[i], corners[j]) <= iou_t for j in kept):
-                        kept.append(i)
-                found += [(scores[b, i, c], c, i) for i in kept]
+            for group in groups:
+                cand = [(i, c) for c in group for i in range(boxes.shape[1]) if scores[b, i, c] > score_t]
+                cand.sort(key=lambda ic: -scores[b, ic[0], ic[1]])  # stable: ties keep box, class order
+                kept: list[tuple[int, int]] = []
+                for i, c in cand:
+                    if all(_iou(corners[i], corners[j]) <= iou_t for j, _ in kept):
+                        kept.append((i, c))
+                found += [(scores[b, i, c], c, i) for i, c in kept]
             found.sort(key=lambda f: -f[0])
             found = found[:k]
             num[b, 0] = len(found)
             for j, (s, c, i) in enumerate(found):
                 out_boxes[b, j], out_scores[b, j], out_classes[b, j] = boxes[b, i], s, c
         return [num, out_boxes, out_scores, out_classes]
+
+
+def _rebuilt(graph: gs.Graph, nodes, inputs, outs, fields, message, rebuild) -> PluginMatch:
+    """A match whose plugin outputs are read by nodes ``rebuild(held, fresh)`` makes (written
+    after the plugin), which compute the tail's outputs ``outs``."""
+    k, boxes, scores = fields["max_output_boxes"], inputs[0], inputs[1]
+    batch = boxes.shape[0] if boxes.shape else None
+    kinds = [("num_detections", np.int32, [batch, 1]), ("detection_boxes", boxes.dtype, [batch, k, 4]),
+             ("detection_scores", scores.dtype, [batch, k]), ("detection_classes", np.int32, [batch, k])]
+    held = [gs.Variable(f"{nodes[0].name or 'nms'}/{n}", dtype=d, shape=s) for n, d, s in kinds]
+
+    def build_after():
+        made, new_outs = rebuild(held, lambda base: fresh_name(graph, base))
+        graph.nodes.extend(made)
+        for old, new in zip(outs, new_outs):
+            replace_uses(graph, old, new)
+
+    return PluginMatch(nodes, inputs, held, fields, message, build_after=build_after)
 
 
 def _corners(boxes: np.ndarray) -> np.ndarray:

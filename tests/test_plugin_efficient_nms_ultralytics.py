@@ -1,0 +1,157 @@
+"""Ultralytics' ``nms=True`` export -> EfficientNMS_TRT (plugins/_nms_ultralytics.py).
+
+The export is re-created in ``tests/ultralytics_nms.py`` (a tiny YOLO-style head + NMSModel's
+tail, Ultralytics' exporter settings, optionally slimmed by onnxslim). The proof: the
+optimized model, with the plugin's outputs given by the spec's NumPy reference and the rest
+(head, masked scores, rebuild of output0's rows, Ultralytics' own zeros/ScatterND/Slice)
+run by onnxruntime, equals onnxruntime on the original export, at batch 1 and, for dynamic
+exports, at larger batches too; tensorrt_rtx parses the result into one plugin layer and
+builds it with a dynamic batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+
+import fusekit.api as fk
+from fusekit.builder import backend as backends
+from fusekit.pass_infra import Decline
+from tests import ultralytics_nms
+from tests.helpers import run_ort
+from tests.plugin_build import parse_and_build
+from tests.test_plugin_efficient_nms import attrs, efficient_nms_spec, plugin_node
+
+BACKEND = backends.installed()
+
+
+def run_with_reference(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
+    """``model`` run by onnxruntime with each EfficientNMS_TRT node's outputs computed by the
+    spec's NumPy reference from its inputs (the plugin nodes cut out: their outputs become
+    graph inputs; one run of what they read finds their inputs, a second runs the rest)."""
+    graph = gs.import_onnx(model)
+    plugins = [n for n in graph.nodes if n.op == "EfficientNMS_TRT"]
+    cut = []
+    for node in plugins:
+        fields = {k: v.decode() if isinstance(v, bytes) else v for k, v in node.attrs.items()}
+        cut.append((list(node.inputs), list(node.outputs), fields))
+        node.inputs.clear()
+        node.outputs.clear()
+    graph.nodes = [n for n in graph.nodes if n.op != "EfficientNMS_TRT"]
+    for ins, outs, _ in cut:
+        graph.inputs += outs
+        graph.outputs += [t for t in ins if t not in graph.outputs]
+    plain = gs.export_onnx(graph.cleanup())
+    probe = gs.import_onnx(plain)  # only what the plugins read
+    tensors = probe.tensors()
+    probe.outputs = [tensors[t.name] for ins, _, _ in cut for t in ins]
+    first = run_ort(gs.export_onnx(probe.cleanup(remove_unused_graph_inputs=True)), feeds)
+    given = dict(feeds)
+    for ins, outs, fields in cut:
+        reference = efficient_nms_spec().reference([first[t.name] for t in ins], fields)
+        given.update({t.name: v for t, v in zip(outs, reference)})
+    return run_ort(plain, given)
+
+
+def images(batch: int, seed: int, size: int = 20) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-2, 2, size=(batch, 3, size, size)).astype(np.float32)
+
+
+FORMS = [{"slim": slim, "agnostic": agnostic} for slim in (False, True) for agnostic in (False, True)]
+EXPORTS = [  # (export settings, batches to run)
+    ({}, (1,)),
+    ({"dynamic": True}, (1, 3)),  # the issue's export: dynamic, traced at batch 1 (other images stay zero)
+    ({"dynamic": True, "batch": 2}, (1, 2, 3)),  # traced at 2: one tail per image, padded to 2
+    ({"batch": 2}, (2,)),
+]
+
+
+@pytest.mark.parametrize("form", FORMS, ids=lambda f: f"slim={f['slim']},agnostic={f['agnostic']}")
+@pytest.mark.parametrize("export, batches", EXPORTS, ids=lambda e: str(e))
+def test_ultralytics_tail_becomes_the_plugin_and_equals_onnxruntime(form, export, batches):
+    m = ultralytics_nms.export(size=20, classes=3, **form, **export)
+    out, report = fk.optimize(m, plugins=["efficient-nms"], return_report=True)
+    onnx.checker.check_model(out, full_check=True)
+    assert [o.name for o in out.graph.output] == ["output0"]
+    ops = [n.op_type for n in out.graph.node]
+    traced = export.get("batch", 1)
+    assert ops.count("EfficientNMS_TRT") == traced and "NonMaxSuppression" not in ops and "NonZero" not in ops
+    node = plugin_node(out) if traced == 1 else next(n for n in out.graph.node if n.op_type == "EfficientNMS_TRT")
+    assert attrs(node) == {"background_class": -1, "max_output_boxes": 300, "score_threshold": 0.25,
+                           "iou_threshold": pytest.approx(0.45), "score_activation": 0,
+                           "class_agnostic": int(form["agnostic"]), "box_coding": 0,
+                           "plugin_version": b"1", "plugin_namespace": b""}
+    said = str(report.to_dict())
+    assert f"Ultralytics NMSModel ({'agnostic' if form['agnostic'] else 'class-aware'}, " \
+           f"{'onnxslim' if form['slim'] else 'as exported'})" in said
+    for batch in batches:
+        for seed in range(3):
+            feeds = {"images": images(batch, seed)}
+            expected = run_ort(m, feeds)["output0"]
+            got = run_with_reference(out, feeds)["output0"]
+            assert got.dtype == expected.dtype and got.shape == expected.shape == (batch, 300, 6)
+            np.testing.assert_array_equal(got, expected)
+            assert (expected[:, :, 4] > 0).sum() > 0  # something was detected
+
+
+@pytest.mark.parametrize("opset", [14, 17, 19])
+@pytest.mark.parametrize("conf, iou, max_det", [(0.25, 0.45, 300), (0.5, 0.3, 7), (0.1, 0.7, 20)])
+def test_ultralytics_settings_and_opsets(opset, conf, iou, max_det):
+    m = ultralytics_nms.export(size=20, classes=4, opset=opset, dynamic=True, conf=conf, iou=iou, max_det=max_det)
+    out = fk.optimize(m, plugins="auto")
+    node = plugin_node(out)
+    assert attrs(node)["max_output_boxes"] == max_det
+    assert attrs(node)["score_threshold"] == pytest.approx(conf) and attrs(node)["iou_threshold"] == pytest.approx(iou)
+    for batch in (1, 2):
+        feeds = {"images": images(batch, opset)}
+        np.testing.assert_array_equal(run_with_reference(out, feeds)["output0"], run_ort(m, feeds)["output0"])
+
+
+def test_ultralytics_near_misses_are_declined():
+    def verdict(graph):
+        [nms] = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
+        return efficient_nms_spec().match(graph, nms)
+
+    base = fk.optimize(ultralytics_nms.export(size=20))
+    graph = gs.import_onnx(base)
+    [greater] = [n for n in graph.nodes if n.op == "Greater"]
+    greater.inputs[1] = gs.Constant("conf0", np.array(0.0, np.float32))
+    v = verdict(graph)
+    assert isinstance(v, Decline) and "conf 0 <= 0" in v.reason
+    graph = gs.import_onnx(base)  # the rows padded with something else than zeros
+    [pad] = [n for n in graph.nodes if n.op == "Pad"]
+    pad.inputs[2] = gs.Constant("one", np.array(1.0, np.float32))
+    v = verdict(graph)
+    assert isinstance(v, Decline) and "the pattern omits it" in v.reason and "torchvision's nms" in v.reason
+    graph = gs.import_onnx(base)  # a kept row read elsewhere
+    [dets] = [n.outputs[0] for n in graph.nodes if n.op == "Concat" and len(n.inputs) == 4 and n.attrs["axis"] == -1]
+    graph.outputs.append(dets)
+    v = verdict(graph)
+    assert isinstance(v, Decline) and "is read outside the NMS tail" in v.reason
+    graph = gs.import_onnx(base)  # boxes not divided by the image side but by a per-coordinate vector
+    [div] = [n for n in graph.nodes if n.op == "Div" and n.inputs[0].inputs and n.inputs[0].inputs[0].op == "GatherND"]
+    div.inputs[1] = gs.Constant("per_coord", np.array([20, 10, 20, 10], np.float32))
+    v = verdict(graph)
+    assert isinstance(v, Decline) and "must be constants" in v.reason
+
+
+@pytest.mark.trt
+@pytest.mark.parametrize("slim", [False, True])
+def test_ultralytics_substitute_parses_and_builds_with_tensorrt(tmp_path, slim):
+    if BACKEND is None:
+        pytest.skip("no TensorRT backend imports")
+    m = ultralytics_nms.export(size=20, dynamic=True, slim=slim)
+    out = fk.optimize(m, plugins="efficient-nms")
+    profile = {"images": ((1, 3, 20, 20), (2, 3, 20, 20), (4, 3, 20, 20))}
+    result = parse_and_build(tmp_path, out, creators=("EfficientNMS_TRT",), profile=profile,
+                             words=["EfficientNMS_TRT"])
+    assert result["parsed"], result["errors"]
+    assert result["plugin_layers"] == [plugin_node(out).name]
+    assert result["fields"]["EfficientNMS_TRT"][0]["max_output_boxes"] == 300
+    assert result["outputs"] == [["output0", "DataType.FLOAT", [-1, 300, 6]]]
+    assert result["built"], result
+    assert result["in_engine"] == ["EfficientNMS_TRT"]
+    print(f"ultralytics (slim={slim}): {len(m.graph.node)} nodes exported, {len(out.graph.node)} after, "
+          f"tensorrt layers {result['layers']}")
