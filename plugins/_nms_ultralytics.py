@@ -14,7 +14,7 @@ and the final batch Slice stay as they are and read the rebuilt rows instead.
 Forms (after fusekit's cleanup): as exported, and after onnxslim (Ultralytics' default
 ``simplify=True``), which drops the empty ``extras`` columns and the Expand before the
 ScatterND; class-aware or ``agnostic_nms``. Static and dynamic batch share the per-image
-tail; an export traced at batch M has M of them, each matched on its own (M plugins).
+tail; an export traced at batch M has M of them, all replaced by one plugin.
 
 Semantics and where they meet EfficientNMS_TRT: the plugin gets the boxes and the class
 scores with every class but the box's ArgMax set to 0 (so each box competes only as its
@@ -255,17 +255,18 @@ def masked_scores(found: Found, fresh: Callable[[str], str]) -> tuple[gs.Variabl
     return out, nodes
 
 
-def rebuild(found: Found, plugin_out: list[gs.Tensor], update: gs.Tensor,
-            fresh: Callable[[str], str]) -> tuple[list[gs.Node], gs.Tensor]:
-    """Image ``found.image``'s ``[1, K, 6]`` rows (box, score, class as float; zero past
-    num_detections) from the plugin's four outputs."""
+def rebuild(k: int, images: list[int], plugin_out: list[gs.Tensor], updates: list[gs.Tensor],
+            fresh: Callable[[str], str]) -> tuple[list[gs.Node], list[gs.Tensor]]:
+    """Each image's ``[1, K, 6]`` rows (box, score, class as float; zero past num_detections)
+    from the plugin's four outputs, for the tails ending at ``updates`` (one per image)."""
     num, boxes, scores, classes = plugin_out
-    k, dtype = found.k, update.dtype
+    dtype = updates[0].dtype
     nodes: list[gs.Node] = []
 
     def op(kind, inputs, out_dtype, attrs=None):
-        out = gs.Variable(fresh(f"{update.name}_{kind}"), dtype=out_dtype)
-        nodes.append(gs.Node(kind, fresh(f"{update.name}/{kind}"), attrs=attrs or {}, inputs=inputs, outputs=[out]))
+        out = gs.Variable(fresh(f"{updates[0].name}_{kind}"), dtype=out_dtype)
+        nodes.append(gs.Node(kind, fresh(f"{updates[0].name}/{kind}"), attrs=attrs or {}, inputs=inputs,
+                             outputs=[out]))
         return out
 
     def const_(name, value):
@@ -279,8 +280,11 @@ def rebuild(found: Found, plugin_out: list[gs.Tensor], update: gs.Tensor,
     valid = op("Less", [const_("positions", np.arange(k, dtype=np.int32)), num], np.bool_)  # [B,K]
     valid3 = op("Unsqueeze", [valid, axis2], np.bool_)
     kept = op("Where", [valid3, rows, const_("zero", np.zeros((), dtype))], dtype)
-    i = found.image
-    new = op("Slice", [kept, const_("start", np.array([i], np.int64)), const_("end", np.array([i + 1], np.int64)),
-                       const_("axis", np.array([0], np.int64))], dtype)
-    new.shape = update.shape
+    axis0 = const_("axis", np.array([0], np.int64))
+    new = []
+    for i, update in zip(images, updates):
+        image = op("Slice", [kept, const_("start", np.array([i], np.int64)),
+                             const_("end", np.array([i + 1], np.int64)), axis0], dtype)
+        image.shape = update.shape
+        new.append(image)
     return nodes, new

@@ -34,7 +34,7 @@ substitution is exact for:
   class scores with every class but each box's best zeroed; ordinary nodes rebuild the
   image's ``[1, max_det, 6]`` rows (box, score, class as float, zero padding), which
   Ultralytics' own zeros/ScatterND/Slice still write into ``output0``. An export traced at
-  batch M has one tail per image and gets M plugins. Declined when conf <= 0, the boxes
+  batch M has one tail per image, all replaced by one plugin. Declined when conf <= 0, the boxes
   are not divided by a positive constant, extras (Segment/Pose/OBB) are present, or the
   per-class cap is below max_det; exact where boxes of different classes cannot meet after
   Ultralytics' class offset (boxes within the image; see that module).
@@ -154,38 +154,43 @@ class EfficientNmsSpec(PluginSpec):
 
     def _match_ultralytics(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
         """torchvision's four-input NonMaxSuppression inside Ultralytics' NMSModel tail
-        (plugins/_nms_ultralytics.py): replaced up to the rows it writes into output0."""
+        (plugins/_nms_ultralytics.py), with the tails of the other images of the traced batch
+        (one per image, reading the same boxes and scores): one plugin, each tail replaced up
+        to the rows it writes into output0."""
         torchvision = ("NonMaxSuppression needs all five inputs, score_threshold included (torchvision's nms "
                        "exports four: it keeps every score and outputs one row per kept box)")
-        if int(node.attrs.get("center_point_box", 0)) != 0:
-            return Decline(torchvision)
-        _, below = _outputs_below(graph, node)
-        updates = [n.inputs[2] for n in graph.nodes if n.op == "ScatterND" and len(n.inputs) == 3
-                   and len(n.inputs[2].inputs) == 1 and id(n.inputs[2].inputs[0]) in below]
-        if len(updates) != 1:
-            return Decline(f"{torchvision}; not Ultralytics' NMSModel tail either (its kept rows are not written "
-                           "into the output by one ScatterND)")
-        found = ultralytics.match(node, updates[0])
-        if isinstance(found, str):
-            return Decline(f"{torchvision}; not Ultralytics' NMSModel tail either ({found})")
-        bound = found.bound
-        nodes = [node] + [n for n in bound.nodes.values() if n is not node and id(n) in below] + bound.covered
+        first = _ultralytics_tail(graph, node)
+        if isinstance(first, str):
+            return Decline(f"{torchvision}; not Ultralytics' NMSModel tail either ({first})")
+        found = [first] + [t for t in (_ultralytics_tail(graph, n) for n in graph.nodes if n is not node
+                                       and n.op == "NonMaxSuppression" and len(n.inputs) == 4)
+                           if not isinstance(t, str) and t[0].bound.tensors["boxes"] is first[0].bound.tensors["boxes"]
+                           and t[0].bound.tensors["scores"] is first[0].bound.tensors["scores"]]
+        found.sort(key=lambda t: t[0].image)
+        tails = [f for f, _, _ in found]
+        images = [t.image for t in tails]
+        if len(set(images)) != len(images) or len({(t.k, t.conf, t.iou, t.form.agnostic) for t in tails}) != 1:
+            return Decline("the per-image Ultralytics tails reading these boxes and scores write the same image or "
+                           "differ in their settings")
+        nodes = [n for _, tail_nodes, _ in found for n in tail_nodes]
+        updates = [update for _, _, update in found]
         why = _read_outside(graph, nodes, updates)
         if why:
             return Decline(why)
-        scores, make_scores = ultralytics.masked_scores(found, lambda base: fresh_name(graph, base))
-        fields = {"background_class": -1, "max_output_boxes": found.k, "score_threshold": found.conf,
-                  "iou_threshold": found.iou, "score_activation": 0, "class_agnostic": int(found.form.agnostic),
+        scores, make_scores = ultralytics.masked_scores(first[0], lambda base: fresh_name(graph, base))
+        t = first[0]
+        fields = {"background_class": -1, "max_output_boxes": t.k, "score_threshold": t.conf,
+                  "iou_threshold": t.iou, "score_activation": 0, "class_agnostic": int(t.form.agnostic),
                   "box_coding": 0}
-        message = (f"NonMaxSuppression + {found.form.name}, image {found.image} ({len(nodes)} nodes) -> "
-                   f"{self.plugin} (K {found.k}, iou {found.iou:g}, score {found.conf:g}); rows of output0 rebuilt "
-                   "from the plugin's outputs")
+        which = f"image {images[0]}" if len(images) == 1 else f"images {', '.join(map(str, images))}"
+        message = (f"NonMaxSuppression + {t.form.name}, {which} ({len(nodes)} nodes) -> {self.plugin} (K {t.k}, "
+                   f"iou {t.iou:g}, score {t.conf:g}); rows of output0 rebuilt from the plugin's outputs")
 
         def rebuild(held, fresh):
-            made, new = ultralytics.rebuild(found, held, updates[0], fresh)
-            return make_scores() + made, [new]
+            made, new = ultralytics.rebuild(t.k, images, held, updates, fresh)
+            return make_scores() + made, new
 
-        return _rebuilt(graph, nodes, [bound.tensors["boxes"], scores], updates, fields, message, rebuild)
+        return _rebuilt(graph, nodes, [t.bound.tensors["boxes"], scores], updates, fields, message, rebuild)
 
     def output_dims(self, fields, input_ranks):
         k = int(fields["max_output_boxes"])
@@ -225,6 +230,24 @@ class EfficientNmsSpec(PluginSpec):
             for j, (s, c, i) in enumerate(found):
                 out_boxes[b, j], out_scores[b, j], out_classes[b, j] = boxes[b, i], s, c
         return [num, out_boxes, out_scores, out_classes]
+
+
+def _ultralytics_tail(graph: gs.Graph, node: gs.Node):
+    """(the matched tail, the nodes it replaces, the update it ends at) for the Ultralytics
+    per-image tail around ``node``, or why there is none."""
+    if int(node.attrs.get("center_point_box", 0)) != 0:
+        return "center_point_box is not 0"
+    _, below = _outputs_below(graph, node)
+    updates = [n.inputs[2] for n in graph.nodes if n.op == "ScatterND" and len(n.inputs) == 3
+               and len(n.inputs[2].inputs) == 1 and id(n.inputs[2].inputs[0]) in below]
+    if len(updates) != 1:
+        return "its kept rows are not written into the output by one ScatterND"
+    found = ultralytics.match(node, updates[0])
+    if isinstance(found, str):
+        return found
+    nodes = [node] + [n for n in found.bound.nodes.values() if n is not node and id(n) in below] + \
+        found.bound.covered
+    return found, nodes, updates[0]
 
 
 def _rebuilt(graph: gs.Graph, nodes, inputs, outs, fields, message, rebuild) -> PluginMatch:

@@ -49,14 +49,14 @@ def test_ultralytics_tail_becomes_the_plugin_and_equals_onnxruntime(form, export
     onnx.checker.check_model(out, full_check=True)
     assert [o.name for o in out.graph.output] == ["output0"]
     ops = [n.op_type for n in out.graph.node]
-    traced = export.get("batch", 1)
-    assert ops.count("EfficientNMS_TRT") == traced and "NonMaxSuppression" not in ops and "NonZero" not in ops
-    node = plugin_node(out) if traced == 1 else next(n for n in out.graph.node if n.op_type == "EfficientNMS_TRT")
+    assert "NonMaxSuppression" not in ops and "NonZero" not in ops
+    node = plugin_node(out)  # one plugin for every image of the traced batch
     assert attrs(node) == {"background_class": -1, "max_output_boxes": 300, "score_threshold": 0.25,
                            "iou_threshold": pytest.approx(0.45), "score_activation": 0,
                            "class_agnostic": int(form["agnostic"]), "box_coding": 0,
                            "plugin_version": b"1", "plugin_namespace": b""}
     said = str(report.to_dict())
+    assert ("images 0, 1 (" if export.get("batch", 1) == 2 else "image 0 (") in said
     assert f"Ultralytics NMSModel ({'agnostic' if form['agnostic'] else 'class-aware'}, " \
            f"{'onnxslim' if form['slim'] else 'as exported'})" in said
     for batch in batches:
@@ -111,11 +111,11 @@ def test_ultralytics_near_misses_are_declined():
 
 
 @pytest.mark.trt
-@pytest.mark.parametrize("slim", [False, True])
-def test_ultralytics_substitute_parses_and_builds_with_tensorrt(tmp_path, slim):
+@pytest.mark.parametrize("slim, traced", [(False, 1), (True, 1), (False, 2)])
+def test_ultralytics_substitute_parses_and_builds_with_tensorrt(tmp_path, slim, traced):
     if BACKEND is None:
         pytest.skip("no TensorRT backend imports")
-    m = ultralytics_nms.export(size=20, dynamic=True, slim=slim)
+    m = ultralytics_nms.export(size=20, dynamic=True, slim=slim, batch=traced)
     out = fk.optimize(m, plugins="efficient-nms")
     profile = {"images": ((1, 3, 20, 20), (2, 3, 20, 20), (4, 3, 20, 20))}
     result = parse_and_build(tmp_path, out, creators=("EfficientNMS_TRT",), profile=profile,
@@ -126,5 +126,5 @@ def test_ultralytics_substitute_parses_and_builds_with_tensorrt(tmp_path, slim):
     assert result["outputs"] == [["output0", "DataType.FLOAT", [-1, 300, 6]]]
     assert result["built"], result
     assert result["in_engine"] == ["EfficientNMS_TRT"]
-    print(f"ultralytics (slim={slim}): {len(m.graph.node)} nodes exported, {len(out.graph.node)} after, "
+    print(f"ultralytics (slim={slim}, traced at {traced}): {len(m.graph.node)} nodes exported, {len(out.graph.node)} after, "
           f"tensorrt layers {result['layers']}")
