@@ -215,7 +215,7 @@ def _check(form: Form, bound: Bound) -> Found | str:
         return "the extra columns (Segment/Pose/OBB) are not empty: only detection is replaced"
     conf, scale, iou, per_class = (scalar(t[n]) for n in ("conf", "scale", "iou", "per_class"))
     if conf is None or scale is None or iou is None or per_class is None:
-        return "conf, the box scale, iou and max_output_boxes_per_class must be constants"
+        return "conf, the box scale, iou and max_output_boxes_per_class must be constant scalars"
     if conf <= 0:
         return f"conf {conf:g} <= 0: the classes zeroed for the plugin would pass the score threshold"
     if scale <= 0:
