@@ -49,12 +49,22 @@ class YoloHead(torch.nn.Module):
 
 
 def head_model(classes=3, layout="cn", box="xywh", size=8, dynamic_hw=False) -> onnx.ModelProto:
+    """The head exported with a dynamic batch (and height/width), its output declared like
+    Ultralytics' ``output0``: ``[batch, 4+C, anchors]`` (or ``[batch, anchors, 4+C]``)."""
     m = export(YoloHead(classes, layout, box), {"images": torch.rand(1, 3, size, size)}, ["output0"], opset=17)
     if dynamic_hw:
         dims = m.graph.input[0].type.tensor_type.shape.dim
         dims[2].dim_param, dims[3].dim_param = "height", "width"
-        m.graph.ClearField("value_info")
-        m.graph.output[0].type.tensor_type.shape.dim[2 if layout == "cn" else 1].dim_param = "anchors"
+    m.graph.ClearField("value_info")
+    anchors = "anchors" if dynamic_hw else size * size
+    declared = ["batch", 4 + classes, anchors] if layout == "cn" else ["batch", anchors, 4 + classes]
+    out = m.graph.output[0].type.tensor_type.shape.dim
+    for dim, value in zip(out, declared):
+        dim.Clear()
+        if isinstance(value, str):
+            dim.dim_param = value
+        else:
+            dim.dim_value = value
     return m
 
 
@@ -84,8 +94,8 @@ def test_appended_nms_equals_onnx_nms_on_the_head(layout, box, dynamic_hw, score
     types = [o.type.tensor_type for o in out.graph.output]
     assert [t.elem_type for t in types] == [onnx.TensorProto.INT32, onnx.TensorProto.FLOAT,
                                             onnx.TensorProto.FLOAT, onnx.TensorProto.INT32]
-    batch = m.graph.output[0].type.tensor_type.shape.dim[0].dim_param  # the head's batch dim
-    assert batch and [[d.dim_value or d.dim_param for d in t.shape.dim] for t in types] == \
+    batch = "batch"
+    assert [[d.dim_value or d.dim_param for d in t.shape.dim] for t in types] == \
         [[batch, 1], [batch, k, 4], [batch, k], [batch, k]]
     assert [n.op_type for n in out.graph.node].count("EfficientNMS_TRT") == 1
     assert f"[B, {'4+C, N' if layout == 'cn' else 'N, 4+C'}] (3 classes" in str(report.to_dict())
@@ -143,6 +153,15 @@ def test_cli_add_nms(tmp_path, capsys):
     assert main(["optimize", str(source), "-o", str(tmp_path / "x.onnx"), "--add-nms", "maxx=3"]) == 2
     assert "unknown key 'maxx'" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_trace_says_what_add_nms_would_do():
+    m = head_model()
+    [head] = [n.name for n in m.graph.node if "output0" in n.output]
+    findings = [f for f in fk.run(m, add_nms="max=5", trace=head).report.trace_findings if f.pass_name == "add-nms"]
+    assert len(findings) == 1 and findings[0].applies
+    assert "EfficientNMS_TRT appended to head 'output0' [B, 4+C, N] (3 classes; score 0.25, iou 0.45, max 5" \
+        in findings[0].message
 
 
 @pytest.mark.trt

@@ -15,12 +15,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
+import torch
 
 import fusekit.api as fk
 from fusekit.builder import backend as backends
 from fusekit.pass_infra import Decline
 from tests import ultralytics_nms
 from tests.helpers import run_ort
+from tests.nms_exporters import export
 from tests.plugin_build import parse_and_build
 from tests.nms_reference import run_with_reference
 from tests.test_plugin_efficient_nms import attrs, efficient_nms_spec, plugin_node
@@ -128,3 +130,36 @@ def test_ultralytics_substitute_parses_and_builds_with_tensorrt(tmp_path, slim, 
     assert result["in_engine"] == ["EfficientNMS_TRT"]
     print(f"ultralytics (slim={slim}, traced at {traced}): {len(m.graph.node)} nodes exported, {len(out.graph.node)} after, "
           f"tensorrt layers {result['layers']}")
+
+
+class _GivenHead(torch.nn.Module):
+    """The head output given as the model input ``pred [1, 4+C, N]`` (so tests choose the boxes)."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, pred):
+        return pred * 1.0
+
+
+def test_class_aware_equality_ends_where_boxes_leave_the_image():
+    """Ultralytics separates classes by offsetting boxes divided by the image side (here the
+    traced input's last dim, 4) by their class: boxes within that side never meet across
+    classes, boxes far beyond it can. The substitute separates classes exactly, so the two
+    agree on the first case and differ on the second, as plugins/_nms_ultralytics.py says."""
+    module = ultralytics_nms.UltralyticsNms(_GivenHead(2), conf=0.25, iou=0.45, max_det=4).eval()
+    m = export(module, {"pred": torch.rand(1, 6, 4)}, ["output0"], opset=17, dynamic_batch=False)
+    out = fk.optimize(m, plugins="efficient-nms")
+    assert "EfficientNMS_TRT" in [n.op_type for n in out.graph.node]
+
+    def pred(big: float) -> np.ndarray:  # box 0 (class 0, 0.9) and box 1 (class 1, 0.8) share a corner at 0
+        boxes = [[0, 0, big, big], [0, 0, 0.75 * big, 0.75 * big], [3, 3, 4, 4], [2, 2, 3, 3]]
+        scores = [[0.9, 0.1], [0.1, 0.8], [0.1, 0.1], [0.1, 0.1]]
+        return np.concatenate([np.array(boxes), np.array(scores)], 1).T[None].astype(np.float32)
+
+    inside, beyond = {"pred": pred(4.0)}, {"pred": pred(16.0)}
+    np.testing.assert_array_equal(run_with_reference(out, inside)["output0"], run_ort(m, inside)["output0"])
+    kept_by_ultralytics = (run_ort(m, beyond)["output0"][0, :, 4] > 0).sum()
+    kept_by_plugin = (run_with_reference(out, beyond)["output0"][0, :, 4] > 0).sum()
+    assert (kept_by_ultralytics, kept_by_plugin) == (1, 2)  # class 1's box suppressed across classes
