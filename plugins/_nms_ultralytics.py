@@ -14,7 +14,9 @@ and the final batch Slice stay as they are and read the rebuilt rows instead.
 Forms (after fusekit's cleanup): as exported, and after onnxslim (Ultralytics' default
 ``simplify=True``), which drops the empty ``extras`` columns and the Expand before the
 ScatterND; class-aware or ``agnostic_nms``. Static and dynamic batch share the per-image
-tail; an export traced at batch M has M of them, all replaced by one plugin.
+tail; an export traced at batch M has M of them, all replaced by one plugin. Matched:
+the TorchScript exporter's graph (``ultralytics/utils/export.py`` uses it whenever
+``dynamic`` and on torch < 2.7); a static export through torch's dynamo exporter is not.
 
 Semantics and where they meet EfficientNMS_TRT: the plugin gets the boxes and the class
 scores with every class but the box's ArgMax set to 0 (so each box competes only as its
