@@ -51,7 +51,7 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
              tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
              options: Mapping[str, Any] | None = None, return_report: bool = False,
              dims: Mapping[str, int] | None = None, dynamic: Iterable[str] = (),
-             plugins: str | Iterable[str] | None = None,
+             plugins: str | Iterable[str] | None = None, add_nms: str | Mapping[str, Any] | None = None,
              ) -> onnx.ModelProto | tuple[onnx.ModelProto, OptimizeReport]:
     """Optimize an ONNX model (a path or a ``ModelProto``, never modified) for TensorRT.
 
@@ -70,10 +70,13 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
         options: pass options (e.g. ``{"fold_max_bytes": 1 << 20}``).
         return_report: also return the :class:`~fusekit.report.OptimizeReport`.
         plugins: TensorRT plugin substitutions (opt-in): ``"auto"``, spec names, or None.
+        add_nms: append EfficientNMS_TRT to a YOLO-style head (opt-in), e.g.
+            ``"score=0.25,iou=0.45,max=300"``; the outputs become num_dets, det_boxes,
+            det_scores, det_classes (see the add-nms pass).
     """
     result = run(model, passes=passes, skip=skip, input_shapes=input_shapes, verify=verify,
                  tolerance=tolerance, max_iterations=max_iterations, debug=debug, options=options,
-                 dims=dims, dynamic=dynamic, plugins=plugins)
+                 dims=dims, dynamic=dynamic, plugins=plugins, add_nms=add_nms)
     proto = result.to_proto()
     return (proto, result.report) if return_report else proto
 
@@ -83,7 +86,8 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
         tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
         options: Mapping[str, Any] | None = None, trace: str | None = None,
         progress: Callable[[str], None] | None = None, dims: Mapping[str, int] | None = None,
-        dynamic: Iterable[str] = (), plugins: str | Iterable[str] | None = None) -> Optimized:
+        dynamic: Iterable[str] = (), plugins: str | Iterable[str] | None = None,
+        add_nms: str | Mapping[str, Any] | None = None) -> Optimized:
     """Load, run the pass pipeline to a fixed point, validate and optionally verify.
 
     ``plugins``: TensorRT plugin substitutions to make (opt-in): ``"auto"`` (every spec
@@ -94,6 +98,7 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     found = registry.discover()
     selected = found.select(passes, skip)
     selected, options = _with_plugins(found, selected, plugins, options)
+    selected, options = _with_add_nms(found, selected, add_nms, options)
     ranges = profiles.parse_dynamic_args(dynamic)
     loaded = load_model(model)
     graph, shell = loaded.graph, loaded.shell
@@ -155,6 +160,25 @@ def _with_plugins(found: registry.Registry, selected: list, plugins, options):
         raise InputError(f"plugins={plugins!r}: the {PLUGIN_PASS} pass is not installed")
     extra = [] if any(i.name == PLUGIN_PASS for i in selected) else [info]
     return selected + extra, {**dict(options or {}), "plugins": choice}
+
+
+# --add-nms (kept in one block: to become a declared, typed pass option)
+ADD_NMS_PASS = "add-nms"
+
+
+def _with_add_nms(found: registry.Registry, selected: list, add_nms, options):
+    """Add the opt-in add-nms pass, its settings checked, when ``add_nms`` is given."""
+    if add_nms is None:
+        return selected, options
+    info = found.passes.get(ADD_NMS_PASS)
+    if info is None:
+        raise InputError(f"--add-nms: the {ADD_NMS_PASS} pass is not installed")
+    try:
+        parsed = info.cls.parse_options(add_nms)
+    except ValueError as exc:
+        raise InputError(f"--add-nms {add_nms}: {exc}") from None
+    extra = [] if any(i.name == ADD_NMS_PASS for i in selected) else [info]
+    return selected + extra, {**dict(options or {}), "add_nms": parsed}
 
 
 def _record_profiles(loaded: LoadedModel, given: list, dims: Mapping[str, int], name: str,

@@ -79,6 +79,13 @@ PluginsOpt = Annotated[str, typer.Option(
                       "NAME,... (those specs) or none. The result no longer runs in onnxruntime.")]
 
 
+# --add-nms (one block: to become a declared, typed pass option)
+AddNmsOpt = Annotated[Optional[str], typer.Option(
+    "--add-nms", help="Append EfficientNMS_TRT to a YOLO-style head ([B,4+C,N] or [B,N,4+C]): "
+                      "score=0.25,iou=0.45,max=300 (also layout=cn|nc, box=xywh|xyxy, agnostic=0|1). "
+                      "The outputs become num_dets, det_boxes, det_scores, det_classes.")]
+
+
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Argument(help="The ONNX model to optimize (never modified).")],
@@ -97,6 +104,7 @@ def optimize(
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
     external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when over 2 GB).")] = None,
     plugins: PluginsOpt = "none",
+    add_nms: AddNmsOpt = None,
 ) -> None:
     """Optimize MODEL and write the result to OUTPUT."""
     if output.resolve() == model.resolve():
@@ -105,7 +113,7 @@ def optimize(
     dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
         result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
-                         dynamic=dynamic or (), plugins=plugins,
+                         dynamic=dynamic or (), plugins=plugins, add_nms=add_nms,
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")
@@ -123,7 +131,7 @@ def optimize(
         return
     print_report(report)
     for event in report.events:
-        if event.pass_name == api.PLUGIN_PASS:
+        if event.pass_name in (api.PLUGIN_PASS, api.ADD_NMS_PASS):
             out.print(f"plugin: {event.node}: {event.action}", soft_wrap=True, markup=False, highlight=False)
     if trace is not None:
         print_trace(report, trace)

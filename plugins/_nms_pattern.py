@@ -7,7 +7,8 @@ defaults filled in), literal constants (``$N`` and ``$CN`` in the text are repla
 numbers given) and wiring; each pattern node stands for one graph node, and one pattern
 value for one graph tensor. The pattern's graph inputs other than ``boxes`` and ``scores``
 are free: they bind to whatever the graph has there, for the caller to check.
-Unsqueeze/Squeeze axes match whether given as attribute (opset < 13) or input, and an If
+Unsqueeze/Squeeze (and ReduceMax) axes match whether given as attribute (opset < 13, < 18)
+or input, Unsqueeze's in any order (they are a set), and an If
 with a constant condition is seen through to the branch it takes (its nodes are reported
 in ``Bound.covered``). A mismatch comes back as a sentence naming the first difference.
 """
@@ -23,7 +24,7 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import constant_array
 from fusekit.onnx_nodes import is_default_domain
 
-AXES_OPS = frozenset({"Unsqueeze", "Squeeze"})
+AXES_OPS = frozenset({"Unsqueeze", "Squeeze", "ReduceMax"})
 
 
 def const(t) -> np.ndarray | None:
@@ -75,6 +76,8 @@ class Pattern:
         g = _through_if(g, bound)
         if p.name in bound.tensors:
             return None if bound.tensors[p.name] is g else f"{_name(g)} is not the pattern's {p.name}"
+        if p.name == "":  # an optional input left out
+            return None if isinstance(g, gs.Variable) and g.name == "" else f"{_name(g)} is given, the pattern omits it"
         if p.name in self.free:
             if isinstance(g, np.ndarray):
                 return f"{p.name} is an attribute"
@@ -136,10 +139,15 @@ def _name(t) -> str:
 
 
 def _operands(node: gs.Node) -> tuple[dict, list]:
-    """Attributes and inputs, with an Unsqueeze/Squeeze ``axes`` attribute as a constant input."""
+    """Attributes and inputs, with an ``axes`` attribute (AXES_OPS) as a constant input and
+    Unsqueeze's constant axes sorted."""
     attrs, ins = dict(node.attrs), list(node.inputs)
     if node.op in AXES_OPS and "axes" in attrs:
         ins.append(np.asarray(attrs.pop("axes"), np.int64))
+    if node.op == "Unsqueeze" and len(ins) == 2:
+        axes = const(ins[1])
+        if axes is not None:
+            ins[1] = np.sort(axes.reshape(-1)).reshape(axes.shape)
     return attrs, ins
 
 

@@ -15,6 +15,17 @@ substitution is exact for:
   ``topk__dynamic`` form with ``K' = min(K, S + 1)`` rows (S the selections in the whole
   batch); rebuilt exactly from the plugin's four outputs with ordinary nodes.
 
+- Ultralytics' ``nms=True`` export (YOLOv5u/v8/11 detection): torchvision's four-input NonMaxSuppression on each
+  image's boxes above ``conf``, class-aware by box offsets or agnostic, as exported or
+  slimmed by onnxslim (``plugins/_nms_ultralytics.py``). The plugin reads the boxes and the
+  class scores with every class but each box's best zeroed; ordinary nodes rebuild the
+  image's ``[1, max_det, 6]`` rows (box, score, class as float, zero padding), which
+  Ultralytics' own zeros/ScatterND/Slice still write into ``output0``. An export traced at
+  batch M has one tail per image, all replaced by one plugin. Declined when conf <= 0, the boxes
+  are not divided by a positive constant, extras (Segment/Pose/OBB) are present, or the
+  per-class cap is below max_det; exact where boxes of different classes cannot meet after
+  Ultralytics' class offset (boxes within the image; see that module).
+
 Plugin fields (TensorRT's ``plugin/efficientNMSPlugin`` README): int32
 ``background_class`` (-1), ``max_output_boxes`` (K), ``score_activation`` (0),
 ``class_agnostic`` (0), ``box_coding`` (0: corners); float32 ``score_threshold``,
@@ -44,6 +55,7 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import fresh_name, replace_uses
 from fusekit.pass_infra import Decline
 from fusekit.plugin_infra import PluginMatch, PluginSpec
+from fusekit.plugins import _nms_ultralytics as ultralytics
 from fusekit.plugins._nms_pattern import Pattern, single_value
 from fusekit.plugins._nms_tails import TAILS, Tail
 
@@ -65,6 +77,8 @@ class EfficientNmsSpec(PluginSpec):
               "box_coding": "int32"}
 
     def match(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
+        if len(node.inputs) == 4 and all(t.name for t in node.inputs):
+            return self._match_ultralytics(graph, node)
         given = _nms_inputs(node)
         if isinstance(given, Decline):
             return given
@@ -112,18 +126,49 @@ class EfficientNmsSpec(PluginSpec):
     def _plugin_match(self, graph, tail: Tail, nodes, boxes, scores, outs, fields, message) -> PluginMatch:
         if tail.rebuild is None:
             return PluginMatch(nodes, [boxes, scores], outs, fields, message)
-        k, batch = fields["max_output_boxes"], boxes.shape[0]
-        kinds = [("num_detections", np.int32, [batch, 1]), ("detection_boxes", boxes.dtype, [batch, k, 4]),
-                 ("detection_scores", scores.dtype, [batch, k]), ("detection_classes", np.int32, [batch, k])]
-        held = [gs.Variable(f"{nodes[0].name or 'nms'}/{n}", dtype=d, shape=s) for n, d, s in kinds]
+        k = fields["max_output_boxes"]
+        return _rebuilt(graph, nodes, [boxes, scores], outs, fields, message,
+                        lambda held, fresh: tail.rebuild(graph, held, outs, k, fresh))
 
-        def build_after():
-            made, new_outs = tail.rebuild(graph, held, outs, k, lambda base: fresh_name(graph, base))
-            graph.nodes.extend(made)
-            for old, new in zip(outs, new_outs):
-                replace_uses(graph, old, new)
+    def _match_ultralytics(self, graph: gs.Graph, node: gs.Node) -> PluginMatch | Decline:
+        """torchvision's four-input NonMaxSuppression inside Ultralytics' NMSModel tail
+        (plugins/_nms_ultralytics.py), with the tails of the other images of the traced batch
+        (one per image, reading the same boxes and scores): one plugin, each tail replaced up
+        to the rows it writes into output0."""
+        torchvision = ("NonMaxSuppression needs all five inputs, score_threshold included (torchvision's nms "
+                       "exports four: it keeps every score and outputs one row per kept box)")
+        first = _ultralytics_tail(graph, node)
+        if isinstance(first, str):
+            return Decline(f"{torchvision}; not Ultralytics' NMSModel tail either ({first})")
+        found = [first] + [t for t in (_ultralytics_tail(graph, n) for n in graph.nodes if n is not node
+                                       and n.op == "NonMaxSuppression" and len(n.inputs) == 4)
+                           if not isinstance(t, str) and t[0].bound.tensors["boxes"] is first[0].bound.tensors["boxes"]
+                           and t[0].bound.tensors["scores"] is first[0].bound.tensors["scores"]]
+        found.sort(key=lambda t: t[0].image)
+        tails = [f for f, _, _ in found]
+        images = [t.image for t in tails]
+        if len(set(images)) != len(images) or len({(t.k, t.conf, t.iou, t.form.agnostic) for t in tails}) != 1:
+            return Decline("the per-image Ultralytics tails reading these boxes and scores write the same image or "
+                           "differ in their settings")
+        nodes = [n for _, tail_nodes, _ in found for n in tail_nodes]
+        updates = [update for _, _, update in found]
+        why = _read_outside(graph, nodes, updates)
+        if why:
+            return Decline(why)
+        scores, make_scores = ultralytics.masked_scores(first[0], lambda base: fresh_name(graph, base))
+        t = first[0]
+        fields = {"background_class": -1, "max_output_boxes": t.k, "score_threshold": t.conf,
+                  "iou_threshold": t.iou, "score_activation": 0, "class_agnostic": int(t.form.agnostic),
+                  "box_coding": 0}
+        which = f"image {images[0]}" if len(images) == 1 else f"images {', '.join(map(str, images))}"
+        message = (f"NonMaxSuppression + {t.form.name}, {which} ({len(nodes)} nodes) -> {self.plugin} (K {t.k}, "
+                   f"iou {t.iou:g}, score {t.conf:g}); rows of output0 rebuilt from the plugin's outputs")
 
-        return PluginMatch(nodes, [boxes, scores], held, fields, message, build_after=build_after)
+        def rebuild(held, fresh):
+            made, new = ultralytics.rebuild(t.k, images, held, updates, fresh)
+            return make_scores() + made, new
+
+        return _rebuilt(graph, nodes, [t.bound.tensors["boxes"], scores], updates, fields, message, rebuild)
 
     def output_dims(self, fields, input_ranks):
         k = int(fields["max_output_boxes"])
@@ -143,24 +188,62 @@ class EfficientNmsSpec(PluginSpec):
         out_boxes = np.zeros((batch, k, 4), boxes.dtype)
         out_scores = np.zeros((batch, k), scores.dtype)
         out_classes = np.zeros((batch, k), np.int32)
+        classes = [c for c in range(scores.shape[2]) if c != int(fields["background_class"])]
+        # class-aware: each class on its own; class_agnostic: every (box, class) candidate in one NMS
+        groups = [classes] if int(fields.get("class_agnostic", 0)) else [[c] for c in classes]
         for b in range(batch):
             corners = _corners(boxes[b].astype(np.float64))
             found = []  # (score, class, box)
-            for c in range(scores.shape[2]):
-                if c == int(fields["background_class"]):
-                    continue
-                cand = [i for i in np.argsort(-scores[b, :, c], kind="stable") if scores[b, i, c] > score_t]
-                kept: list[int] = []
-                for i in cand:
-                    if all(_iou(corners[i], corners[j]) <= iou_t for j in kept):
-                        kept.append(i)
-                found += [(scores[b, i, c], c, i) for i in kept]
+            for group in groups:
+                cand = [(i, c) for c in group for i in range(boxes.shape[1]) if scores[b, i, c] > score_t]
+                cand.sort(key=lambda ic: -scores[b, ic[0], ic[1]])  # stable: ties keep box, class order
+                kept: list[tuple[int, int]] = []
+                for i, c in cand:
+                    if all(_iou(corners[i], corners[j]) <= iou_t for j, _ in kept):
+                        kept.append((i, c))
+                found += [(scores[b, i, c], c, i) for i, c in kept]
             found.sort(key=lambda f: -f[0])
             found = found[:k]
             num[b, 0] = len(found)
             for j, (s, c, i) in enumerate(found):
                 out_boxes[b, j], out_scores[b, j], out_classes[b, j] = boxes[b, i], s, c
         return [num, out_boxes, out_scores, out_classes]
+
+
+def _ultralytics_tail(graph: gs.Graph, node: gs.Node):
+    """(the matched tail, the nodes it replaces, the update it ends at) for the Ultralytics
+    per-image tail around ``node``, or why there is none."""
+    if int(node.attrs.get("center_point_box", 0)) != 0:
+        return "center_point_box is not 0"
+    _, below = _outputs_below(graph, node)
+    updates = [n.inputs[2] for n in graph.nodes if n.op == "ScatterND" and len(n.inputs) == 3
+               and len(n.inputs[2].inputs) == 1 and id(n.inputs[2].inputs[0]) in below]
+    if len(updates) != 1:
+        return "its kept rows are not written into the output by one ScatterND"
+    found = ultralytics.match(node, updates[0])
+    if isinstance(found, str):
+        return found
+    nodes = [node] + [n for n in found.bound.nodes.values() if n is not node and id(n) in below] + \
+        found.bound.covered
+    return found, nodes, updates[0]
+
+
+def _rebuilt(graph: gs.Graph, nodes, inputs, outs, fields, message, rebuild) -> PluginMatch:
+    """A match whose plugin outputs are read by nodes ``rebuild(held, fresh)`` makes (written
+    after the plugin), which compute the tail's outputs ``outs``."""
+    k, boxes, scores = fields["max_output_boxes"], inputs[0], inputs[1]
+    batch = boxes.shape[0] if boxes.shape else None
+    kinds = [("num_detections", np.int32, [batch, 1]), ("detection_boxes", boxes.dtype, [batch, k, 4]),
+             ("detection_scores", scores.dtype, [batch, k]), ("detection_classes", np.int32, [batch, k])]
+    held = [gs.Variable(f"{nodes[0].name or 'nms'}/{n}", dtype=d, shape=s) for n, d, s in kinds]
+
+    def build_after():
+        made, new_outs = rebuild(held, lambda base: fresh_name(graph, base))
+        graph.nodes.extend(made)
+        for old, new in zip(outs, new_outs):
+            replace_uses(graph, old, new)
+
+    return PluginMatch(nodes, inputs, held, fields, message, build_after=build_after)
 
 
 def _corners(boxes: np.ndarray) -> np.ndarray:
