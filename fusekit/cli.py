@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from fusekit import __version__, api, registry
 from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, print_comparison,
@@ -27,6 +29,7 @@ from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, In
                             PassError, TensorRTError)
 from fusekit.manager import pipeline_key
 from fusekit.model_io import atomic_write
+from fusekit.registry import first_sentence
 from fusekit.shapes import parse_dims, parse_shape
 from fusekit.verify import Tolerance
 from typer.exceptions import TyperException
@@ -40,8 +43,67 @@ EXIT_CODES: dict[type[FusekitError], int] = {
 }
 EXIT_INTERNAL = 70
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Get ONNX models ready for NVIDIA TensorRT, and prove it.")
+
+
+_NO_BREAK = "\u2011"  # a non-breaking hyphen: the wrapper never breaks a line after it
+
+
+class _HelpFormatter(typer.Context.formatter_class):
+    """click's help formatter, except that a hyphenated word (``--in-place``, ``comma-separated``)
+    is never broken at its hyphen: lines break between words only."""
+
+    def write_text(self, text: str) -> None:
+        super().write_text(text.replace("-", _NO_BREAK))
+
+    def write_dl(self, rows, *args, **kwargs) -> None:
+        super().write_dl([(a.replace("-", _NO_BREAK), b.replace("-", _NO_BREAK)) for a, b in rows], *args, **kwargs)
+
+    def getvalue(self) -> str:
+        return super().getvalue().replace(_NO_BREAK, "-")
+
+
+class _Context(typer.Context):
+    formatter_class = _HelpFormatter
+
+
+class _Command(TyperCommand):
+    """A command whose usage line names its arguments as click does: MODEL, [MODELS]...
+    (typer writes ``{model}``)."""
+
+    context_class = _Context
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or param.name.upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+class _Group(TyperGroup):
+    """Help as plain text wrapped at word boundaries, never cut (typer's rich panels cut
+    option names at 80 columns); each command listed with its whole first sentence."""
+
+    context_class = _Context
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            if type(command) is TyperCommand:
+                command.__class__ = _Command  # every command, whoever adds it
+
+    def format_commands(self, ctx: typer.Context, formatter: _HelpFormatter) -> None:
+        rows = [(name, first_sentence(command.help or "")) for name, command in self.commands.items()
+                if not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
+                  rich_markup_mode=None, help="Get ONNX models ready for NVIDIA TensorRT, and prove it.")
 
 
 def exit_code(exc: FusekitError) -> int:
@@ -126,7 +188,7 @@ def optimize(
             out.print(f"plugin: {event.node}: {event.action}", soft_wrap=True, markup=False, highlight=False)
     if trace is not None:
         print_trace(report, trace)
-    out.print(f"wrote {', '.join(str(p) for p in written)}")
+    out.print(f"wrote {', '.join(str(p) for p in written)}", markup=False, soft_wrap=True)
 
 
 @app.command("passes")
@@ -143,7 +205,7 @@ def list_passes(
         return
     print_passes(infos)
     for problem in found.problems:
-        err.print(f"[yellow]warning:[/] {problem}")
+        err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
 
 
 @app.command("check-trt")
@@ -160,10 +222,10 @@ def check_trt_cmd(
         print(json.dumps({"model": str(model), "parses": not found, "unsupported": [u.to_dict() for u in found]},
                          indent=2))
     elif not found:
-        out.print(f"{model}: every node parses")
+        out.print(f"{model}: every node parses", markup=False)
     else:
         out.print(f"{model}: {len(found)} node{'s' if len(found) > 1 else ''} TensorRT cannot parse "
-                  f"(checked by the {found[0].checked_by}):", soft_wrap=True, highlight=False)
+                  f"(checked by the {found[0].checked_by}):", soft_wrap=True, markup=False, highlight=False)
         for u in found:
             op = u.op if u.domain in ("", "ai.onnx") else f"{u.domain}.{u.op}"
             out.print(f"  {u.node} ({op}): {u.reason}", soft_wrap=True, markup=False, highlight=False)
