@@ -24,7 +24,8 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from fusekit import __version__, api, registry
 from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, print_comparison,
-                                print_engine_info, print_engine_layers, print_passes, print_report, print_trace)
+                                passes_markdown, print_engine_info, print_engine_layers, print_passes, print_report,
+                                print_trace)
 from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
                             PassError, TensorRTError)
 from fusekit.manager import pipeline_key
@@ -194,10 +195,14 @@ def optimize(
 @app.command("passes")
 def list_passes(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print as the README's Markdown table.")] = False,
 ) -> None:
     """List the passes found through entry points, in pipeline order."""
     found = registry.discover()
     infos = sorted(found.passes.values(), key=lambda i: pipeline_key(i.cls))
+    if markdown:
+        sys.stdout.write(passes_markdown(infos))
+        return
     if as_json:
         print(json.dumps([{"name": i.name, "stage": i.cls.stage.name.lower(), "priority": i.cls.priority,
                            "default": i.cls.enabled_by_default, "package": i.package,

@@ -60,6 +60,17 @@ def print_passes(infos) -> None:
         out.print(Padding(Text(i.summary, style="dim"), (0, 0, 0, 4), expand=False))
 
 
+def passes_markdown(infos) -> str:
+    """``fusekit passes --markdown``: the pipeline as the README's Markdown table (made from the
+    registry only: name, stage, priority, on by default, and the docstring's first sentence)."""
+    rows = ["| pass | stage | priority | default | what it rewrites |", "|---|---|---|---|---|"]
+    for i in infos:
+        summary = i.summary.replace("|", "\\|")
+        rows.append(f"| {i.name} | {i.cls.stage.name.lower()} | {i.cls.priority} | "
+                    f"{'on' if i.cls.enabled_by_default else 'off'} | {summary} |")
+    return "\n".join(rows) + "\n"
+
+
 def print_trace(report: OptimizeReport, node: str) -> None:
     """``--trace NODE``: each pass's verdict on the node as it ran, in pipeline order, then its fate."""
     for step in report.trace_steps:

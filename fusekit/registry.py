@@ -46,10 +46,17 @@ class PassInfo:
 
 def first_sentence(doc: str) -> str:
     """The first sentence of ``doc``'s first paragraph, its lines joined: it ends at a
-    '.', '!' or '?' followed by a capitalised word, or at the paragraph's end."""
+    '.', '!' or '?' outside parentheses followed by a capitalised word (not "e.g.", "i.e."
+    or an ellipsis), or at the paragraph's end."""
     paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())
-    end = re.search(r"[.!?](?=\s+[A-Z])", paragraph)
-    return paragraph[:end.end()] if end else paragraph
+    for end in _SENTENCE_MARKS.finditer(paragraph):
+        opened = paragraph.count("(", 0, end.start()) - paragraph.count(")", 0, end.start())
+        if opened <= 0:
+            return paragraph[:end.end()]
+    return paragraph
+
+
+_SENTENCE_MARKS = re.compile(r"(?<!\.\.)(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s+[A-Z])")
 
 
 @dataclass

@@ -91,12 +91,15 @@ def test_pass_summaries_are_whole_sentences_in_json(capsys):
     assert by_name["fuse-activations"].endswith("becomes x * Clip(x + 3, 0, 6) / 6.")
     assert by_name["channels-last-mean"].endswith("as a ReduceMean over [1, 2] of its NHWC transpose.")
     assert "[dim 0, -1]" in by_name["flatten-before-gemm"]
+    assert by_name["fuse-layer-norm"].endswith("(ReduceMean ... Sqrt, Div) into LayerNormalization.")
 
 
 @pytest.mark.parametrize("doc, sentence", [
     ("Fold x.\n\nMore.", "Fold x."),
     ("Fold a HardSwish\n    into y (e.g. z). Then more.", "Fold a HardSwish into y (e.g. z)."),
     ("No full stop", "No full stop"),
+    ("Fuse a (ReduceMean ... Sqrt, Div) chain. Then.", "Fuse a (ReduceMean ... Sqrt, Div) chain."),
+    ("Fuse it, i.e. All of it... Really. Then.", "Fuse it, i.e. All of it... Really."),
     ("", ""),
 ])
 def test_first_sentence(doc, sentence):
