@@ -143,8 +143,10 @@ PluginsOpt = Annotated[str, typer.Option(
 
 @app.command()
 def optimize(
-    model: Annotated[Path, typer.Argument(help="The ONNX model to optimize (never modified).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the optimized model.")],
+    models: Annotated[list[Path], typer.Argument(metavar="MODEL", help="The ONNX model to optimize, or several, or folders of them (never modified).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the optimized model (one model).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Existing folder for the optimized models, written as OUTPUT_DIR/<stem>.onnx (several models or folders).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="With --output-dir: optimize this many models at once, in worker processes.")] = 1,
     passes: Annotated[Optional[list[str]], typer.Option("--passes", help="Run only these passes (comma-separated).")] = None,
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out these passes (comma-separated).")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix an input's shape: NAME:1x3x224x224 (repeatable).")] = None,
@@ -159,8 +161,18 @@ def optimize(
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
     external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when over 2 GB).")] = None,
     plugins: PluginsOpt = "none",
-) -> None:
-    """Optimize MODEL and write the result to OUTPUT."""
+) -> int | None:
+    """Optimize MODEL and write the result to OUTPUT (or many models into OUTPUT_DIR)."""
+    if output_dir is not None or len(models) > 1 or models[0].is_dir():
+        return _optimize_many(models, output, output_dir, jobs, trace, as_json, external_data, dict(
+            passes=_split(passes), skip=_split(skip) or (), input_shapes=dict(parse_shape(s) for s in input_shape or []),
+            dims=parse_dims(dim or []), dynamic=dynamic or (), plugins=plugins, verify=verify,
+            tolerance=Tolerance(rtol, atol), max_iterations=max_iterations, debug=debug))
+    model = models[0]
+    if output is None:
+        raise InputError("give -o OUTPUT.onnx (one model) or --output-dir FOLDER (several models or folders)")
+    if output.is_dir():
+        raise InputError(f"-o {output}: names a folder; give a file name (or --output-dir {output} for several models)")
     if output.resolve() == model.resolve():
         raise InputError(f"{output}: is the input model; fusekit never overwrites its input, choose another path")
     shapes = dict(parse_shape(s) for s in input_shape or [])
@@ -190,6 +202,22 @@ def optimize(
     if trace is not None:
         print_trace(report, trace)
     out.print(f"wrote {', '.join(str(p) for p in written)}", markup=False, soft_wrap=True)
+
+
+def _optimize_many(models: list[Path], output: Optional[Path], output_dir: Optional[Path], jobs: int,
+                   trace: Optional[str], as_json: bool, external_data: Optional[bool], options: dict) -> int:
+    from fusekit import cli_batch
+
+    if output is not None:
+        raise InputError(f"-o {output}: names one model's output; for several models or a folder give "
+                         "--output-dir FOLDER")
+    if output_dir is None:
+        raise InputError("several models or a folder: give --output-dir FOLDER (outputs are FOLDER/<stem>.onnx)")
+    if trace is not None:
+        raise InputError(f"--trace {trace}: traces a node of one model; give one model and -o")
+    pairs = cli_batch.plan(cli_batch.expand_models(models), output_dir)
+    jobs_ = [cli_batch.Job(model, target, options, external_data) for model, target in pairs]
+    return cli_batch.optimize_many(jobs_, jobs, as_json, out, err)
 
 
 @app.command("passes")

@@ -145,7 +145,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--input-shape", "nope:1x3"]) == 2
     assert not (tmp_path / "o.onnx").exists()
     err = capsys.readouterr().err
-    for message in ("Missing option '--output'", "is the input model", "unknown pass nope",
+    for message in ("give -o OUTPUT.onnx (one model) or --output-dir FOLDER", "is the input model", "unknown pass nope",
                     "--trace nope: no node of that name", "does not exist", "the model has no such input (inputs: x [N,3])"):
         assert message in err
 

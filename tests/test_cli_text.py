@@ -61,7 +61,7 @@ def test_every_option_name_and_usage_metavar_appear_whole(rendered):
         assert "{" not in usage, usage
         for param in command.params:
             if param.param_type_name == "argument":
-                assert param.name.upper() in usage, (name, usage)
+                assert (param.metavar or param.name.upper()) in usage, (name, usage)
             for opt in [*param.opts, *param.secondary_opts]:
                 assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text), (name, opt)
         assert _whole(first_line_of(command.help)) in _whole(rendered["-"]), name
