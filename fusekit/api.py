@@ -290,9 +290,12 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     Asks the installed parser (``tensorrt`` or ``tensorrt_rtx``); without one, or when
     ``table`` names a shipped support table (e.g. ``"tensorrt-10.15"``), the table decides.
     Returns a list of :class:`fusekit.builder.support.UnsupportedNode` (empty: the model
-    parses as is). Raises :class:`~fusekit.errors.InputError` for a bad model.
+    parses as is), a :class:`~fusekit.builder.support.TrtCheck` whose ``checked_by`` says
+    whether the parser or a shipped table answered. Raises :class:`~fusekit.errors.InputError` for a bad model.
     """
     from dataclasses import replace
+
+    from fusekit.builder.support import TrtCheck
 
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     loaded = load_model(model)
@@ -301,9 +304,9 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
         found = _unsupported(loaded, Path(folder), table)
     if not found:
-        return []
+        return found
     offers = _offers(model, found, name, table, passes)
-    return [replace(u, substitution=offers.get(u.node)) for u in found]
+    return TrtCheck([replace(u, substitution=offers.get(u.node)) for u in found], found.checked_by)
 
 
 def _unsupported(loaded: LoadedModel, folder: Path, table: str | None):
@@ -313,10 +316,10 @@ def _unsupported(loaded: LoadedModel, folder: Path, table: str | None):
     be cut out to parse the rest. Every node is named, as the report names them."""
     from fusekit.builder import support
 
-    found, _ = support.check(export_weightless(loaded.graph, loaded.shell), table,
-                             write=lambda: save_graph(loaded.graph, loaded.shell, folder / "model.onnx")[0],
-                             whole=lambda: to_model_proto(loaded.graph, loaded.shell))
-    return found
+    found, checked_by = support.check(export_weightless(loaded.graph, loaded.shell), table,
+                                      write=lambda: save_graph(loaded.graph, loaded.shell, folder / "model.onnx")[0],
+                                      whole=lambda: to_model_proto(loaded.graph, loaded.shell))
+    return support.TrtCheck(found, checked_by)
 
 
 def _offers(model: ModelSource, found, name: str, table: str | None,

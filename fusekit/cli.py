@@ -159,7 +159,7 @@ def optimize(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Check the graph after every pass.")] = False,
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
-    external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when over 2 GB).")] = None,
+    external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when they pass ~1.8 GB).")] = None,
     plugins: PluginsOpt = "none",
 ) -> int | None:
     """Optimize MODEL and write the result to OUTPUT (or many models into OUTPUT_DIR)."""
@@ -252,10 +252,10 @@ def check_trt_cmd(
     Exit 0 when the model parses as is, 1 when any node is unsupported, 2 on bad input."""
     found = api.check_trt(model, table=table)
     if as_json:
-        print(json.dumps({"model": str(model), "parses": not found, "unsupported": [u.to_dict() for u in found]},
-                         indent=2))
+        print(json.dumps({"model": str(model), "parses": not found, "checked_by": found.checked_by,
+                          "unsupported": [u.to_dict() for u in found]}, indent=2))
     elif not found:
-        out.print(f"{model}: every node parses", markup=False)
+        out.print(f"{model}: every node parses (checked by the {found.checked_by})", markup=False, soft_wrap=True)
     else:
         out.print(f"{model}: {len(found)} node{'s' if len(found) > 1 else ''} TensorRT cannot parse "
                   f"(checked by the {found[0].checked_by}):", soft_wrap=True, markup=False, highlight=False)

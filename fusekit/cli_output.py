@@ -44,8 +44,7 @@ def print_report(report: OptimizeReport) -> None:
     out.print(passes)
     if report.verify is not None:
         v = report.verify
-        out.print(f"verify: outputs match (max abs diff {v.max_abs_diff:.3g} at dynamic dims "
-                  f"{', '.join(map(str, v.runs))})")
+        out.print(f"verify: outputs match (max abs diff {v.max_abs_diff:.3g}, {v.where()})", markup=False)
 
 
 def print_passes(infos) -> None:
@@ -216,8 +215,8 @@ def print_engine_info(result, engine: Path) -> None:
                   f"{', optimized by fusekit' if source.get('optimized') else ''})"))
     table.add_row("engine", f"{size(side['engine'].get('bytes') or 0)}, built {side.get('created')} "
                   f"by fusekit {side.get('fusekit_version')}")
-    out.print(table)
-    for note in result.notes:
+    for note in result.notes:  # before the table: "what follows is its sidecar" and the like
         out.print(f"note: {note}", soft_wrap=True, markup=False)
+    out.print(table)
     if result.layers is not None:
         _layer_table(f"engine layers ({len(result.layers)}, from the engine inspector)", result.layers)
