@@ -470,6 +470,11 @@ def test_fk301_says_what_optimize_changes_on_the_readme_model(tmp_path):
     assert len(bns) == 3 and folded == bns
     before = {n.name for n in onnx.load(model).graph.node}
     assert {f.node for f in found} <= before
+    proto = onnx.load(model)
+    text = proto.SerializeToString()
+    assert len([f for f in lint_model(proto, LintConfig(trt=False, select=("FK301",))).findings
+                if f.key == "fold-batchnorm"]) == 3
+    assert proto.SerializeToString() == text  # the pipeline ran on lint's own copy
     fixed, optimized = tmp_path / "fixed.onnx", tmp_path / "optimized.onnx"
     assert main(["lint", str(model), "--select", "FK301", "--fix", "-o", str(fixed)]) == 0
     assert main(["optimize", str(model), "-o", str(optimized)]) == 0
