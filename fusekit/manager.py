@@ -87,6 +87,7 @@ class PassManager:
 
     def _run(self, graph: gs.Graph, ctx: PassContext) -> PipelineResult:
         stats = {p.name: PassStats(p.name, self.packages.get(p.name, "")) for p in self.passes}
+        self.steps = []
         sort_topologically(graph)
         version = 0  # how many pass runs changed the graph so far
         clean_at: dict[str, int] = {}  # pass -> the version it last ran on and left unchanged
@@ -155,7 +156,8 @@ class PassManager:
         if node is None:
             return []
         if isinstance(p, NodeRewritePass):
-            return [p.finding(node, p.check(graph, node, ctx))] if node in p.candidates(graph) else []
+            candidate = any(c is node for c in p.candidates(graph))
+            return [p.finding(node, p.check(graph, node, ctx))] if candidate else []
         return [f for f in p.inspect(graph, ctx) if f.node == self.trace]
 
     def _record(self, iteration: int, p: Pass, verdicts: list[Finding], events: list[TraceEvent],
@@ -170,7 +172,8 @@ class PassManager:
                                    "rewrote" if changed else "matched", f.message) for f in verdicts]
         for step in steps:
             last = next((s for s in reversed(self.steps) if s.pass_name == p.name), None)
-            if step.verdict == "rewrote" or last is None or (last.verdict, last.message) != (step.verdict, step.message):
+            if step.verdict == "rewrote" or last is None or (last.verdict, last.message) != (step.verdict,
+                                                                                             step.message):
                 self.steps.append(step)
 
 

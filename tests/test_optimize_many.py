@@ -63,8 +63,9 @@ def test_a_folder_in_two_processes_tries_every_model_and_exits_with_the_worst(tm
 
 
 def test_exit_code_is_the_most_severe_2_over_1_over_0(tmp_path, monkeypatch, capsys):
-    activate(monkeypatch, make_distribution(tmp_path / "site", "wrong-passes",
-                                            {"drop-relu": "wrong_passes_mod:DropRelu"}, {"wrong_passes_mod": WRONG_PASS}))
+    wrong = make_distribution(tmp_path / "site", "wrong-passes", {"drop-relu": "wrong_passes_mod:DropRelu"},
+                              {"wrong_passes_mod": WRONG_PASS})
+    activate(monkeypatch, wrong)
     out = tmp_path / "out"
     out.mkdir()
     ok, mismatch = write(tmp_path, SMALL, "ok.onnx"), write(tmp_path, RELU, "relu.onnx")
@@ -78,7 +79,7 @@ def test_exit_code_is_the_most_severe_2_over_1_over_0(tmp_path, monkeypatch, cap
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{a}", "{b}", "-o", "{out}/x.onnx"], "names one model's output; for several models or a folder give --output-dir"),
+    (["{a}", "{b}", "-o", "{out}/x.onnx"], "names one model's output; for several models or a folder give"),
     (["{a}", "{b}"], "give --output-dir FOLDER"),
     (["{a}", "{b}", "--output-dir", "{out}/missing"], "no such folder (create it first)"),
     (["{a}", "{sub}/a.onnx", "--output-dir", "{out}"], "would all be written to"),

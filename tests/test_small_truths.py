@@ -73,7 +73,8 @@ def test_make_model_prints_no_warning_on_the_first_run(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
-@pytest.mark.parametrize("name", ["model.onnx", "model.opt.onnx", "model.api.onnx", "model.engine", "model.engine.json"])
+@pytest.mark.parametrize("name", ["model.onnx", "model.opt.onnx", "model.api.onnx", "model.engine",
+                                  "model.engine.json"])
 def test_files_the_readme_commands_write_are_ignored_by_git(name):
     assert subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT).returncode == 0
     assert subprocess.run(["git", "check-ignore", "-q", f"examples/{name}"], cwd=ROOT).returncode == 1
