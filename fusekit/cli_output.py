@@ -36,7 +36,7 @@ def print_report(report: OptimizeReport) -> None:
                          f"{'' if report.converged else ', did not converge'}, {report.seconds:.2f} s)",
                    title_justify="left")
     for column in ("pass", "rewrites", "removed", "added", "time"):
-        passes.add_column(column, justify="left" if column == "pass" else "right", no_wrap=True)
+        passes.add_column(column, justify="left" if column == "pass" else "right", no_wrap=column != "pass")
     for p in report.passes:
         origin = "" if p.package == "fusekit" else f" ({p.package})"
         passes.add_row(Text(p.name + origin), str(p.rewrites), str(p.nodes_removed), str(p.nodes_added),

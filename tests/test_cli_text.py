@@ -26,10 +26,17 @@ def _commands() -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, str]:
-    """Every command's --help, the top-level help and ``fusekit passes``, at 80 columns, in
-    one process with COLUMNS=80 (as a user's terminal of that width)."""
-    runs = {"-": ["--help"], **{name: [name, "--help"] for name in _commands()}, "passes-output": ["passes"]}
+def rendered(tmp_path_factory) -> dict[str, str]:
+    """Every command's --help, the top-level help, ``fusekit passes`` and an optimize report
+    with --verify and --trace, at 80 columns, in one process with COLUMNS=80 (as a user's
+    terminal of that width)."""
+    folder = tmp_path_factory.mktemp("text")
+    model = folder / "a-model-with-a-rather-long-file-name-that-does-not-fit-in-one-table-cell.onnx"
+    onnx.save(onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N,3] x) => (float[N,3] y) <float[3] c = {1.0, 2.0, 3.0}> { t = Identity(x)  y = Add(t, c) }"""), model)
+    runs = {"-": ["--help"], **{name: [name, "--help"] for name in _commands()}, "passes-output": ["passes"],
+            "optimize-output": ["optimize", str(model), "-o", str(folder / "o.onnx"), "--verify",
+                                "--trace", "Identity_0"]}
     script = ("import json, sys\nfrom fusekit.cli import main\nfor key, argv in json.loads(sys.argv[1]).items():\n"
               "    print('=====', key, flush=True)\n    main(argv)\n    sys.stdout.flush()\n")
     env = {**os.environ, "COLUMNS": str(WIDTH)}
@@ -44,11 +51,14 @@ def _whole(text: str) -> str:
 
 
 def test_every_help_fits_80_columns_and_cuts_nothing(rendered):
-    assert set(rendered) == {"-", "passes-output", *_commands()}
+    assert set(rendered) == {"-", "passes-output", "optimize-output", *_commands()}
     for name, text in rendered.items():
         assert text.strip(), name
         for line in text.splitlines():
-            assert len(line) <= WIDTH, (name, line)
+            # a path or trace line is printed whole and left to the terminal to wrap
+            assert len(line) <= WIDTH or name == "optimize-output" and line.startswith(("fusekit optimize:",
+                                                                                          "trace ", "wrote ")), \
+                (name, line)
         assert "…" not in text and "<bool>" not in text, name
         # a line never ends inside a hyphenated word (--in-place, comma-separated)
         assert not re.search(r"[A-Za-z]-\n\s*[a-z]", text), name
