@@ -20,9 +20,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from fusekit import __version__, api, registry
+from fusekit.cli_help import HelpGroup
 from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, print_comparison,
                                 passes_markdown, print_engine_info, print_engine_layers, print_passes, print_report,
                                 print_trace)
@@ -30,7 +30,6 @@ from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, In
                             PassError, TensorRTError)
 from fusekit.manager import pipeline_key
 from fusekit.model_io import atomic_write
-from fusekit.registry import first_sentence
 from fusekit.shapes import parse_dims, parse_shape
 from fusekit.verify import Tolerance
 from typer.exceptions import TyperException
@@ -44,66 +43,7 @@ EXIT_CODES: dict[type[FusekitError], int] = {
 }
 EXIT_INTERNAL = 70
 
-
-
-_NO_BREAK = "\u2011"  # a non-breaking hyphen: the wrapper never breaks a line after it
-
-
-class _HelpFormatter(typer.Context.formatter_class):
-    """click's help formatter, except that a hyphenated word (``--in-place``, ``comma-separated``)
-    is never broken at its hyphen: lines break between words only."""
-
-    def write_text(self, text: str) -> None:
-        super().write_text(text.replace("-", _NO_BREAK))
-
-    def write_dl(self, rows, *args, **kwargs) -> None:
-        super().write_dl([(a.replace("-", _NO_BREAK), b.replace("-", _NO_BREAK)) for a, b in rows], *args, **kwargs)
-
-    def getvalue(self) -> str:
-        return super().getvalue().replace(_NO_BREAK, "-")
-
-
-class _Context(typer.Context):
-    formatter_class = _HelpFormatter
-
-
-class _Command(TyperCommand):
-    """A command whose usage line names its arguments as click does: MODEL, [MODELS]...
-    (typer writes ``{model}``)."""
-
-    context_class = _Context
-
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
-        pieces = [self.options_metavar] if self.options_metavar else []
-        for param in self.get_params(ctx):
-            if isinstance(param, TyperArgument):
-                name = param.metavar or param.name.upper()
-                name = name if param.required else f"[{name}]"
-                pieces.append(name + ("..." if param.nargs != 1 else ""))
-        return pieces
-
-
-class _Group(TyperGroup):
-    """Help as plain text wrapped at word boundaries, never cut (typer's rich panels cut
-    option names at 80 columns); each command listed with its whole first sentence."""
-
-    context_class = _Context
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        for command in self.commands.values():
-            if type(command) is TyperCommand:
-                command.__class__ = _Command  # every command, whoever adds it
-
-    def format_commands(self, ctx: typer.Context, formatter: _HelpFormatter) -> None:
-        rows = [(name, first_sentence(command.help or "")) for name, command in self.commands.items()
-                if not command.hidden]
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=HelpGroup,
                   rich_markup_mode=None, help="Get ONNX models ready for NVIDIA TensorRT, and prove it.")
 
 
@@ -164,10 +104,12 @@ def optimize(
 ) -> int | None:
     """Optimize MODEL and write the result to OUTPUT (or many models into OUTPUT_DIR)."""
     if output_dir is not None or len(models) > 1 or models[0].is_dir():
-        return _optimize_many(models, output, output_dir, jobs, trace, as_json, external_data, dict(
+        from fusekit import cli_batch
+
+        return cli_batch.optimize_paths(models, output, output_dir, jobs, trace, as_json, external_data, dict(
             passes=_split(passes), skip=_split(skip) or (), input_shapes=dict(parse_shape(s) for s in input_shape or []),
             dims=parse_dims(dim or []), dynamic=dynamic or (), plugins=plugins, verify=verify,
-            tolerance=Tolerance(rtol, atol), max_iterations=max_iterations, debug=debug))
+            tolerance=Tolerance(rtol, atol), max_iterations=max_iterations, debug=debug), out, err)
     model = models[0]
     if output is None:
         raise InputError("give -o OUTPUT.onnx (one model) or --output-dir FOLDER (several models or folders)")
@@ -203,21 +145,6 @@ def optimize(
         print_trace(report, trace)
     out.print(f"wrote {', '.join(str(p) for p in written)}", markup=False, soft_wrap=True)
 
-
-def _optimize_many(models: list[Path], output: Optional[Path], output_dir: Optional[Path], jobs: int,
-                   trace: Optional[str], as_json: bool, external_data: Optional[bool], options: dict) -> int:
-    from fusekit import cli_batch
-
-    if output is not None:
-        raise InputError(f"-o {output}: names one model's output; for several models or a folder give "
-                         "--output-dir FOLDER")
-    if output_dir is None:
-        raise InputError("several models or a folder: give --output-dir FOLDER (outputs are FOLDER/<stem>.onnx)")
-    if trace is not None:
-        raise InputError(f"--trace {trace}: traces a node of one model; give one model and -o")
-    pairs = cli_batch.plan(cli_batch.expand_models(models), output_dir)
-    jobs_ = [cli_batch.Job(model, target, options, external_data) for model, target in pairs]
-    return cli_batch.optimize_many(jobs_, jobs, as_json, out, err)
 
 
 @app.command("passes")

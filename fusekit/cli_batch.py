@@ -89,6 +89,22 @@ def plan(models: Sequence[Path], output_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def optimize_paths(paths: Sequence[Path], output: Path | None, output_dir: Path | None, workers: int,
+                   trace: str | None, as_json: bool, external_data: bool | None, options: dict[str, Any],
+                   out, err) -> int:
+    """``fusekit optimize`` given several models, a folder or ``--output-dir``: check every
+    path, then optimize each model with api.run's ``options``; return the exit code."""
+    if output is not None:
+        raise InputError(f"-o {output}: names one model's output; for several models or a folder give "
+                         "--output-dir FOLDER")
+    if output_dir is None:
+        raise InputError("several models or a folder: give --output-dir FOLDER (outputs are FOLDER/<stem>.onnx)")
+    if trace is not None:
+        raise InputError(f"--trace {trace}: traces a node of one model; give one model and -o")
+    jobs = [Job(model, target, options, external_data) for model, target in plan(expand_models(paths), output_dir)]
+    return optimize_many(jobs, workers, as_json, out, err)
+
+
 def optimize_one(job: Job) -> Outcome:
     """Optimize and write one model; never raises (a worker process runs it)."""
     from fusekit import api
