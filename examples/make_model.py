@@ -9,6 +9,7 @@ shape subgraphs): ``dynamo=False, do_constant_folding=False``, opset 14, dynamic
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import torch
 from torch import nn
@@ -38,9 +39,11 @@ def export(path: str, size: int = 32, opset: int = 14) -> None:
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    torch.onnx.export(model, (torch.randn(2, 3, size, size),), path, dynamo=False,
-                      do_constant_folding=False, opset_version=opset, input_names=["images"],
-                      output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated; it is the raw export users have
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.randn(2, 3, size, size),), path, dynamo=False,
+                          do_constant_folding=False, opset_version=opset, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from fusekit.model_io import (LoadedModel, export_weightless, load_model, read_m
                                save_model, to_model_proto)
 from fusekit.pass_infra import PassContext
 from fusekit.report import ModelSummary, OptimizeReport
-from fusekit.shapes import (Dim, annotate_shapes, apply_input_shapes, complete_outputs,
+from fusekit.shapes import (Dim, apply_input_shapes, complete_outputs,
                             tensorrt_shape_problems)
 from fusekit.validate import check_graph
 from fusekit.verify import Tolerance, compare
@@ -109,22 +109,24 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     report = OptimizeReport(source=name, before=ModelSummary.of(graph), warnings=list(found.problems))
     ctx = PassContext(options=dict(options or {}), relieve_memory=loaded.spill.relieve)
     instances = [info.cls() for info in selected]
-    if trace is not None:
-        annotate_shapes(graph, shell)  # so the findings see the shapes the passes will see
-        report.trace_findings = _inspect_node(instances, graph, ctx, trace)
+    if trace is not None and not any(n.name == trace for n in graph.nodes):
+        raise InputError(f"--trace {trace}: no node of that name in the model")
 
     def check_after(g: gs.Graph, pass_name: str) -> None:
         check_graph(g, shell, f"pass {pass_name} left an invalid graph", error=PassError)
 
     manager = PassManager(instances, packages={i.name: i.package for i in selected},
                           max_iterations=max_iterations, check=check_after if debug else None,
-                          progress=progress)
+                          progress=progress, trace=trace)
     pipeline = manager.run(graph, ctx)
     check_graph(graph, shell, "the optimized model is invalid (rerun with --debug to find the pass)",
                 error=PassError)
     report.after = ModelSummary.of(graph)
     report.passes, report.iterations, report.converged = pipeline.stats, pipeline.iterations, pipeline.converged
     report.events = pipeline.events
+    if trace is not None:
+        report.trace_steps = pipeline.trace
+        report.trace_kept = any(n.name == trace for n in graph.nodes)
     report.outputs = [t.name for t in graph.outputs]
     report.warnings.extend(tensorrt_shape_problems(graph))
     report.warnings.extend(_record_profiles(loaded, ranges, dims or {}, name, bool(input_shapes or dims)))
@@ -218,12 +220,6 @@ def _record_profiles(loaded: LoadedModel, given: list, dims: Mapping[str, int], 
         warnings.append("dynamic dims without a profile range (fusekit build will ask for them): "
                         + "; ".join(m.describe() for m in resolution.missing))
     return warnings
-
-
-def _inspect_node(instances, graph: gs.Graph, ctx: PassContext, node_name: str):
-    if not any(n.name == node_name for n in graph.nodes):
-        raise InputError(f"--trace {node_name}: no node of that name in the model")
-    return [f for p in instances for f in p.inspect(graph, ctx) if f.node == node_name]
 
 
 # -- TensorRT engines ----------------------------------------------------------------
@@ -332,9 +328,12 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     Asks the installed parser (``tensorrt`` or ``tensorrt_rtx``); without one, or when
     ``table`` names a shipped support table (e.g. ``"tensorrt-10.15"``), the table decides.
     Returns a list of :class:`fusekit.builder.support.UnsupportedNode` (empty: the model
-    parses as is). Raises :class:`~fusekit.errors.InputError` for a bad model.
+    parses as is), a :class:`~fusekit.builder.support.TrtCheck` whose ``checked_by`` says
+    whether the parser or a shipped table answered. Raises :class:`~fusekit.errors.InputError` for a bad model.
     """
     from dataclasses import replace
+
+    from fusekit.builder.support import TrtCheck
 
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     loaded = load_model(model)
@@ -343,9 +342,9 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
         found = _unsupported(loaded, Path(folder), table)
     if not found:
-        return []
+        return found
     offers = _offers(model, found, name, table, passes)
-    return [replace(u, substitution=offers.get(u.node)) for u in found]
+    return TrtCheck([replace(u, substitution=offers.get(u.node)) for u in found], found.checked_by)
 
 
 def _unsupported(loaded: LoadedModel, folder: Path, table: str | None):
@@ -355,10 +354,10 @@ def _unsupported(loaded: LoadedModel, folder: Path, table: str | None):
     be cut out to parse the rest. Every node is named, as the report names them."""
     from fusekit.builder import support
 
-    found, _ = support.check(export_weightless(loaded.graph, loaded.shell), table,
-                             write=lambda: save_graph(loaded.graph, loaded.shell, folder / "model.onnx")[0],
-                             whole=lambda: to_model_proto(loaded.graph, loaded.shell))
-    return found
+    found, checked_by = support.check(export_weightless(loaded.graph, loaded.shell), table,
+                                      write=lambda: save_graph(loaded.graph, loaded.shell, folder / "model.onnx")[0],
+                                      whole=lambda: to_model_proto(loaded.graph, loaded.shell))
+    return support.TrtCheck(found, checked_by)
 
 
 def _offers(model: ModelSource, found, name: str, table: str | None,

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from fusekit import __version__, api, registry
+from fusekit.cli_help import HelpGroup
 from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, print_comparison,
-                                print_engine_info, print_engine_layers, print_passes, print_report, print_trace)
+                                passes_markdown, print_engine_info, print_engine_layers, print_passes, print_report,
+                                print_trace)
 from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
                             PassError, TensorRTError)
 from fusekit.manager import pipeline_key
@@ -41,8 +44,8 @@ EXIT_CODES: dict[type[FusekitError], int] = {
 }
 EXIT_INTERNAL = 70
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Get ONNX models ready for NVIDIA TensorRT, and prove it.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=HelpGroup,
+                  rich_markup_mode=None, help="Get ONNX models ready for NVIDIA TensorRT, and prove it.")
 
 
 def exit_code(exc: FusekitError) -> int:
@@ -88,8 +91,10 @@ AddNmsOpt = Annotated[Optional[str], typer.Option(
 
 @app.command()
 def optimize(
-    model: Annotated[Path, typer.Argument(help="The ONNX model to optimize (never modified).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the optimized model.")],
+    models: Annotated[list[Path], typer.Argument(metavar="MODEL", help="The ONNX model to optimize, or several, or folders of them (never modified).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the optimized model (one model).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Existing folder for the optimized models, written as OUTPUT_DIR/<stem>.onnx (several models or folders).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="With --output-dir: optimize this many models at once, in worker processes.")] = 1,
     passes: Annotated[Optional[list[str]], typer.Option("--passes", help="Run only these passes (comma-separated).")] = None,
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out these passes (comma-separated).")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix an input's shape: NAME:1x3x224x224 (repeatable).")] = None,
@@ -102,11 +107,23 @@ def optimize(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Check the graph after every pass.")] = False,
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
-    external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when over 2 GB).")] = None,
+    external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when they pass ~1.8 GB).")] = None,
     plugins: PluginsOpt = "none",
     add_nms: AddNmsOpt = None,
-) -> None:
-    """Optimize MODEL and write the result to OUTPUT."""
+) -> int | None:
+    """Optimize MODEL and write the result to OUTPUT (or many models into OUTPUT_DIR)."""
+    if output_dir is not None or len(models) > 1 or models[0].is_dir():
+        from fusekit import cli_batch
+
+        return cli_batch.optimize_paths(models, output, output_dir, jobs, trace, as_json, external_data, dict(
+            passes=_split(passes), skip=_split(skip) or (), input_shapes=dict(parse_shape(s) for s in input_shape or []),
+            dims=parse_dims(dim or []), dynamic=dynamic or (), plugins=plugins, add_nms=add_nms, verify=verify,
+            tolerance=Tolerance(rtol, atol), max_iterations=max_iterations, debug=debug), out, err)
+    model = models[0]
+    if output is None:
+        raise InputError("give -o OUTPUT.onnx (one model) or --output-dir FOLDER (several models or folders)")
+    if output.is_dir():
+        raise InputError(f"-o {output}: names a folder; give a file name (or --output-dir {output} for several models)")
     if output.resolve() == model.resolve():
         raise InputError(f"{output}: is the input model; fusekit never overwrites its input, choose another path")
     shapes = dict(parse_shape(s) for s in input_shape or [])
@@ -135,16 +152,21 @@ def optimize(
             out.print(f"plugin: {event.node}: {event.action}", soft_wrap=True, markup=False, highlight=False)
     if trace is not None:
         print_trace(report, trace)
-    out.print(f"wrote {', '.join(str(p) for p in written)}")
+    out.print(f"wrote {', '.join(str(p) for p in written)}", markup=False, soft_wrap=True)
+
 
 
 @app.command("passes")
 def list_passes(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print as the README's Markdown table.")] = False,
 ) -> None:
     """List the passes found through entry points, in pipeline order."""
     found = registry.discover()
     infos = sorted(found.passes.values(), key=lambda i: pipeline_key(i.cls))
+    if markdown:
+        sys.stdout.write(passes_markdown(infos))
+        return
     if as_json:
         print(json.dumps([{"name": i.name, "stage": i.cls.stage.name.lower(), "priority": i.cls.priority,
                            "default": i.cls.enabled_by_default, "package": i.package,
@@ -152,7 +174,7 @@ def list_passes(
         return
     print_passes(infos)
     for problem in found.problems:
-        err.print(f"[yellow]warning:[/] {problem}")
+        err.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
 
 
 @app.command("check-trt")
@@ -166,13 +188,13 @@ def check_trt_cmd(
     Exit 0 when the model parses as is, 1 when any node is unsupported, 2 on bad input."""
     found = api.check_trt(model, table=table)
     if as_json:
-        print(json.dumps({"model": str(model), "parses": not found, "unsupported": [u.to_dict() for u in found]},
-                         indent=2))
+        print(json.dumps({"model": str(model), "parses": not found, "checked_by": found.checked_by,
+                          "unsupported": [u.to_dict() for u in found]}, indent=2))
     elif not found:
-        out.print(f"{model}: every node parses")
+        out.print(f"{model}: every node parses (checked by the {found.checked_by})", markup=False, soft_wrap=True)
     else:
         out.print(f"{model}: {len(found)} node{'s' if len(found) > 1 else ''} TensorRT cannot parse "
-                  f"(checked by the {found[0].checked_by}):", soft_wrap=True, highlight=False)
+                  f"(checked by the {found[0].checked_by}):", soft_wrap=True, markup=False, highlight=False)
         for u in found:
             op = u.op if is_default_domain(u) else f"{u.domain}.{u.op}"
             out.print(f"  {u.node} ({op}): {u.reason}", soft_wrap=True, markup=False, highlight=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -39,8 +40,23 @@ class PassInfo:
 
     @property
     def summary(self) -> str:
-        doc = (self.cls.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        """The docstring's first sentence, whole (its lines joined), as ``fusekit passes`` shows it."""
+        return first_sentence(self.cls.__doc__ or "")
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of ``doc``'s first paragraph, its lines joined: it ends at a
+    '.', '!' or '?' outside parentheses followed by a capitalised word (not "e.g.", "i.e."
+    or an ellipsis), or at the paragraph's end."""
+    paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    for end in _SENTENCE_MARKS.finditer(paragraph):
+        opened = paragraph.count("(", 0, end.start()) - paragraph.count(")", 0, end.start())
+        if opened <= 0:
+            return paragraph[:end.end()]
+    return paragraph
+
+
+_SENTENCE_MARKS = re.compile(r"(?<!\.\.)(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s+[A-Z])")
 
 
 @dataclass

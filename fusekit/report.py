@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from fusekit.manager import PassStats
+from fusekit.manager import PassStats, TraceStep
 from fusekit.model_io.values import values_nbytes
-from fusekit.pass_infra import Finding, TraceEvent
+from fusekit.pass_infra import TraceEvent
 from fusekit.verify import VerifyResult
 
 
@@ -38,18 +38,32 @@ class OptimizeReport:
     converged: bool = True
     seconds: float = 0.0
     events: list[TraceEvent] = field(default_factory=list)
-    trace_findings: list[Finding] = field(default_factory=list)
+    trace_steps: list[TraceStep] = field(default_factory=list)  # the --trace node's story, in pipeline order
+    trace_kept: bool = True  # whether the --trace node is still in the optimized model
     verify: VerifyResult | None = None
     warnings: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
 
     def trace(self, node: str) -> dict:
-        """Which pass removed or replaced ``node``, and why others declined it."""
+        """The --trace ``node``'s story: each pass's verdict on it when that pass ran (round,
+        pass, ``rewrote``/``declined``/``matched``, message), in pipeline order, then its fate."""
         return {
             "node": node,
+            "steps": [asdict(s) for s in self.trace_steps],
             "events": [asdict(e) for e in self.events if e.node == node],
-            "findings": [asdict(f) for f in self.trace_findings if f.node == node],
+            "fate": self.trace_fate(),
         }
+
+    def trace_fate(self) -> str:
+        """What became of the --trace node, said last."""
+        done = [s for s in self.trace_steps if s.verdict == "rewrote"]
+        if self.trace_kept:
+            changed = f" (rewritten by {', '.join(dict.fromkeys(s.pass_name for s in done))})" if done else ""
+            return f"still in the optimized model{changed}"
+        if not done:
+            return "not in the optimized model"
+        last = done[-1]
+        return f"gone from the optimized model: {last.pass_name}, round {last.round}: {last.message}"
 
     def to_dict(self) -> dict:
         return {
@@ -61,7 +75,7 @@ class OptimizeReport:
             "converged": self.converged,
             "seconds": self.seconds,
             "events": [asdict(e) for e in self.events],
-            "trace_findings": [asdict(f) for f in self.trace_findings],
+            "trace_steps": [asdict(s) for s in self.trace_steps],
             "verify": self.verify.to_dict() if self.verify else None,
             "warnings": self.warnings,
             "outputs": self.outputs,

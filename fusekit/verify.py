@@ -41,6 +41,7 @@ class VerifyResult:
 
     runs: dict[int, list[OutputDiff]] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
+    dynamic: bool = True  # whether the inputs had dynamic dims (else one run at their static shapes)
 
     @property
     def ok(self) -> bool:
@@ -51,11 +52,18 @@ class VerifyResult:
         return max((d.max_abs_diff for diffs in self.runs.values() for d in diffs), default=0.0)
 
     def failures(self) -> list[str]:
-        return [f"output {d.name!r} differs by {d.max_abs_diff:.3g} (dynamic dims = {value})"
+        return [f"output {d.name!r} differs by {d.max_abs_diff:.3g} ({self.where(value)})"
                 for value, diffs in self.runs.items() for d in diffs if not d.ok]
 
+    def where(self, value: int | None = None) -> str:
+        """Which inputs were run: the dynamic dims' values, or the inputs' static shapes."""
+        if not self.dynamic:
+            return "inputs at their static shapes"
+        values = [value] if value is not None else list(self.runs)
+        return f"dynamic dims = {', '.join(map(str, values))}"
+
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "max_abs_diff": self.max_abs_diff,
+        return {"ok": self.ok, "max_abs_diff": self.max_abs_diff, "dynamic": self.dynamic,
                 "runs": {str(v): {d.name: d.max_abs_diff for d in diffs} for v, diffs in self.runs.items()},
                 "skipped": {str(v): why for v, why in self.skipped.items()}}
 
@@ -126,7 +134,8 @@ def compare(original: onnx.ModelProto | str | os.PathLike, optimized: onnx.Model
     result = VerifyResult()
     ref, new = session(original), session(optimized)
     names = [o.name for o in ref.get_outputs()]
-    values = dim_values if has_dynamic_dims(new) else dim_values[:1]
+    result.dynamic = has_dynamic_dims(new)
+    values = dim_values if result.dynamic else dim_values[:1]
     for value in values:
         feeds = make_inputs(new, value)
         try:

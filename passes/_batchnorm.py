@@ -132,7 +132,7 @@ def _fold_input_channels(graph: gs.Graph, op: LinearOp, groups: int, scale: np.n
         constant_values(graph, bias_in).astype(np.float64).reshape(-1)
     bias = bias + (w * place(shift, w.shape, 1, groups)).sum(axis=tuple(range(1, w.ndim)))
     weight = w * place(scale, w.shape, 1, groups)
-    for label, value in (("weights", weight), ("bias", bias)):
-        if isinstance(problem := cast_once(value, op.weight_dtype), str):
+    for label, value, factor_of in (("weights", weight, w), ("bias", bias, None)):
+        if isinstance(problem := cast_once(value, op.weight_dtype, factor_of), str):
             return Decline(f"the folded {label} {problem}")
     return Folded(weight, bias, op.weight_dtype)

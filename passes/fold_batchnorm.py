@@ -26,7 +26,8 @@ Must not: fold in training mode (``training_mode=1``, ``is_test=0``) or with ``s
 when the running-statistics outputs are used, when any BN parameter, weight or bias is
 not constant, when the linear op's output has other readers or is a graph output, when
 ``var + epsilon`` is not positive, or when a folded value would overflow the weight's
-type (float16: 65504). Graph output names are kept (a folded op writes
+type (float16: 65504) or push a normal weight below the type's smallest normal (a huge
+variance: subnormals keep fewer bits). Graph output names are kept (a folded op writes
 BN's output). A BN nothing absorbs is left to ``decompose-batchnorm``.
 """
 

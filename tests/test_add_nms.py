@@ -158,10 +158,10 @@ def test_cli_add_nms(tmp_path, capsys):
 def test_trace_says_what_add_nms_would_do():
     m = head_model()
     [head] = [n.name for n in m.graph.node if "output0" in n.output]
-    findings = [f for f in fk.run(m, add_nms="max=5", trace=head).report.trace_findings if f.pass_name == "add-nms"]
-    assert len(findings) == 1 and findings[0].applies
+    steps = [s for s in fk.run(m, add_nms="max=5", trace=head).report.trace_steps if s.pass_name == "add-nms"]
+    assert len(steps) == 1 and steps[0].verdict == "rewrote"
     assert "EfficientNMS_TRT appended to head 'output0' [B, 4+C, N] (3 classes; score 0.25, iou 0.45, max 5" \
-        in findings[0].message
+        in steps[0].message
 
 
 @pytest.mark.trt

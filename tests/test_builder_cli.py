@@ -190,6 +190,8 @@ def test_inspect_without_gpu_reports_the_sidecar(built_engine, no_gpu, capsys):
     out = capsys.readouterr().out
     assert f"{BACKEND.name} {BACKEND.version}" in out and "1x8 / 2x8 / 4x8" in out
     assert "no NVIDIA GPU here" in out
+    # the note that "what follows is its sidecar" comes before the sidecar's table
+    assert out.index("what follows is its sidecar") < out.index(f"{BACKEND.name} {BACKEND.version}")
     assert main(["inspect", str(built_engine), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["deserialized"] is False and data["sidecar"]["engine"]["sha256"] == sha256(built_engine)

@@ -76,13 +76,16 @@ def test_json_report_and_trace(cnn, tmp_path, capsys):
     assert {p["name"] for p in data["passes"]} >= {"fold-constants", "remove-noops"}
     assert data["trace"]["node"] == node
     assert data["trace"]["events"] and data["trace"]["events"][0]["pass_name"] == "fold-constants"
-    assert any(f["pass_name"] == "remove-noops" for f in data["trace"]["findings"])
+    assert [(s["round"], s["pass_name"], s["verdict"]) for s in data["trace"]["steps"]] == [(1, "fold-constants", "rewrote")]
+    assert data["trace"]["fate"].startswith("gone from the optimized model: fold-constants, round 1:")
 
 
 def test_trace_text_names_the_pass(tmp_path, capsys):
     model = write(tmp_path, SMALL)
     assert main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--trace", "Identity_0"]) == 0
-    assert "trace Identity_0: remove-noops: Identity removed" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "trace Identity_0: round 1: remove-noops: Identity removed\n" in text
+    assert text.index("round 1: remove-noops") < text.index("trace Identity_0: fate: gone from the optimized model")
 
 
 def test_passes_and_skip(tmp_path, capsys):
@@ -142,7 +145,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--input-shape", "nope:1x3"]) == 2
     assert not (tmp_path / "o.onnx").exists()
     err = capsys.readouterr().err
-    for message in ("Missing option '--output'", "is the input model", "unknown pass nope",
+    for message in ("give -o OUTPUT.onnx (one model) or --output-dir FOLDER", "is the input model", "unknown pass nope",
                     "--trace nope: no node of that name", "does not exist", "the model has no such input (inputs: x [N,3])"):
         assert message in err
 
@@ -212,3 +215,35 @@ def test_console_script_runs(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fusekit", "optimize", str(tmp_path / "none.onnx"), "-o", "x.onnx"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+
+
+def _readme_model(tmp_path: Path) -> Path:
+    """The model the README's first command builds (examples/make_model.py)."""
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from make_model import export
+
+    path = tmp_path / "model.onnx"
+    export(str(path))
+    return path
+
+
+def test_trace_of_a_batchnorm_behind_identity_tells_the_story_in_pipeline_order(tmp_path, capsys):
+    """The README model's second BatchNorm reads its scale through Identity nodes: the cleanup
+    passes make it constant first, so fold-batchnorm folds it when it runs; no verdict is
+    taken before or after the pass ran, and the fate comes last."""
+    model = _readme_model(tmp_path)
+    node = "/block/block.1/BatchNormalization"
+    assert main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--trace", node]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"trace {node}:")]
+    assert lines[-2] == f"trace {node}: round 1: fold-batchnorm: BatchNormalization folded into Conv '/block/block.0/Conv'"
+    assert lines[-1].startswith(f"trace {node}: fate: gone from the optimized model: fold-batchnorm, round 1")
+    assert not any("declined" in line or "would rewrite" in line for line in lines)
+    # with the cleanup passes left out, the scale stays behind Identity: the declines are what happened
+    assert main(["optimize", str(model), "-o", str(tmp_path / "o2.onnx"), "--json", "--trace", node,
+                 "--skip", "fold-constants,remove-noops,dedupe-initializers"]) == 0
+    trace = json.loads(capsys.readouterr().out)["trace"]
+    assert [(s["pass_name"], s["verdict"], s["message"]) for s in trace["steps"]] == [
+        ("fold-batchnorm", "declined", "its scale is not constant"),
+        ("decompose-batchnorm", "declined", "its scale is not constant")]
+    assert trace["fate"] == "still in the optimized model"

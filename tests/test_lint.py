@@ -450,3 +450,36 @@ def test_every_onnx_light_model_lints(capsys):
         assert all(f.code in RULES for f in result.findings)
     assert main(["lint", *map(str, paths), "--format", "sarif", "--exit-zero"]) == 0
     jsonschema.Draft4Validator(json.loads(SCHEMA.read_text())).validate(json.loads(capsys.readouterr().out))
+
+
+def test_fk301_says_what_optimize_changes_on_the_readme_model(tmp_path):
+    """The README's model has 3 BatchNorms, two reading their scale through Identity nodes:
+    lint reports all 3 (what the pipeline really folds, not what fold-batchnorm's inspect
+    sees before the cleanup), and lint --fix and optimize give the same graph."""
+    import sys
+
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from make_model import export
+
+    model = tmp_path / "model.onnx"
+    export(str(model))
+    found = [f for f in lint_model(model, LintConfig(trt=False, select=("FK301",))).findings]
+    folded = sorted(f.node for f in found if f.key == "fold-batchnorm")
+    bns = sorted(n.name for n in onnx.load(model).graph.node if n.op_type == "BatchNormalization")
+    assert len(bns) == 3 and folded == bns
+    before = {n.name for n in onnx.load(model).graph.node}
+    assert {f.node for f in found} <= before
+    proto = onnx.load(model)
+    text = proto.SerializeToString()
+    assert len([f for f in lint_model(proto, LintConfig(trt=False, select=("FK301",))).findings
+                if f.key == "fold-batchnorm"]) == 3
+    assert proto.SerializeToString() == text  # the pipeline ran on lint's own copy
+    fixed, optimized = tmp_path / "fixed.onnx", tmp_path / "optimized.onnx"
+    assert main(["lint", str(model), "--select", "FK301", "--fix", "-o", str(fixed)]) == 0
+    assert main(["optimize", str(model), "-o", str(optimized)]) == 0
+    ops = [[n.op_type for n in onnx.load(p).graph.node] for p in (fixed, optimized)]
+    assert ops[0] == ops[1] and "BatchNormalization" not in ops[0]
+    # every node lint named is gone or rewritten in both results; every node optimize removed was named
+    after = {n.name for n in onnx.load(optimized).graph.node}
+    assert before - after <= {f.node for f in found}

@@ -63,6 +63,15 @@ class UnsupportedNode:
         return asdict(self)
 
 
+class TrtCheck(list):
+    """The unsupported nodes (a plain list of :class:`UnsupportedNode`, empty when the model
+    parses) and what answered: ``checked_by`` ("tensorrt_rtx 1.7.1 parser", "table tensorrt-10.15")."""
+
+    def __init__(self, nodes=(), checked_by: str = "") -> None:
+        super().__init__(nodes)
+        self.checked_by = checked_by
+
+
 def _release(version: str) -> tuple[int, ...]:
     """A version's (major, minor): "10.15.1.29" -> (10, 15), so 10.8 sorts before 10.15."""
     return tuple(int(part) for part in re.findall(r"\d+", version)[:2])

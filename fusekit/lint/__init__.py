@@ -3,7 +3,7 @@
 Nothing here changes the model. One module per job:
 
 - ``rules``: the catalogue (stable codes, severities, ``--explain`` texts).
-- ``checks``: the checks (FK301 runs every registered pass's ``inspect()``).
+- ``checks``: the checks (FK301 runs the default pipeline on lint's own copy and reads what it changed).
 - ``config``: ``[tool.fusekit.lint]`` in pyproject.toml, per-model globs, flags.
 - ``output``: text, JSON, SARIF 2.1.0 and GitHub workflow annotations.
 - ``fix``: ``--fix``, which runs the passes behind fixable findings.

@@ -181,27 +181,33 @@ def check_shapes(t: Target) -> Iterator[LintFinding]:
 # -- FK3xx: rewrites and Q/DQ --------------------------------------------------------------
 
 def check_passes(t: Target) -> Iterator[LintFinding]:
-    """FK301: every registered (default-on) pass's ``inspect()`` findings that apply."""
+    """FK301: what the default pipeline really changes, node by node: the pipeline is run to
+    its fixed point on lint's own loaded graph (never saved; weights it computes spill as in
+    optimize) and every node of the model a pass removed or replaced is reported with that
+    pass, so ``lint --fix`` and ``optimize`` change exactly what lint says. It runs last: the
+    graph is the rewritten one afterwards."""
+    from fusekit.manager import PassManager
+
     found = registry.discover()
-    ctx = PassContext()
-    seen: set[tuple[str, str]] = set()
+    selected = found.select()
     named = {n.name for n in walk_nodes(t.proto.graph) if n.name}
+    ops = {n.name: n.op for n in t.loaded.graph.nodes}
     # nodes unnamed in the file got a name when loaded; say the one TensorRT will use
     shown = {n.name: f"node_of_{n.outputs[0].name}" for n in t.loaded.graph.nodes
              if n.name not in named and n.outputs}
-    for info in found.select():
-        try:
-            findings = list(info.cls().inspect(t.loaded.graph, ctx))
-        except Exception as exc:  # a broken third-party pass must not stop the lint
-            t.notes.append(f"pass {info.name} ({info.package}) could not inspect the model: "
-                           f"{type(exc).__name__}: {exc}")
-            continue
-        for f in findings:
-            if f.applies and (f.pass_name, f.node) not in seen:
-                seen.add((f.pass_name, f.node))
-                node = shown.get(f.node, f.node)
-                yield t.finding("FK301", f"{node} ({f.op}): {f.pass_name}: {f.message}",
-                                node, f.op, key=f.pass_name)
+    ctx = PassContext(relieve_memory=t.loaded.spill.relieve)
+    manager = PassManager([i.cls() for i in selected], packages={i.name: i.package for i in selected})
+    try:
+        manager.run(t.loaded.graph, ctx)
+    except Exception as exc:  # a broken (third-party) pass must not stop the lint
+        t.notes.append(f"FK301: the pipeline could not run on the model: {type(exc).__name__}: {exc}")
+        return
+    seen: set[tuple[str, str]] = set()
+    for e in ctx.events:
+        if ops.get(e.node) == e.op and (e.pass_name, e.node) not in seen:
+            seen.add((e.pass_name, e.node))
+            node = shown.get(e.node, e.node)
+            yield t.finding("FK301", f"{node} ({e.op}): {e.pass_name}: {e.action}", node, e.op, key=e.pass_name)
 
 
 def check_qdq(t: Target) -> Iterator[LintFinding]:
@@ -319,8 +325,8 @@ def check_random(t: Target) -> Iterator[LintFinding]:
             yield t.finding("FK505", f"{name} ({n.op_type}) is non-deterministic", name, n.op_type)
 
 
-CHECKS = (check_trt, check_opset, check_profiles, check_shapes, check_passes, check_qdq,
-          check_ranges, check_size, check_initializers, check_names, check_random)
+CHECKS = (check_trt, check_opset, check_profiles, check_shapes, check_qdq, check_ranges, check_size,
+          check_initializers, check_names, check_random, check_passes)  # check_passes rewrites t.loaded: last
 # which codes each check can yield, so unselected checks are not run
 CHECK_CODES = {check_trt: ("FK101", "FK102"), check_opset: ("FK104",),
                check_profiles: ("FK201",), check_shapes: ("FK202",), check_passes: ("FK301",),

@@ -70,7 +70,7 @@ def run(models: Sequence[Path], options: LintOptions, out: Console, err: Console
                 result = _fix(result, targets[model], err)
         except InputError as exc:
             outcome.input_errors.append(str(exc))
-            err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            err.print(f"fusekit: [red]error:[/] {escape(str(exc))}", soft_wrap=True)
             continue
         outcome.results.append(result)
     text = render(outcome.results, options.fmt, out)

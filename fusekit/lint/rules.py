@@ -95,8 +95,9 @@ _RULES = [
          "NAME:1x3x224x224`, or register shape inference for the custom op."),
     Rule("FK301", "pass-would-rewrite", Severity.WARNING,
          "a fusekit pass would rewrite this node (BatchNorm, Identity, constant subgraph, ...)",
-         "One rule family for every registered pass: the pass's own inspect() says it would "
-         "rewrite the node. Until it is rewritten TensorRT sees an extra layer (a BatchNorm "
+         "One rule family for every registered pass: lint runs the default pipeline to its fixed "
+         "point on its own copy of the model (never saved) and names, for each node of the model "
+         "a pass removed or replaced, that pass, so --fix and optimize change exactly these nodes. Until it is rewritten TensorRT sees an extra layer (a BatchNorm "
          "not folded into its Conv, an Identity, a subgraph of constants computed at run "
          "time) that can block its own fusions. The message names the pass. Fix: "
          "`fusekit lint --fix MODEL -o OUT` (runs exactly those passes) or `fusekit optimize`.",
