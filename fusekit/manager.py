@@ -100,14 +100,10 @@ class PassManager:
         recorded = len(ctx.events)
         start = time.perf_counter()
         try:
-            if self.check:
-                p.requires(graph)
             rewrites = p.run(graph, ctx)
             if rewrites:
                 prune_and_sort(graph)
                 ctx.wrote_weights(graph)
-            if self.check:
-                p.ensures(graph)
         except FusekitError:
             raise
         except Exception as exc:

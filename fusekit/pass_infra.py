@@ -108,12 +108,6 @@ class Pass:
         """Yield what the pass would rewrite and why it declines, without changing ``graph``."""
         return iter(())
 
-    def requires(self, graph: gs.Graph) -> None:
-        """Precondition hook, checked by the manager in debug mode; raise to refuse."""
-
-    def ensures(self, graph: gs.Graph) -> None:
-        """Postcondition hook, checked by the manager in debug mode; raise on violation."""
-
     def finding(self, node: gs.Node, verdict: Match | Decline) -> Finding:
         if isinstance(verdict, Match):
             return Finding(self.name, node.name, node.op, True, verdict.message)

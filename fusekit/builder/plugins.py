@@ -253,15 +253,3 @@ def make_creator(trt, need: NeededPlugin):
             return plugin
 
     return Creator()
-
-
-def registered_creator(name: str, version: str = "1", namespace: str = ""):
-    """The creator fusekit registered for a plugin in this process (None if none)."""
-    return _REGISTERED.get((name, version, namespace))
-
-
-def plugin_layers(network, trt) -> list[str]:
-    """Names of the network's plugin layers."""
-    kinds = {getattr(trt.LayerType, k) for k in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN") if hasattr(trt.LayerType, k)}
-    return [network.get_layer(i).name for i in range(network.num_layers) if network.get_layer(i).type in kinds]
-
