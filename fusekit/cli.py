@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+# The heavy modules (api, model_io, shapes, ... all import onnx) are imported in the
+# commands that use them, so that --help and --version answer without loading onnx.
+
 import json
 import logging
 import sys
@@ -20,15 +23,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from fusekit import __version__, api, registry
+from fusekit import __version__, registry
+from fusekit import cli_pass_options as pass_options
+from fusekit.cli_pass_options import PassOptionsCommand
 from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, print_comparison,
                                 print_engine_info, print_engine_layers, print_passes, print_report, print_trace)
 from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
                             PassError, TensorRTError)
-from fusekit.manager import pipeline_key
-from fusekit.model_io import atomic_write
-from fusekit.shapes import parse_dims, parse_shape
-from fusekit.verify import Tolerance
+from fusekit.pass_infra import Stage
 from typer.exceptions import TyperException
 
 EXIT_CODES: dict[type[FusekitError], int] = {
@@ -73,13 +75,9 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
-PluginsOpt = Annotated[str, typer.Option(
-    "--plugins", help="Swap patterns TensorRT cannot parse for TensorRT plugins: auto (every spec that matches), "
-                      "NAME,... (those specs) or none. The result no longer runs in onnxruntime.")]
-
-
-@app.command()
+@app.command(cls=PassOptionsCommand)
 def optimize(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="The ONNX model to optimize (never modified).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the optimized model.")],
     passes: Annotated[Optional[list[str]], typer.Option("--passes", help="Run only these passes (comma-separated).")] = None,
@@ -95,16 +93,19 @@ def optimize(
     debug: Annotated[bool, typer.Option("--debug", help="Check the graph after every pass.")] = False,
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
     external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when over 2 GB).")] = None,
-    plugins: PluginsOpt = "none",
 ) -> None:
-    """Optimize MODEL and write the result to OUTPUT."""
+    """Optimize MODEL and write the result to OUTPUT (pass options: see "Pass options")."""
+    from fusekit import api
+    from fusekit.shapes import parse_dims, parse_shape
+    from fusekit.verify import Tolerance
+
     if output.resolve() == model.resolve():
         raise InputError(f"{output}: is the input model; fusekit never overwrites its input, choose another path")
     shapes = dict(parse_shape(s) for s in input_shape or [])
     dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
         result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
-                         dynamic=dynamic or (), plugins=plugins,
+                         dynamic=dynamic or (), **pass_options.given(ctx),
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")
@@ -121,8 +122,9 @@ def optimize(
         print(json.dumps(data, indent=2))
         return
     print_report(report)
+    found = registry.discover().passes
     for event in report.events:
-        if event.pass_name == api.PLUGIN_PASS:
+        if event.pass_name in found and found[event.pass_name].cls.stage == Stage.PLUGINS:
             out.print(f"plugin: {event.node}: {event.action}", soft_wrap=True, markup=False, highlight=False)
     if trace is not None:
         print_trace(report, trace)
@@ -134,12 +136,17 @@ def list_passes(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """List the passes found through entry points, in pipeline order."""
+    from fusekit.manager import pipeline_key
+
     found = registry.discover()
     infos = sorted(found.passes.values(), key=lambda i: pipeline_key(i.cls))
     if as_json:
         print(json.dumps([{"name": i.name, "stage": i.cls.stage.name.lower(), "priority": i.cls.priority,
                            "default": i.cls.enabled_by_default, "package": i.package,
-                           "entry_point": i.entry_point, "summary": i.summary} for i in infos], indent=2))
+                           "entry_point": i.entry_point, "summary": i.summary,
+                           "options": [{"name": o.name, "flag": o.cli_flag, "type": o.type.__name__,
+                                        "default": o.default, "help": o.help} for o in i.cls.options]}
+                          for i in infos], indent=2))
         return
     print_passes(infos)
     for problem in found.problems:
@@ -155,6 +162,8 @@ def check_trt_cmd(
     """Say which nodes TensorRT cannot parse, why, and what fusekit can replace them with.
 
     Exit 0 when the model parses as is, 1 when any node is unsupported, 2 on bad input."""
+    from fusekit import api
+
     found = api.check_trt(model, table=table)
     if as_json:
         print(json.dumps({"model": str(model), "parses": not found, "unsupported": [u.to_dict() for u in found]},
@@ -213,8 +222,9 @@ CcOpt = Annotated[Optional[list[str]], typer.Option(
     "--compute-capability", help="Target GPU architecture, e.g. 8.6 (repeatable; tensorrt_rtx).")]
 
 
-@app.command()
+@app.command(cls=PassOptionsCommand)
 def build(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="The ONNX model (never modified).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")],
     no_optimize: Annotated[bool, typer.Option("--no-optimize", help="Build the model as it is.")] = False,
@@ -227,13 +237,14 @@ def build(
     compute_capability: CcOpt = None,
     report: Annotated[bool, typer.Option("--report", help="Print every engine layer and the ONNX nodes it computes.")] = False,
     report_json: Annotated[Optional[Path], typer.Option("--report-json", help="Write the fused-layer report as JSON ('-': stdout).")] = None,
-    plugins: PluginsOpt = "none",
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
+    from fusekit import api
+
     with BuildDisplay() as display:
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
-                           compute_capabilities=_split(compute_capability) or (), plugins=plugins,
+                           compute_capabilities=_split(compute_capability) or (), **pass_options.given(ctx),
                            progress=display.progress, status=display.status)
     data = result.report.to_dict()
     if report_json is not None:
@@ -256,6 +267,8 @@ def compare_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
 ) -> None:
     """Build A and B and compare: engine layer counts, and ONNX nodes fused in only one of them."""
+    from fusekit import api
+
     with BuildDisplay() as display:
         comparison = api.compare_builds(a, b, optimize=optimize, dynamic=dynamic or (), workspace_mib=workspace,
                                         opt_level=opt_level, progress=display.progress, status=display.status)
@@ -272,6 +285,8 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Say what ENGINE was built for (its sidecar); refuse one this machine cannot load."""
+    from fusekit import api
+
     result = api.inspect_engine(engine)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -280,6 +295,8 @@ def inspect_cmd(
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from fusekit.model_io import atomic_write
+
     text = json.dumps(data, indent=2) + "\n"
     if str(path) == "-":
         sys.stdout.write(text)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from fusekit.report import OptimizeReport
+if TYPE_CHECKING:
+    from fusekit.report import OptimizeReport
 
 out = Console()
 err = Console(stderr=True)

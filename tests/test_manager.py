@@ -103,9 +103,12 @@ def test_without_debug_the_final_check_still_refuses_a_broken_result(monkeypatch
         passes = {}
         problems: list[str] = []
 
-        def select(self, enable, skip):
+        def select(self, enable, skip, options):
             from fusekit.registry import PassInfo
             return [PassInfo("add-unknown-op", AddUnknownOp, "tests", "add-unknown-op = tests")]
+
+        def pipeline_options(self, selected, given):
+            return dict(given)
 
     monkeypatch.setattr(api.registry, "discover", lambda: Registry())
     with pytest.raises(PassError, match="optimized model is invalid .*--debug"):

@@ -68,6 +68,21 @@ def test_plugins_are_opt_in():
         fk.optimize(model(), plugins="nms")
 
 
+def test_each_match_is_made_against_the_graph_as_it_is_when_rewritten():
+    """The second RoiAlign reads the first one's output: matched before the first is
+    substituted, its plugin would read the removed node's tensor (stale match)."""
+    text = HEADER + """g (float[2,4,8,8] x, float[3,4] r, int64[3] b, float[2,4] r2, int64[2] b2) => (float[2,4,2,2] y) {
+      t = RoiAlign<output_height=4, output_width=4, sampling_ratio=2>(x, r, b)
+      y = RoiAlign<output_height=2, output_width=2, sampling_ratio=2>(t, r2, b2)
+    }"""
+    out = fk.optimize(model(text), plugins="roi-align")
+    onnx.checker.check_model(out)
+    first, second = [n for n in out.graph.node if n.op_type == "ROIAlign_TRT"]
+    produced = {o for n in out.graph.node for o in n.output} | {i.name for i in out.graph.input}
+    assert all(i in produced for n in out.graph.node for i in n.input)
+    assert second.input[0] == first.output[0]
+
+
 def test_max_mode_roi_align_is_declined():
     text = MODEL.replace("sampling_ratio=2>", 'sampling_ratio=2, mode="max">')
     out = fk.optimize(model(text), plugins="roi-align")

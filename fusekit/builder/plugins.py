@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fusekit import registry
 from fusekit.errors import TensorRTError
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ class NeededPlugin:
 
 def needed_plugins(model: onnx.ModelProto) -> list[NeededPlugin]:
     """The plugins the plugin nodes of ``model`` need, each matched to its spec."""
-    from fusekit import registry
-
     specs = [e.obj() for _, e in sorted(registry.discover_plugins()[0].items())]
     found: dict[tuple[str, str, str], NeededPlugin] = {}
     for node in model.graph.node:

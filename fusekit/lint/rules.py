@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from fusekit.errors import InputError
+
 
 class Severity(enum.IntEnum):
     """Ordered: a finding fails the run when its severity is at or above ``--fail-on``."""
@@ -28,8 +30,6 @@ class Severity(enum.IntEnum):
         try:
             return cls[text.strip().upper()]
         except KeyError:
-            from fusekit.errors import InputError
-
             raise InputError(f"unknown severity {text!r}; expected one of "
                              f"{', '.join(s.name.lower() for s in cls)}") from None
 
@@ -151,8 +151,6 @@ def explain(code: str) -> str:
     """The ``--explain`` text of ``code`` (InputError for an unknown code)."""
     rule = RULES.get(code.strip().upper())
     if rule is None:
-        from fusekit.errors import InputError
-
         raise InputError(f"unknown rule {code!r}; known rules: {', '.join(RULES)}")
     fix = " Fixable with --fix." if rule.fixable else ""
     return (f"{rule.code} {rule.name} ({rule.severity})\n\n{rule.summary}.\n\n"
