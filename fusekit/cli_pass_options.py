@@ -26,7 +26,7 @@ _DEST = "pass_option__"  # keeps the generated flags' values apart from the comm
 
 def _parameter(option: Option, owners: list[str]) -> inspect.Parameter:
     flag = option.cli_flag
-    text = f"{option.help} [{', '.join(owners)}; default: {option.default}]"
+    text = f"{option.help} (pass {', '.join(owners)}; default {option.default})"
     if option.type is bool and option.parse is None:
         info = typer.Option(f"{flag}/--no-{flag[2:]}", help=text, rich_help_panel="Pass options")
         kind: type = bool
