@@ -11,12 +11,10 @@ names below is used.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 from fusekit.errors import FusekitError
 
-__version__ = version("fusekit")  # one source: the installed metadata (pyproject.toml)
 __all__ = ["FusekitError", "__version__", "build", "compare_builds", "inspect_engine", "lint", "optimize"]
 
 _LAZY = {"build": "fusekit.api", "compare_builds": "fusekit.api", "inspect_engine": "fusekit.api",
@@ -28,7 +26,11 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name == "__version__":  # one source: the installed metadata (pyproject.toml)
+        from importlib.metadata import version
+
+        value = version("fusekit")
+    elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif name == "lint":
         value = importlib.import_module("fusekit.lint")
