@@ -27,9 +27,9 @@ from fusekit.plugin_infra import PLUGIN_DOMAIN, PluginMatch, PluginSpec
 ALL = "auto"
 
 
-def parse_choice(value: str | Iterable[str]) -> str:
-    """``"auto"``, ``"none"``, ``"NAME,..."`` or spec names -> that text, names checked."""
-    names = value.split(",") if isinstance(value, str) else list(value)
+def parse_choice(value: str | Iterable[str] | None) -> str:
+    """``"auto"``, ``"none"`` (or None), ``"NAME,..."`` or spec names -> that text, names checked."""
+    names = [] if value is None else value.split(",") if isinstance(value, str) else list(value)
     if not all(isinstance(n, str) for n in names):
         raise TypeError(f"expected auto, none or spec names, got {value!r}")
     names = [n.strip() for n in names if n.strip()]

@@ -61,6 +61,7 @@ def test_an_opt_in_pass_is_turned_on_by_its_option_only_off_its_default():
     found = registry.discover()
     assert "substitute-plugins" not in {i.name for i in found.select()}
     assert "substitute-plugins" not in {i.name for i in found.select(options={"plugins": "none"})}
+    assert "substitute-plugins" not in {i.name for i in found.select(options={"plugins": None})}  # as before
     assert "substitute-plugins" in {i.name for i in found.select(options={"plugins": "auto"})}
     assert "substitute-plugins" in {i.name for i in found.select(["remove-noops"], options={"plugins": ["roi-align"]})}
 
