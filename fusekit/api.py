@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -14,11 +14,18 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from fusekit import profiles, registry
+from fusekit.builder import backend as backends
+from fusekit.builder import engine as engines
+from fusekit.builder import inspection, reuse, support
+from fusekit.builder.facts import ModelFacts
+from fusekit.builder.options import BuildOptions
+from fusekit.builder.options import check as check_options
+from fusekit.builder.report import Comparison
 from fusekit.errors import InputError, PassError, VerificationError
 from fusekit.manager import PassManager
 from fusekit.model_io import (LoadedModel, export_weightless, load_model, read_model_file, save_graph,
                                save_model, to_model_proto)
-from fusekit.pass_infra import PassContext
+from fusekit.pass_infra import Stage
 from fusekit.report import ModelSummary, OptimizeReport
 from fusekit.shapes import (Dim, apply_input_shapes, complete_outputs,
                             tensorrt_shape_problems)
@@ -51,7 +58,7 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
              tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
              options: Mapping[str, Any] | None = None, return_report: bool = False,
              dims: Mapping[str, int] | None = None, dynamic: Iterable[str] = (),
-             plugins: str | Iterable[str] | None = None, add_nms: str | Mapping[str, Any] | None = None,
+             **pass_options: Any,
              ) -> onnx.ModelProto | tuple[onnx.ModelProto, OptimizeReport]:
     """Optimize an ONNX model (a path or a ``ModelProto``, never modified) for TensorRT.
 
@@ -67,16 +74,18 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
         verify: run original and result through onnxruntime and raise
             :class:`~fusekit.errors.VerificationError` if outputs differ beyond ``tolerance``.
         debug: check the graph after every pass and name the pass that broke it.
-        options: pass options (e.g. ``{"fold_max_bytes": 1 << 20}``).
+        options: pass options (e.g. ``{"fold_max_bytes": 1 << 20}``), as declared by the
+            passes (``fusekit passes --json`` lists them); also taken as keywords
+            (``fold_max_bytes=1 << 20``). An option no pass in the pipeline takes is an
+            InputError; giving an opt-in pass's option turns that pass on.
         return_report: also return the :class:`~fusekit.report.OptimizeReport`.
-        plugins: TensorRT plugin substitutions (opt-in): ``"auto"``, spec names, or None.
-        add_nms: append EfficientNMS_TRT to a YOLO-style head (opt-in), e.g.
-            ``"score=0.25,iou=0.45,max=300"``; the outputs become num_dets, det_boxes,
-            det_scores, det_classes (see the add-nms pass).
+
+    ``plugins="auto"`` (or spec names) is substitute-plugins' option: TensorRT plugin
+    substitutions, opt-in; the result then no longer runs in onnxruntime.
     """
     result = run(model, passes=passes, skip=skip, input_shapes=input_shapes, verify=verify,
                  tolerance=tolerance, max_iterations=max_iterations, debug=debug, options=options,
-                 dims=dims, dynamic=dynamic, plugins=plugins, add_nms=add_nms)
+                 dims=dims, dynamic=dynamic, **pass_options)
     proto = result.to_proto()
     return (proto, result.report) if return_report else proto
 
@@ -86,19 +95,20 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
         tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
         options: Mapping[str, Any] | None = None, trace: str | None = None,
         progress: Callable[[str], None] | None = None, dims: Mapping[str, int] | None = None,
-        dynamic: Iterable[str] = (), plugins: str | Iterable[str] | None = None,
-        add_nms: str | Mapping[str, Any] | None = None) -> Optimized:
+        dynamic: Iterable[str] = (), **pass_options: Any) -> Optimized:
     """Load, run the pass pipeline to a fixed point, validate and optionally verify.
 
-    ``plugins``: TensorRT plugin substitutions to make (opt-in): ``"auto"`` (every spec
-    that matches), spec names, or None / ``"none"`` (default)."""
+    Pass options come in ``options`` or as keywords, as :func:`optimize` takes them."""
     start = time.perf_counter()
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else str(source)
     found = registry.discover()
-    selected = found.select(passes, skip)
-    selected, options = _with_plugins(found, selected, plugins, options)
-    selected, options = _with_add_nms(found, selected, add_nms, options)
+    given = {**(options or {}), **pass_options}
+    selected = found.select(passes, skip, given)
+    instances = [info.cls() for info in selected]
+    manager = PassManager(instances, packages={i.name: i.package for i in selected},
+                          max_iterations=max_iterations, progress=progress)
+    ctx = manager.context(found.pipeline_options(selected, given))  # InputError for a bad option, before loading
     ranges = profiles.parse_dynamic_args(dynamic)
     loaded = load_model(model)
     graph, shell = loaded.graph, loaded.shell
@@ -107,17 +117,14 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     if input_shapes or dims:
         apply_input_shapes(graph, input_shapes, dims)
     report = OptimizeReport(source=name, before=ModelSummary.of(graph), warnings=list(found.problems))
-    ctx = PassContext(options=dict(options or {}), relieve_memory=loaded.spill.relieve)
-    instances = [info.cls() for info in selected]
+    ctx.relieve_memory = loaded.spill.relieve
     if trace is not None and not any(n.name == trace for n in graph.nodes):
         raise InputError(f"--trace {trace}: no node of that name in the model")
 
     def check_after(g: gs.Graph, pass_name: str) -> None:
         check_graph(g, shell, f"pass {pass_name} left an invalid graph", error=PassError)
 
-    manager = PassManager(instances, packages={i.name: i.package for i in selected},
-                          max_iterations=max_iterations, check=check_after if debug else None,
-                          progress=progress, trace=trace)
+    manager.check, manager.trace = (check_after if debug else None), trace
     pipeline = manager.run(graph, ctx)
     check_graph(graph, shell, "the optimized model is invalid (rerun with --debug to find the pass)",
                 error=PassError)
@@ -140,47 +147,6 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
                                     + "; ".join(failures[:3]))
     report.seconds = time.perf_counter() - start
     return result
-
-
-PLUGIN_PASS = "substitute-plugins"
-_ALL_PLUGINS = "auto"
-
-
-def _with_plugins(found: registry.Registry, selected: list, plugins, options):
-    """Add the opt-in plugin-substitution pass when ``plugins`` asks for substitutions."""
-    if plugins is None or plugins == "none" or (not isinstance(plugins, str) and not list(plugins)):
-        return selected, options
-    choice = plugins if plugins == _ALL_PLUGINS else (
-        [p.strip() for p in plugins.split(",") if p.strip()] if isinstance(plugins, str) else list(plugins))
-    specs, _ = registry.discover_plugins()
-    unknown = [] if choice == _ALL_PLUGINS else [n for n in choice if n not in specs]
-    if unknown:
-        raise InputError(f"--plugins: unknown plugin spec {', '.join(unknown)}; known specs: "
-                         f"{', '.join(sorted(specs)) or 'none'} (or auto, none)")
-    info = found.passes.get(PLUGIN_PASS)
-    if info is None:
-        raise InputError(f"plugins={plugins!r}: the {PLUGIN_PASS} pass is not installed")
-    extra = [] if any(i.name == PLUGIN_PASS for i in selected) else [info]
-    return selected + extra, {**dict(options or {}), "plugins": choice}
-
-
-# --add-nms (kept in one block: to become a declared, typed pass option)
-ADD_NMS_PASS = "add-nms"
-
-
-def _with_add_nms(found: registry.Registry, selected: list, add_nms, options):
-    """Add the opt-in add-nms pass, its settings checked, when ``add_nms`` is given."""
-    if add_nms is None:
-        return selected, options
-    info = found.passes.get(ADD_NMS_PASS)
-    if info is None:
-        raise InputError(f"--add-nms: the {ADD_NMS_PASS} pass is not installed")
-    try:
-        parsed = info.cls.parse_options(add_nms)
-    except ValueError as exc:
-        raise InputError(f"--add-nms {add_nms}: {exc}") from None
-    extra = [] if any(i.name == ADD_NMS_PASS for i in selected) else [info]
-    return selected + extra, {**dict(options or {}), "add_nms": parsed}
 
 
 def _record_profiles(loaded: LoadedModel, given: list, dims: Mapping[str, int], name: str,
@@ -229,20 +195,20 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
           fp16: bool = False, bf16: bool = False, timing_cache: str | os.PathLike | None = None,
           compute_capabilities: Iterable[str] = (), passes: Iterable[str] | None = None,
           skip: Iterable[str] = (), progress: Callable[[Any], None] | None = None,
-          status: Callable[[str], None] | None = None, plugins: str | Iterable[str] | None = None,
-          force: bool = False, reuse_at: str | os.PathLike | None = None):
+          status: Callable[[str], None] | None = None, force: bool = False,
+          reuse_at: str | os.PathLike | None = None, **pass_options: Any):
     """Build a TensorRT engine from ``model`` (a path or a ``ModelProto``, never modified).
 
     Runs the optimize pipeline first unless ``optimize=False``, resolves the optimization
     profile (ranges stored in the model's ``fusekit.profiles`` metadata, overridden by
     ``dynamic`` strings such as ``"batch=1:8:32"``; see :mod:`fusekit.profiles`), parses
     and builds with the installed TensorRT, and, given ``output``, writes the engine and
-    its JSON sidecar atomically. ``plugins`` (with ``optimize``): plugin substitutions, as
-    :func:`optimize` takes them; plugin nodes in the model get a generated creator when the
-    installed TensorRT has none (``.plugins`` lists what the engine needs). An engine at
-    ``reuse_at`` (default: ``output``) built from the same model, settings and backend is
-    returned as it is (``.reused``; see :mod:`fusekit.builder.reuse`) unless ``force``.
-    Returns a :class:`fusekit.builder.engine.EngineBuild`
+    its JSON sidecar atomically. Pass options (with ``optimize``; ``plugins`` among them:
+    plugin substitutions) as :func:`optimize` takes them; plugin nodes in the model get a
+    generated creator when the installed TensorRT has none (``.plugins`` lists what the
+    engine needs). An engine at ``reuse_at`` (default: ``output``) built from the same model,
+    settings and backend is returned as it is (``.reused``; see :mod:`fusekit.builder.reuse`)
+    unless ``force``. Returns a :class:`fusekit.builder.engine.EngineBuild`
     (``.engine`` bytes, ``.report`` the fused-layer report, ``.sidecar``, ``.written``).
 
     Raises:
@@ -250,13 +216,6 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
         InputError: bad model or option, or a dynamic dim without a range.
         TensorRTError: TensorRT rejected the model (``ParseFailedError`` lists every node).
     """
-    from fusekit.builder import backend as backends
-    from fusekit.builder import engine as engines
-    from fusekit.builder import reuse
-    from fusekit.builder.facts import ModelFacts
-    from fusekit.builder.options import BuildOptions
-    from fusekit.builder.options import check as check_options
-
     options = BuildOptions(workspace_mib=workspace_mib, opt_level=opt_level, fp16=fp16, bf16=bf16,
                            timing_cache=Path(timing_cache) if timing_cache is not None else None,
                            compute_capabilities=tuple(compute_capabilities))
@@ -272,9 +231,8 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     check_options(backend, options)  # say what cannot work before spending time on the model
     say = status or (lambda text: None)
     skip, passes = tuple(skip), None if passes is None else tuple(passes)  # read twice
-    plugins = plugins if plugins is None or isinstance(plugins, str) else tuple(plugins)
     key, source_sha256 = reuse.build_key(source, backend, options, given, optimize=optimize, passes=passes,
-                                         skip=skip, plugins=plugins)
+                                         skip=skip, pass_options=pass_options)
     reuse_at = output if reuse_at is None else reuse_at
     found = None if force or reuse_at is None or key is None else reuse.lookup(Path(reuse_at), key)
     if found is not None:
@@ -284,7 +242,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     if optimize:
         say("optimizing")
         start = time.perf_counter()
-        optimized = run(source, passes=passes, skip=skip, progress=status, plugins=plugins)
+        optimized = run(source, passes=passes, skip=skip, progress=status, **pass_options)
         seconds["optimize"] = time.perf_counter() - start
         header = export_weightless(optimized.loaded.graph, optimized.loaded.shell)
     elif isinstance(source, onnx.ModelProto):
@@ -331,10 +289,6 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     parses as is), a :class:`~fusekit.builder.support.TrtCheck` whose ``checked_by`` says
     whether the parser or a shipped table answered. Raises :class:`~fusekit.errors.InputError` for a bad model.
     """
-    from dataclasses import replace
-
-    from fusekit.builder.support import TrtCheck
-
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     loaded = load_model(model)
     complete_outputs(loaded.graph, loaded.shell, name)
@@ -344,7 +298,8 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     if not found:
         return found
     offers = _offers(model, found, name, table, passes)
-    return TrtCheck([replace(u, substitution=offers.get(u.node)) for u in found], found.checked_by)
+    return support.TrtCheck([replace(u, substitution=offers[u.node][1], pass_name=offers[u.node][0])
+                             if u.node in offers else u for u in found], found.checked_by)
 
 
 def _unsupported(loaded: LoadedModel, folder: Path, table: str | None):
@@ -352,8 +307,6 @@ def _unsupported(loaded: LoadedModel, folder: Path, table: str | None):
     written when the parser is asked (weights streamed from where they live; the support
     table needs none); the whole model is built in memory only when a rejected node must
     be cut out to parse the rest. Every node is named, as the report names them."""
-    from fusekit.builder import support
-
     found, checked_by = support.check(export_weightless(loaded.graph, loaded.shell), table,
                                       write=lambda: save_graph(loaded.graph, loaded.shell, folder / "model.onnx")[0],
                                       whole=lambda: to_model_proto(loaded.graph, loaded.shell))
@@ -361,11 +314,13 @@ def _unsupported(loaded: LoadedModel, folder: Path, table: str | None):
 
 
 def _offers(model: ModelSource, found, name: str, table: str | None,
-            passes: Iterable[str] | None) -> dict[str, str]:
-    """Node name -> what the optimize pipeline does about that unsupported node."""
+            passes: Iterable[str] | None) -> dict[str, tuple[str | None, str]]:
+    """Node name -> (the pass, what the optimize pipeline does about that unsupported node),
+    with every option that declares an ``offer`` (``--plugins auto``) given it."""
     infos = registry.discover().passes
+    offered = {o.name: o for info in infos.values() for o in info.cls.options if o.offer is not None}
     try:
-        result = run(model, passes=passes, plugins=_ALL_PLUGINS)
+        result = run(model, passes=passes, options={n: o.offer for n, o in offered.items()})
         with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
             after = _unsupported(result.loaded, Path(folder), table)
     except PassError as exc:
@@ -378,21 +333,21 @@ def _offers(model: ModelSource, found, name: str, table: str | None,
     offers = {}
     for u in found:
         event = events.get(u.node)
-        if event is not None and (u.node not in still or event.pass_name == PLUGIN_PASS):
-            info = infos.get(event.pass_name)
-            opt_in = "" if info is None or info.cls.enabled_by_default else \
-                " (opt-in: --plugins; fusekit build registers a creator if TensorRT lacks one)"
-            offers[u.node] = f"{event.pass_name}{opt_in}: {event.action}"
+        info = infos.get(event.pass_name) if event is not None else None
+        plugin = info is not None and info.cls.stage == Stage.PLUGINS  # its result is a plugin node
+        if event is not None and (u.node not in still or plugin):
+            flags = [f"{o.cli_flag} {o.offer}" for o in info.cls.options if o.offer is not None] if info else []
+            opt_in = "" if info is None or info.cls.enabled_by_default else f" (opt-in: {', '.join(flags)}" + (
+                "; fusekit build registers a creator if TensorRT lacks one)" if plugin else ")")
+            offers[u.node] = (event.pass_name, f"{event.pass_name}{opt_in}: {event.action}")
         elif u.node not in still:
-            offers[u.node] = "fusekit optimize: the node parses once the default passes have run"
+            offers[u.node] = (None, "fusekit optimize: the node parses once the default passes have run")
     return offers
 
 
 def compare_builds(a: ModelSource, b: ModelSource, *, optimize: bool = False, **options):
     """Build ``a`` and ``b`` (no engine written) and compare what TensorRT made of them:
     layer counts and the ONNX nodes fused in only one. Options are :func:`build`'s."""
-    from fusekit.builder.report import Comparison
-
     first = build(a, optimize=optimize, **options)
     second = build(b, optimize=optimize, **options)
     return Comparison(first.report, second.report)
@@ -402,6 +357,4 @@ def inspect_engine(engine: str | os.PathLike):
     """Read an engine's sidecar; refuse (``EngineMismatchError``) an engine built for another
     GPU architecture or TensorRT version before deserializing it; inspect it where this
     machine can load it. Returns a :class:`fusekit.builder.inspection.Inspection`."""
-    from fusekit.builder.inspection import inspect_engine as inspect
-
-    return inspect(Path(engine))
+    return inspection.inspect_engine(Path(engine))

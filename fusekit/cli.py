@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+# The heavy modules (api, model_io, shapes, ... all import onnx) are imported in the
+# commands that use them, so that --help and --version answer without loading onnx.
+
 import json
 import logging
 import sys
@@ -21,18 +24,17 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from fusekit import __version__, api, registry
+from fusekit import __version__, registry
+from fusekit import cli_pass_options as pass_options
 from fusekit.cli_help import HelpGroup
+from fusekit.cli_pass_options import PassOptionsCommand
 from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, print_comparison,
                                 passes_markdown, print_engine_info, print_engine_layers, print_passes, print_report,
                                 print_trace)
 from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
                             PassError, TensorRTError)
-from fusekit.manager import pipeline_key
-from fusekit.model_io import atomic_write
 from fusekit.onnx_nodes import is_default_domain
-from fusekit.shapes import parse_dims, parse_shape
-from fusekit.verify import Tolerance
+from fusekit.pass_infra import Stage
 from typer.exceptions import TyperException
 
 EXIT_CODES: dict[type[FusekitError], int] = {
@@ -77,20 +79,9 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
-PluginsOpt = Annotated[str, typer.Option(
-    "--plugins", help="Swap patterns TensorRT cannot parse for TensorRT plugins: auto (every spec that matches), "
-                      "NAME,... (those specs) or none. The result no longer runs in onnxruntime.")]
-
-
-# --add-nms (one block: to become a declared, typed pass option)
-AddNmsOpt = Annotated[Optional[str], typer.Option(
-    "--add-nms", help="Append EfficientNMS_TRT to a YOLO-style head ([B,4+C,N] or [B,N,4+C]): "
-                      "score=0.25,iou=0.45,max=300 (also layout=cn|nc, box=xywh|xyxy, agnostic=0|1). "
-                      "The outputs become num_dets, det_boxes, det_scores, det_classes.")]
-
-
-@app.command()
+@app.command(cls=PassOptionsCommand)
 def optimize(
+    ctx: typer.Context,
     models: Annotated[list[Path], typer.Argument(metavar="MODEL", help="The ONNX model to optimize, or several, or folders of them (never modified).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the optimized model (one model).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Existing folder for the optimized models, written as OUTPUT_DIR/<stem>.onnx (several models or folders).")] = None,
@@ -108,17 +99,20 @@ def optimize(
     debug: Annotated[bool, typer.Option("--debug", help="Check the graph after every pass.")] = False,
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
     external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when they pass ~1.8 GB).")] = None,
-    plugins: PluginsOpt = "none",
-    add_nms: AddNmsOpt = None,
 ) -> int | None:
-    """Optimize MODEL and write the result to OUTPUT (or many models into OUTPUT_DIR)."""
+    """Optimize MODEL and write the result to OUTPUT (or many models into OUTPUT_DIR); pass
+    options: see "Pass options"."""
+    from fusekit import api
+    from fusekit.shapes import parse_dims, parse_shape
+    from fusekit.verify import Tolerance
+
     if output_dir is not None or len(models) > 1 or models[0].is_dir():
         from fusekit import cli_batch
 
         return cli_batch.optimize_paths(models, output, output_dir, jobs, trace, as_json, external_data, dict(
             passes=_split(passes), skip=_split(skip) or (), input_shapes=dict(parse_shape(s) for s in input_shape or []),
-            dims=parse_dims(dim or []), dynamic=dynamic or (), plugins=plugins, add_nms=add_nms, verify=verify,
-            tolerance=Tolerance(rtol, atol), max_iterations=max_iterations, debug=debug), out, err)
+            dims=parse_dims(dim or []), dynamic=dynamic or (), verify=verify, tolerance=Tolerance(rtol, atol),
+            max_iterations=max_iterations, debug=debug, **pass_options.given(ctx)), out, err)
     model = models[0]
     if output is None:
         raise InputError("give -o OUTPUT.onnx (one model) or --output-dir FOLDER (several models or folders)")
@@ -130,7 +124,7 @@ def optimize(
     dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
         result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
-                         dynamic=dynamic or (), plugins=plugins, add_nms=add_nms,
+                         dynamic=dynamic or (), **pass_options.given(ctx),
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")
@@ -147,8 +141,9 @@ def optimize(
         print(json.dumps(data, indent=2))
         return
     print_report(report)
+    found = registry.discover().passes
     for event in report.events:
-        if event.pass_name in (api.PLUGIN_PASS, api.ADD_NMS_PASS):
+        if event.pass_name in found and found[event.pass_name].cls.stage == Stage.PLUGINS:
             out.print(f"plugin: {event.node}: {event.action}", soft_wrap=True, markup=False, highlight=False)
     if trace is not None:
         print_trace(report, trace)
@@ -162,6 +157,8 @@ def list_passes(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print as the README's Markdown table.")] = False,
 ) -> None:
     """List the passes found through entry points, in pipeline order."""
+    from fusekit.manager import pipeline_key
+
     found = registry.discover()
     infos = sorted(found.passes.values(), key=lambda i: pipeline_key(i.cls))
     if markdown:
@@ -170,7 +167,10 @@ def list_passes(
     if as_json:
         print(json.dumps([{"name": i.name, "stage": i.cls.stage.name.lower(), "priority": i.cls.priority,
                            "default": i.cls.enabled_by_default, "package": i.package,
-                           "entry_point": i.entry_point, "summary": i.summary} for i in infos], indent=2))
+                           "entry_point": i.entry_point, "summary": i.summary,
+                           "options": [{"name": o.name, "flag": o.cli_flag, "type": o.type.__name__,
+                                        "default": o.default, "help": o.help} for o in i.cls.options]}
+                          for i in infos], indent=2))
         return
     print_passes(infos)
     for problem in found.problems:
@@ -186,6 +186,8 @@ def check_trt_cmd(
     """Say which nodes TensorRT cannot parse, why, and what fusekit can replace them with.
 
     Exit 0 when the model parses as is, 1 when any node is unsupported, 2 on bad input."""
+    from fusekit import api
+
     found = api.check_trt(model, table=table)
     if as_json:
         print(json.dumps({"model": str(model), "parses": not found, "checked_by": found.checked_by,
@@ -257,8 +259,9 @@ def _check_report_html(path: Path | None) -> None:
         html_report.check_output(path)
 
 
-@app.command()
+@app.command(cls=PassOptionsCommand)
 def build(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="The ONNX model (never modified).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")] = None,
     no_optimize: Annotated[bool, typer.Option("--no-optimize", help="Build the model as it is.")] = False,
@@ -271,13 +274,14 @@ def build(
     compute_capability: CcOpt = None,
     report: Annotated[bool, typer.Option("--report", help="Print every engine layer and the ONNX nodes it computes.")] = False,
     report_json: Annotated[Optional[Path], typer.Option("--report-json", help="Write the fused-layer report as JSON ('-': stdout).")] = None,
-    plugins: PluginsOpt = "none",
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Write the engine into this Triton model repository (NAME/1/model.plan, NAME/config.pbtxt) instead of -o.")] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="--triton-repo: the model's name there (default: MODEL's file stem).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Build even when the engine there was built from the same model, options and backend.")] = False,
     report_html: ReportHtmlOpt = None,
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
+    from fusekit import api
+
     _check_report_html(report_html)
     plan = None
     if triton_repo is not None:
@@ -291,7 +295,7 @@ def build(
     with BuildDisplay() as display:
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
-                           compute_capabilities=_split(compute_capability) or (), plugins=plugins,
+                           compute_capabilities=_split(compute_capability) or (), **pass_options.given(ctx),
                            progress=display.progress, status=display.status, force=force, reuse_at=plan)
     reused = set(result.written) if result.reused else set()
     if result.reused:
@@ -325,6 +329,8 @@ def compare_cmd(
     report_html: ReportHtmlOpt = None,
 ) -> None:
     """Build A and B and compare: engine layer counts, and ONNX nodes fused in only one of them."""
+    from fusekit import api
+
     _check_report_html(report_html)
     with BuildDisplay() as display:
         comparison = api.compare_builds(a, b, optimize=optimize, dynamic=dynamic or (), workspace_mib=workspace,
@@ -346,6 +352,8 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Say what ENGINE was built for (its sidecar); refuse one this machine cannot load."""
+    from fusekit import api
+
     result = api.inspect_engine(engine)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -354,6 +362,8 @@ def inspect_cmd(
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from fusekit.model_io import atomic_write
+
     text = json.dumps(data, indent=2) + "\n"
     if str(path) == "-":
         sys.stdout.write(text)

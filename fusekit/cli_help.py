@@ -32,7 +32,7 @@ class _Context(typer.Context):
     formatter_class = _HelpFormatter
 
 
-class _Command(TyperCommand):
+class HelpCommand(TyperCommand):
     """A command whose usage line names its arguments as click does: MODEL, [MODELS]...
     (typer writes ``{model}``)."""
 
@@ -58,7 +58,7 @@ class HelpGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         for command in self.commands.values():
             if type(command) is TyperCommand:
-                command.__class__ = _Command  # every command, whoever adds it
+                command.__class__ = HelpCommand  # every command, whoever adds it
 
     def format_commands(self, ctx: typer.Context, formatter: _HelpFormatter) -> None:
         rows = [(name, first_sentence(command.help or "")) for name, command in self.commands.items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -10,7 +11,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from fusekit.report import OptimizeReport
+if TYPE_CHECKING:
+    from fusekit.report import OptimizeReport
 
 out = Console()
 err = Console(stderr=True)

@@ -6,6 +6,9 @@ graph outputs keep their names whatever a pass does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -13,6 +16,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 # Ops whose results are drawn at random: never folded or merged. (Dropout draws a mask
 # only in training mode; in inference it is an Identity, which remove-noops removes.)
+S = TypeVar("S")
 NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                                   "Multinomial", "Bernoulli", "Dropout"})
 
@@ -33,6 +37,14 @@ def constant_of(tensor: gs.Tensor | None) -> gs.Constant | None:
     return None
 
 
+def held_values(const: gs.Constant) -> np.ndarray | LazyValues:
+    """A constant's values as onnx-graphsurgeon holds them: an array, or a lazy (file-backed)
+    holder that is not loaded by this. gs has no public reader (``Constant.values`` loads
+    and keeps the array), so this is fusekit's one use of its private ``_values``; writes
+    go through the public ``values`` setter, which stores what it is given as it is."""
+    return const._values
+
+
 def constant_array(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of a constant tensor (initializer or ``Constant`` node output), else None.
 
@@ -42,7 +54,7 @@ def constant_array(tensor: gs.Tensor | None) -> np.ndarray | None:
     const = constant_of(tensor)
     if const is None:
         return None
-    values = const._values
+    values = held_values(const)
     return values.load() if isinstance(values, LazyValues) else values
 
 
@@ -163,12 +175,45 @@ def remove(node: gs.Node) -> None:
     node.outputs.clear()
 
 
+@dataclass
+class GraphNotes:
+    """What fusekit keeps about one ``gs.Graph`` that onnx-graphsurgeon has no field for:
+    one object per graph (made on first use by :func:`notes`), living and dying with it.
+
+    ``declared_types``: declared value types gs cannot hold (optional, map, sequence), by
+    name, set by loading and written back by export. ``names``: every name taken, for
+    :func:`fresh_name` (None until first needed). ``states``: what passes compute for the
+    graph and share between rounds or passes, one object per kind (see :meth:`state`).
+    """
+
+    declared_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
+    names: set[str] | None = None
+    states: dict[type, Any] = field(default_factory=dict)
+
+    def state(self, kind: Callable[[], S]) -> S:
+        """The graph's instance of ``kind`` (made on first use)."""
+        if kind not in self.states:
+            self.states[kind] = kind()
+        return self.states[kind]
+
+
+_NOTES = "_fusekit_notes"  # the one attribute fusekit adds to a gs.Graph
+
+
+def notes(graph: gs.Graph) -> GraphNotes:
+    """``graph``'s :class:`GraphNotes`."""
+    found = graph.__dict__.get(_NOTES)
+    if found is None:
+        found = graph.__dict__[_NOTES] = GraphNotes()
+    return found
+
+
 def fresh_name(graph: gs.Graph, base: str) -> str:
     """A tensor/node name used nowhere in ``graph`` (deterministic across runs)."""
-    taken = graph.__dict__.get("_fusekit_names")
-    if taken is None:
-        taken = set(graph.tensors()) | {n.name for n in graph.nodes}
-        graph.__dict__["_fusekit_names"] = taken
+    kept = notes(graph)
+    if kept.names is None:
+        kept.names = set(graph.tensors()) | {n.name for n in graph.nodes}
+    taken = kept.names
     name, suffix = base, 0
     while name in taken:
         suffix += 1

@@ -14,13 +14,13 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import onnx_graphsurgeon as gs
 
 from fusekit.errors import FusekitError, PassError
 from fusekit.graph_order import prune_and_sort, sort_topologically
-from fusekit.pass_infra import Finding, NodeRewritePass, Pass, PassContext, TraceEvent
+from fusekit.pass_infra import Finding, NodeRewritePass, Pass, PassContext, TraceEvent, resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,13 @@ class PassManager:
         self.trace = trace  # a node name: each pass's verdict on it is taken as the pass runs
         self.steps: list[TraceStep] = []
 
+    def context(self, options: Mapping[str, Any] | None = None, **fields: Any) -> PassContext:
+        """A context for one run of this pipeline: ``options`` checked against what its
+        passes declare (InputError naming an unknown option or a bad value), defaults filled."""
+        return PassContext(options=resolve_options(self.passes, options or {}), **fields)
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PipelineResult:
+        ctx.options = resolve_options(self.passes, ctx.options)
         with _graph_frozen_for_gc():
             return self._run(graph, ctx)
 
@@ -116,14 +122,10 @@ class PassManager:
         recorded = len(ctx.events)
         start = time.perf_counter()
         try:
-            if self.check:
-                p.requires(graph)
             rewrites = p.run(graph, ctx)
             if rewrites:
                 prune_and_sort(graph)
                 ctx.wrote_weights(graph)
-            if self.check:
-                p.ensures(graph)
         except FusekitError:
             raise
         except Exception as exc:

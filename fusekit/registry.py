@@ -17,10 +17,10 @@ import re
 import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from fusekit.errors import InputError
-from fusekit.pass_infra import Pass, Stage
+from fusekit.pass_infra import Option, Pass, Stage
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,35 @@ class Registry:
     passes: dict[str, PassInfo]
     problems: list[str]
 
-    def select(self, enable: Iterable[str] | None = None, skip: Iterable[str] = ()) -> list[PassInfo]:
-        """The passes to run: ``enable`` (or every default-on pass) minus ``skip``."""
+    def select(self, enable: Iterable[str] | None = None, skip: Iterable[str] = (),
+               options: Mapping[str, Any] | None = None) -> list[PassInfo]:
+        """The passes to run: ``enable`` (or every default-on pass) minus ``skip``, plus every
+        other pass (not skipped) that is given one of its ``options`` with a value other
+        than the default (``plugins="auto"`` turns substitute-plugins on)."""
         enable = list(enable) if enable is not None else None
         skip = list(skip)
         unknown = [n for n in (enable or []) + skip if n not in self.passes]
         if unknown:
             raise InputError(f"unknown pass {', '.join(unknown)}; known passes: {', '.join(sorted(self.passes))}")
         chosen = enable if enable is not None else [n for n, i in self.passes.items() if i.cls.enabled_by_default]
+        given = options or {}
+        chosen += [n for n, i in self.passes.items() if n not in chosen
+                   and any(o.name in given and o.convert(given[o.name]) != o.default for o in i.cls.options)]
         return [self.passes[n] for n in chosen if n not in skip]
+
+    def pipeline_options(self, selected: Iterable[PassInfo], given: Mapping[str, Any]) -> dict[str, Any]:
+        """``given`` less the options of passes left out of ``selected`` that are given their
+        default (harmless); such an option given another value is an InputError. Options no
+        pass declares are kept, for the manager to refuse."""
+        taken = {o.name for info in selected for o in info.cls.options}
+        kept = {}
+        for name, value in given.items():
+            owners = {i.name: o for i in self.passes.values() for o in i.cls.options if o.name == name}
+            if name in taken or not owners:
+                kept[name] = value
+            elif any(o.convert(value) != o.default for o in owners.values()):
+                raise InputError(f"option {name}: {', '.join(owners)}, which takes it, is not in the pipeline")
+        return kept
 
 
 def _distribution_name(ep: EntryPoint) -> str:
@@ -105,6 +125,8 @@ def validate_pass_class(obj: object) -> str | None:
         return f"{obj.__name__}.priority is not an int"
     if obj.run is Pass.run:
         return f"{obj.__name__} does not implement run()"
+    if not isinstance(obj.options, tuple) or not all(isinstance(o, Option) for o in obj.options):
+        return f"{obj.__name__}.options is not a tuple of fusekit.pass_infra.Option"
     return None
 
 

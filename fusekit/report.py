@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx_graphsurgeon as gs
 
+from fusekit.graph_edit import held_values
 from fusekit.manager import PassStats, TraceStep
 from fusekit.model_io.values import values_nbytes
 from fusekit.pass_infra import TraceEvent
@@ -22,7 +23,7 @@ class ModelSummary:
     @classmethod
     def of(cls, graph: gs.Graph) -> "ModelSummary":
         ops = Counter(n.op for n in graph.nodes)
-        weights = sum(values_nbytes(t._values) for t in graph.tensors().values() if isinstance(t, gs.Constant))
+        weights = sum(values_nbytes(held_values(t)) for t in graph.tensors().values() if isinstance(t, gs.Constant))
         return cls(len(graph.nodes), dict(sorted(ops.items())), weights)
 
 

@@ -23,8 +23,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type
 
 from fusekit.errors import InputError
+from fusekit.graph_edit import notes
 from fusekit.profiles import dim_names
-from fusekit.model_io.load import _TYPES_KEY as _DECLARED_TYPES
 from fusekit.model_io import export_weightless
 from fusekit.onnx_nodes import is_default_domain
 
@@ -231,7 +231,7 @@ def _rename_elsewhere(graph: gs.Graph, renamed: Mapping[str, Dim]) -> None:
 def _tensor_outputs(graph: gs.Graph) -> list[gs.Tensor]:
     """The graph outputs that are tensors (not optional/sequence/map outputs, whose declared
     types load keeps aside)."""
-    declared = graph.__dict__.get(_DECLARED_TYPES, {})
+    declared = notes(graph).declared_types
     return [t for t in graph.outputs if t.name not in declared and getattr(t, "type", "tensor_type") == "tensor_type"]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from fusekit.model_io import PROTOBUF_LIMIT, save_model
 from fusekit.validate import first_line
 
 DEFAULT_DIM_VALUES = (1, 3)
@@ -77,8 +78,6 @@ def session(model: onnx.ModelProto | str | os.PathLike):
     opts.log_severity_level = 3
     if not isinstance(model, onnx.ModelProto):
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    from fusekit.model_io import PROTOBUF_LIMIT, save_model
-
     external = any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if not external and model.ByteSize() < PROTOBUF_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import (constant_array, constant_of, fresh_name, make_constant, onnx_type, optional_input,
+from fusekit.graph_edit import (constant_array, constant_of, fresh_name, make_constant, notes, onnx_type, optional_input,
                                 producer)
 from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline
@@ -154,7 +154,9 @@ class Folded:
     dtype: np.dtype
 
 
-EXACT_TABLE = "_fusekit_exact_constants"
+class ExactConstants(dict):
+    """id(constant) -> (constant, its float64 values): kept in the graph's notes."""
+
 EXACT_MAX_VALUES = 4096  # biases and scale/shift constants, not large weights: memory stays small
 
 
@@ -164,13 +166,13 @@ def exact_constant(graph: gs.Graph, base: str, exact: np.ndarray, dtype: np.dtyp
     their rounded copy: a constant is cast once however many rounds build it."""
     const = make_constant(graph, base, np.asarray(exact).astype(dtype))
     if np.dtype(dtype) != np.float64 and np.size(exact) <= EXACT_MAX_VALUES:
-        graph.__dict__.setdefault(EXACT_TABLE, {})[id(const)] = (const, np.asarray(exact, np.float64))
+        notes(graph).state(ExactConstants)[id(const)] = (const, np.asarray(exact, np.float64))
     return const
 
 
 def exact_value(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
     """The float64 values :func:`exact_constant` kept for ``tensor``, if any."""
-    entry = graph.__dict__.get(EXACT_TABLE, {}).get(id(tensor))
+    entry = notes(graph).state(ExactConstants).get(id(tensor))
     return entry[1] if entry is not None and entry[0] is tensor else None
 
 

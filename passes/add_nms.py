@@ -34,7 +34,7 @@ import onnx_graphsurgeon as gs
 
 from fusekit.errors import InputError
 from fusekit.graph_edit import fresh_name, make_constant
-from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
+from fusekit.pass_infra import Decline, Finding, Match, Option, Pass, PassContext, Stage
 from fusekit.passes._pattern import float_type
 from fusekit.plugin_infra import PLUGIN_DOMAIN
 
@@ -102,6 +102,12 @@ class NmsOptions:
             (", class-agnostic" if self.agnostic else "")
 
 
+ADD_NMS = Option("add_nms", NmsOptions, None,
+                 "Append EfficientNMS_TRT to a YOLO-style head ([B,4+C,N] or [B,N,4+C]): score=0.25,iou=0.45,max=300 "
+                 "(also layout=cn|nc, box=xywh|xyxy, agnostic=0|1). The outputs become num_dets, det_boxes, "
+                 "det_scores, det_classes.", parse=NmsOptions.parse, metavar="SETTINGS")
+
+
 @dataclass(frozen=True)
 class Head:
     """The recognised head output: its layout and number of classes."""
@@ -119,12 +125,12 @@ class AddNmsPass(Pass):
     priority = 90
     enabled_by_default = False
 
-    parse_options = staticmethod(NmsOptions.parse)
+    options = (ADD_NMS,)
 
     def inspect(self, graph: gs.Graph, ctx: PassContext) -> Iterator[Finding]:
         if _done(graph) or len(graph.outputs) != 1 or not graph.outputs[0].inputs:
             return
-        options = NmsOptions.parse(ctx.options.get("add_nms", {}))
+        options = ctx.get(ADD_NMS) or NmsOptions()
         head = find_head(graph, options)
         node = graph.outputs[0].inputs[0]
         yield self.finding(node, head if isinstance(head, Decline) else Match(_message(head, options)))
@@ -132,7 +138,7 @@ class AddNmsPass(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> int:
         if _done(graph):
             return 0
-        options = NmsOptions.parse(ctx.options.get("add_nms", {}))
+        options = ctx.get(ADD_NMS) or NmsOptions()
         head = find_head(graph, options)
         if isinstance(head, Decline):
             raise InputError(f"add-nms: {head.reason}")

@@ -19,6 +19,8 @@ back).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -49,7 +51,7 @@ class ChannelsLastMeanPass(NodeRewritePass):
     priority = 16
     ops = frozenset({"ReduceMean", "GlobalAveragePool"})
 
-    def check(self, graph: gs.Graph, root: gs.Node, ctx: PassContext) -> Match | Decline:
+    def check(self, graph: gs.Graph, root: gs.Node, ctx: PassContext) -> Match[dict[str, Any]] | Decline:
         x = root.inputs[0]
         if x.shape is None or len(x.shape) != 4:
             return Decline(f"input rank is {'unknown' if x.shape is None else len(x.shape)}, not 4")
@@ -71,7 +73,7 @@ class ChannelsLastMeanPass(NodeRewritePass):
         return Match("ReduceMean over [2, 3] written as ReduceMean over axes [1, 2] of the NHWC transpose",
                      dict(nodes=[root], out=root.outputs[0]))
 
-    def rewrite(self, graph: gs.Graph, root: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, root: gs.Node, match: Match[dict[str, Any]], ctx: PassContext) -> None:
         """A ReduceMean keeps its name and is edited in place; a pool + Flatten is replaced."""
         x = root.inputs[0]
         base = root.name.removesuffix(root.op).rstrip("/_") or root.name or "pool"

@@ -24,6 +24,8 @@ Lh*Lw, or a non-float input (ConvTranspose is float only).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -57,7 +59,7 @@ class DecomposeCol2ImPass(NodeRewritePass):
     priority = 45
     ops = frozenset({"Col2Im"})
 
-    def check(self, graph: gs.Graph, col2im: gs.Node, ctx: PassContext) -> Match | Decline:
+    def check(self, graph: gs.Graph, col2im: gs.Node, ctx: PassContext) -> Match[dict[str, Any]] | Decline:
         x = col2im.inputs[0]
         if float_type(x) is None:
             return Decline("the input is not of a known float type (ConvTranspose is float only)")
@@ -96,7 +98,7 @@ class DecomposeCol2ImPass(NodeRewritePass):
         return Match(f"Col2Im to {image} of {block} blocks written as Reshape + ConvTranspose "
                      f"(group {data['channels']}){' with the dilations in the filter' if spread else ''}", data)
 
-    def rewrite(self, graph: gs.Graph, col2im: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, col2im: gs.Node, match: Match[dict[str, Any]], ctx: PassContext) -> None:
         d = match.data
         x, out = col2im.inputs[0], col2im.outputs[0]
         base = col2im.name or "Col2Im"

@@ -33,7 +33,7 @@ class DecomposeDetPass(NodeRewritePass):
     priority = 30
     ops = frozenset({"Det"})
 
-    def check(self, graph: gs.Graph, det: gs.Node, ctx: PassContext) -> Match | Decline:
+    def check(self, graph: gs.Graph, det: gs.Node, ctx: PassContext) -> Match[int] | Decline:
         x = det.inputs[0]
         if float_type(x) is None:
             return Decline("the input is not of a known float type")
@@ -45,7 +45,7 @@ class DecomposeDetPass(NodeRewritePass):
             return Decline(f"matrix size {shape[-2]}x{shape[-1]}: only 1x1 to {MAX_SIZE}x{MAX_SIZE} are decomposed")
         return Match(f"Det of {n}x{n} matrices written as products of entries", n)
 
-    def rewrite(self, graph: gs.Graph, det: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, det: gs.Node, match: Match[int], ctx: PassContext) -> None:
         x, out, n = det.inputs[0], det.outputs[0], match.data
         base = det.name or "Det"
         nodes: list[gs.Node] = []

@@ -30,7 +30,7 @@ class DecomposeMaxUnpoolPass(NodeRewritePass):
     priority = 40
     ops = frozenset({"MaxUnpool"})
 
-    def check(self, graph: gs.Graph, unpool: gs.Node, ctx: PassContext) -> Match | Decline:
+    def check(self, graph: gs.Graph, unpool: gs.Node, ctx: PassContext) -> Match[tuple[int, ...]] | Decline:
         out = unpool.outputs[0]
         shape = static_shape(out) if out.shape is not None else None
         if shape is None:
@@ -39,7 +39,7 @@ class DecomposeMaxUnpoolPass(NodeRewritePass):
             return Decline("the input type is unknown")
         return Match(f"MaxUnpool to {list(shape)} written as ScatterElements into zeros", shape)
 
-    def rewrite(self, graph: gs.Graph, unpool: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, unpool: gs.Node, match: Match[tuple[int, ...]], ctx: PassContext) -> None:
         x, indices, out = unpool.inputs[0], unpool.inputs[1], unpool.outputs[0]
         shape = match.data
         base = unpool.name or "MaxUnpool"

@@ -17,7 +17,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, rewire_consumers
+from fusekit.graph_edit import constant_array, held_values, rewire_consumers
 from fusekit.pass_infra import Match, Pass, PassContext, Stage
 
 
@@ -34,7 +34,7 @@ class DigestCache:
         self._entries: dict[tuple[int, bool], tuple[weakref.ref, weakref.ref, bytes]] = {}
 
     def digest(self, tensor: gs.Constant, sample: bool = False) -> bytes:
-        values = tensor._values
+        values = held_values(tensor)
         entry = self._entries.get((id(tensor), sample))
         if entry is not None and entry[0]() is tensor and entry[1]() is values:
             return entry[2]

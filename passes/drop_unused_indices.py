@@ -24,7 +24,7 @@ class DropUnusedIndicesPass(NodeRewritePass):
     priority = 20
     ops = frozenset({"MaxPool"})
 
-    def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Match | Decline:
+    def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Match[None] | Decline:
         if len(node.outputs) < 2:
             return Decline("no Indices output")
         indices = node.outputs[1]
@@ -35,5 +35,5 @@ class DropUnusedIndicesPass(NodeRewritePass):
             return Decline(f"Indices {indices.name!r} is read by {readers[0].op} {readers[0].name!r}")
         return Match("unused Indices output of MaxPool dropped")
 
-    def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match[None], ctx: PassContext) -> None:
         node.outputs = node.outputs[:1]

@@ -59,7 +59,7 @@ def _is_dim0_of(tensor: gs.Tensor, x: gs.Tensor) -> bool:
             and int(shape_node.attrs.get("start", 0)) == 0 and shape_node.attrs.get("end") is None)
 
 
-def _reshape_verdict(node: gs.Node) -> Match | Decline:
+def _reshape_verdict(node: gs.Node) -> Match[None] | Decline:
     if len(node.inputs) < 2:
         return Decline("the shape is an attribute (opset < 5)")
     x, target_tensor = node.inputs[0], node.inputs[1]
@@ -100,7 +100,7 @@ class FlattenBeforeGemmPass(NodeRewritePass):
     priority = 80
     ops = frozenset({"Reshape", "Flatten"})
 
-    def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Match | Decline:
+    def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Match[None] | Decline:
         out = node.outputs[0]
         readers = live_consumers(out)
         if not readers or any(n.op != "Gemm" or n.inputs[0] is not out or any(t is out for t in n.inputs[1:])
@@ -116,7 +116,7 @@ class FlattenBeforeGemmPass(NodeRewritePass):
             return Match(f"Flatten axis {axis} written as axis 1")
         return Decline(f"Flatten axis {axis} is not axis 1 (input rank {'unknown' if shape is None else len(shape)})")
 
-    def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match[None], ctx: PassContext) -> None:
         if node.op == "Reshape":
             node.op = "Flatten"
             node.inputs.pop()

@@ -28,14 +28,16 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from fusekit.graph_edit import NONDETERMINISTIC_OPS, constant_array, constant_of, is_constant, itemsize
+from fusekit.graph_edit import (NONDETERMINISTIC_OPS, constant_array, constant_of, held_values, is_constant,
+                                itemsize)
 from fusekit.onnx_nodes import is_default_domain
-from fusekit.pass_infra import Decline, Match, Pass, PassContext, Stage
+from fusekit.pass_infra import Decline, Match, Option, Pass, PassContext, Stage
 from fusekit.passes._folding import record_folded, replace_with_constant
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 1 << 20
+MAX_BYTES = Option("fold_max_bytes", int, 1 << 20, "Fold a constant subgraph into at most this many bytes "
+                   "(unless no larger than its inputs, or read only as a weight).", metavar="BYTES")
 # Ops whose output may be far larger than their inputs: folded only with a known output shape.
 GENERATORS = frozenset({"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad",
                         "OneHot", "EyeLike"})
@@ -56,6 +58,7 @@ class FoldConstantsPass(Pass):
     name = "fold-constants"
     stage = Stage.CLEANUP
     priority = 10
+    options = (MAX_BYTES,)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> int:
         weights = weight_values(graph)
@@ -148,7 +151,7 @@ class FoldConstantsPass(Pass):
 
 
 def _max_bytes(ctx: PassContext) -> int:
-    return ctx.options.get("fold_max_bytes", DEFAULT_MAX_BYTES)
+    return ctx.get(MAX_BYTES)
 
 
 def _over_cap(size: int, cap: int, largest_input: int, weight: bool) -> bool:
@@ -226,7 +229,7 @@ def batches(region: list[gs.Node], budget: int, weights: set[int] = frozenset())
 def constant_nbytes(tensor: gs.Tensor) -> int:
     """Bytes of a constant's values, from its metadata: a weight is not read to size it."""
     const = constant_of(tensor)
-    return 0 if const is None else int(const._values.nbytes)
+    return 0 if const is None else int(held_values(const).nbytes)
 
 
 def _predicted_nbytes(node: gs.Node) -> int | None:

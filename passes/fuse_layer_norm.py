@@ -34,12 +34,14 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, live_consumers, make_constant, onnx_type, producer, type_name
 from fusekit.onnx_nodes import is_default_domain
-from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.pass_infra import Decline, Match, NodeRewritePass, Option, PassContext, Stage
 from fusekit.passes._opset import opset_raise_blocker, raise_opset
 from fusekit.passes._pattern import (consumer, escaping, float_type, node, np_dtype, only_consumer, op_of, other_input,
                                      rank_of, replace_pattern, scalar_operand, variable)
 
 OPSET = 17
+RAISE_OPSET = Option("layer_norm_raise_opset", bool, True, "Raise the model's opset to 17 to fuse LayerNormalization "
+                     "(when no node's meaning changes).")
 Verdict = Match | Decline
 
 
@@ -103,14 +105,15 @@ class FuseLayerNormPass(NodeRewritePass):
     priority = 10
     ops = frozenset({"ReduceMean"})
 
-    def candidates(self, graph: gs.Graph):
+    options = (RAISE_OPSET,)
+
+    def start(self, graph: gs.Graph, ctx: PassContext) -> None:
         self._blocker: dict[int, str | None] = {}  # opset-raise verdict, computed once per run
-        return super().candidates(graph)
 
     def _opset_problem(self, graph: gs.Graph, ctx: PassContext) -> str | None:
         if graph.opset >= OPSET:
             return None
-        if not ctx.options.get("layer_norm_raise_opset", True):
+        if not ctx.get(RAISE_OPSET):
             return f"needs opset {OPSET}; the model has {graph.opset} and layer_norm_raise_opset is off"
         if id(graph) not in self._blocker:
             self._blocker[id(graph)] = opset_raise_blocker(graph, OPSET)

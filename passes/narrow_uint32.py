@@ -35,7 +35,7 @@ class NarrowUint32Pass(NodeRewritePass):
     priority = 50
     ops = frozenset({"Cast"})
 
-    def check(self, graph: gs.Graph, cast: gs.Node, ctx: PassContext) -> Match | Decline:
+    def check(self, graph: gs.Graph, cast: gs.Node, ctx: PassContext) -> Match[np.ndarray] | Decline:
         source = cast.inputs[0]
         values = constant_array(source)
         if values is None:
@@ -56,7 +56,7 @@ class NarrowUint32Pass(NodeRewritePass):
                 return Decline(f"{reader.name!r} casts to {type_name(to)}: not a target proven exact here")
         return Match(f"uint32 constant {source.name!r} ({values.size} values < 2**31) stored as int32", values)
 
-    def rewrite(self, graph: gs.Graph, cast: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, cast: gs.Node, match: Match[np.ndarray], ctx: PassContext) -> None:
         source = cast.inputs[0]
         narrowed = make_constant(graph, f"{source.name}_int32", match.data.astype(np.int32))
         for reader in live_consumers(source):

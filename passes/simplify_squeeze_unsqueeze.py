@@ -80,7 +80,7 @@ class SimplifySqueezeUnsqueezePass(NodeRewritePass):
     priority = 26
     ops = PAIR_OPS
 
-    def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Match | Decline:
+    def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Match[tuple[str, list[int] | None]] | Decline:
         middle = node.inputs[0]
         inner = producer(middle)
         if inner is None or inner.op not in PAIR_OPS or (inner.domain or "") not in self.domains:
@@ -134,7 +134,7 @@ class SimplifySqueezeUnsqueezePass(NodeRewritePass):
             return None
         return inserted
 
-    def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match[tuple[str, list[int] | None]], ctx: PassContext) -> None:
         kind, merged = match.data
         inner = producer(node.inputs[0])
         source = inner.inputs[0]

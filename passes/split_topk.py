@@ -23,10 +23,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, make_constant
-from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
+from fusekit.pass_infra import Decline, Match, NodeRewritePass, Option, PassContext, Stage
 from fusekit.passes._pattern import float_type, node, variable
 
-K_LIMIT = 3840  # tensorrt_rtx 1.7: K must be less than this (fusekit.builder.support)
+K_LIMIT = Option("topk_k_limit", int, 3840, "Split TopK whose K is at least this (tensorrt_rtx 1.7: K < 3840).",
+                 metavar="K")
 
 
 class SplitTopKPass(NodeRewritePass):
@@ -36,9 +37,10 @@ class SplitTopKPass(NodeRewritePass):
     stage = Stage.LEGALIZE
     priority = 40
     ops = frozenset({"TopK"})
+    options = (K_LIMIT,)
 
-    def check(self, graph: gs.Graph, topk: gs.Node, ctx: PassContext) -> Match | Decline:
-        limit = int(ctx.options.get("topk_k_limit", K_LIMIT))
+    def check(self, graph: gs.Graph, topk: gs.Node, ctx: PassContext) -> Match[tuple[int, int, int, int, bool]] | Decline:
+        limit = ctx.get(K_LIMIT)
         if len(topk.inputs) < 2:
             return Decline("K is an attribute (opset < 10)")
         k_value = constant_array(topk.inputs[1])
@@ -73,7 +75,7 @@ class SplitTopKPass(NodeRewritePass):
         return Match(f"TopK with K = {k} over {n} elements written as a rank sort (ScatterElements) and Slice",
                      (k, n, axis, rank, largest))
 
-    def rewrite(self, graph: gs.Graph, topk: gs.Node, match: Match, ctx: PassContext) -> None:
+    def rewrite(self, graph: gs.Graph, topk: gs.Node, match: Match[tuple[int, int, int, int, bool]], ctx: PassContext) -> None:
         k, n, axis, rank, largest = match.data
         x = topk.inputs[0]
         values, indices = topk.outputs

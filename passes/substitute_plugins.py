@@ -15,22 +15,45 @@ graph output (the plugin node writes the output tensor itself).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import onnx_graphsurgeon as gs
 
 from fusekit import registry
 from fusekit.graph_edit import fresh_name, onnx_type, remove, replace_uses
-from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
+from fusekit.pass_infra import Decline, Finding, Match, Option, Pass, PassContext, Stage
 from fusekit.plugin_infra import PLUGIN_DOMAIN, PluginMatch, PluginSpec
 
+ALL = "auto"
 
-def selected_specs(choice) -> list[PluginSpec]:
-    """The spec instances ``choice`` ("auto" or a list of spec names) selects."""
+
+def parse_choice(value: str | Iterable[str] | None) -> str:
+    """``"auto"``, ``"none"`` (or None), ``"NAME,..."`` or spec names -> that text, names checked."""
+    names = [] if value is None else value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"expected auto, none or spec names, got {value!r}")
+    names = [n.strip() for n in names if n.strip()]
+    if names in ([ALL], ["none"]):
+        return names[0]
+    if not names:
+        return "none"
+    specs, _ = registry.discover_plugins()
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise ValueError(f"unknown plugin spec {', '.join(unknown)}; known specs: "
+                         f"{', '.join(sorted(specs)) or 'none'} (or auto, none)")
+    return ",".join(names)
+
+
+PLUGINS = Option("plugins", str, "none", "Swap patterns TensorRT cannot parse for TensorRT plugins: auto (every "
+                 "spec that matches), NAME,... (those specs) or none. The result no longer runs in onnxruntime.",
+                 parse=parse_choice, metavar="SPECS", offer=ALL)
+
+
+def selected_specs(choice: str) -> list[PluginSpec]:
+    """The spec instances ``choice`` (a :data:`PLUGINS` value) selects."""
     found, _ = registry.discover_plugins()
-    if choice in (None, "none"):
-        return []
-    names = sorted(found) if choice == "auto" else list(choice)
+    names = [] if choice == "none" else sorted(found) if choice == ALL else choice.split(",")
     return [found[n].obj() for n in names if n in found]
 
 
@@ -41,27 +64,31 @@ class SubstitutePluginsPass(Pass):
     stage = Stage.PLUGINS
     priority = 100
     enabled_by_default = False
+    options = (PLUGINS,)
 
-    def _verdicts(self, graph: gs.Graph, ctx: PassContext):
-        specs = selected_specs(ctx.options.get("plugins", "auto"))
+    def inspect(self, graph: gs.Graph, ctx: PassContext) -> Iterator[Finding]:
+        specs = selected_specs(ctx.get(PLUGINS) if PLUGINS.name in ctx.options else ALL)
         for node in list(graph.nodes):
             for spec in specs:
                 if node.outputs and spec.roots(node):
-                    yield node, spec, spec.match(graph, node)
-
-    def inspect(self, graph: gs.Graph, ctx: PassContext) -> Iterator[Finding]:
-        for node, spec, verdict in self._verdicts(graph, ctx):
-            yield self.finding(node, Match(verdict.message) if isinstance(verdict, PluginMatch)
-                               else Decline(f"{spec.name}: {verdict.reason}"))
+                    verdict = spec.match(graph, node)
+                    yield self.finding(node, Match(verdict.message) if isinstance(verdict, PluginMatch)
+                                       else Decline(f"{spec.name}: {verdict.reason}"))
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> int:
+        """Each candidate is matched against the graph as it is at that moment (earlier
+        substitutions of this run included), so no match is ever applied stale."""
+        specs = selected_specs(ctx.get(PLUGINS))
         done = 0
-        for node, spec, verdict in list(self._verdicts(graph, ctx)):
-            if not isinstance(verdict, PluginMatch) or not node.outputs:
-                continue
-            ctx.record(node, verdict.message)
-            _substitute(graph, spec, verdict)
-            done += 1
+        for node in list(graph.nodes):
+            for spec in specs:
+                if not node.outputs or not spec.roots(node):
+                    continue  # removed or replaced by an earlier substitution
+                verdict = spec.match(graph, node)
+                if isinstance(verdict, PluginMatch):
+                    ctx.record(node, verdict.message)
+                    _substitute(graph, spec, verdict)
+                    done += 1
         return done
 
 

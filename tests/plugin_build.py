@@ -32,10 +32,15 @@ _DRIVER = textwrap.dedent("""
     ok = parser.parse(model.SerializeToString())
     out = {"parsed": ok, "errors": [parser.get_error(i).desc() for i in range(parser.num_errors)]}
     if ok:
-        out["plugin_layers"] = sorted(plugins.plugin_layers(network, trt))
+        kinds = {getattr(trt.LayerType, k) for k in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")
+                 if hasattr(trt.LayerType, k)}
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        out["plugin_layers"] = sorted(layer.name for layer in layers if layer.type in kinds)
         out["layers"] = network.num_layers
-        out["fields"] = {n: plugins.registered_creator(n).received for n in job["creators"]
-                         if plugins.registered_creator(n) is not None}
+        # TensorRT's registry hands back the Python creator fusekit registered (None: none;
+        # a backend's own creator has no .received)
+        creators = {n: trt.get_plugin_registry().get_creator(n, "1", "") for n in job["creators"]}
+        out["fields"] = {n: c.received for n, c in creators.items() if hasattr(c, "received")}
         out["outputs"] = [(network.get_output(i).name, str(network.get_output(i).dtype),
                            list(network.get_output(i).shape)) for i in range(network.num_outputs)]
         config = builder.create_builder_config()

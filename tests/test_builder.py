@@ -20,8 +20,7 @@ from fusekit.errors import InputError, ParseFailedError, TensorRTError
 from tests.zoo_models import zoo_model
 
 BACKEND = backends.installed()
-pytestmark = [pytest.mark.trt, pytest.mark.skipif(BACKEND is None, reason="no TensorRT backend imports "
-                                                  "(pip install \"fusekit[trt-rtx]\")")]
+pytestmark = pytest.mark.trt
 SCHEMAS = Path(fk.__file__).parent / "schemas"
 DYNAMIC = {"resnet-tiny": ["batch=1:2:4"], "mobilenet": ["batch=1:2:4"], "convnext": ["batch=1:2:4"],
            "encoder-tiny": ["batch=1:2:4", "seq=4:16:32"], "resnet50": ["batch=1:8:32"]}

@@ -22,12 +22,6 @@ from tests.test_builder import TWO_UNIQUES_AND_A_CONTRIB_OP, schema
 from tests.zoo_models import zoo_model
 
 BACKEND = backends.installed()
-_SKIP = pytest.mark.skipif(BACKEND is None, reason="no TensorRT backend imports (pip install \"fusekit[trt-rtx]\")")
-
-
-def needs_trt(test):
-    """Mark a test ``trt`` and skip it, with the reason, when no TensorRT backend imports."""
-    return pytest.mark.trt(_SKIP(test))
 RELU = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[N,8] x) => (float[N,8] y) { t = Identity(x)  y = Relu(t) }"""
 
@@ -73,7 +67,7 @@ def test_bad_options_exit_2_with_or_without_a_backend(argv, message, tmp_path, c
     assert message in capsys.readouterr().err
 
 
-@needs_trt
+@pytest.mark.trt
 def test_dynamic_dim_without_range_exits_2_with_suggestion(tmp_path, capsys):
     model = write(tmp_path, RELU)
     assert main(["build", str(model), "-o", str(tmp_path / "m.engine")]) == 2
@@ -84,7 +78,7 @@ def test_dynamic_dim_without_range_exits_2_with_suggestion(tmp_path, capsys):
     assert not (tmp_path / "m.engine").exists()
 
 
-@needs_trt
+@pytest.mark.trt
 def test_parse_failure_exits_4_listing_every_node(tmp_path, capsys):
     model_proto = onnx.parser.parse_model(TWO_UNIQUES_AND_A_CONTRIB_OP)
     for i, node in enumerate(model_proto.graph.node):
@@ -100,7 +94,7 @@ def test_parse_failure_exits_4_listing_every_node(tmp_path, capsys):
     assert not engine.exists() and not Path(str(engine) + ".json").exists()
 
 
-@needs_trt
+@pytest.mark.trt
 def test_build_writes_engine_and_sidecar(tmp_path, capsys):
     model = zoo_model("resnet-tiny")
     engine = tmp_path / "r.engine"
@@ -126,7 +120,7 @@ def test_build_writes_engine_and_sidecar(tmp_path, capsys):
     assert report["optimized"] and report["engine_bytes"] == engine.stat().st_size
 
 
-@needs_trt
+@pytest.mark.trt
 def test_profile_stored_in_the_model_is_used(tmp_path, capsys):
     from fusekit import profiles
 
@@ -142,7 +136,7 @@ def test_profile_stored_in_the_model_is_used(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["profile"][0]["max"] == [1, 8]
 
 
-@needs_trt
+@pytest.mark.trt
 def test_timing_cache_option(tmp_path, capsys):
     model = write(tmp_path, RELU)
     cache = tmp_path / "timing.cache"
@@ -155,7 +149,7 @@ def test_timing_cache_option(tmp_path, capsys):
         assert cache.stat().st_size > 0 and "timing cache" in err
 
 
-@needs_trt
+@pytest.mark.trt
 def test_build_failure_exits_4_with_the_builders_errors(tmp_path):
     """A real build failure: tensorrt_rtx cannot compile an FP32 GEMM for Turing (SM 7.5). Run in
     its own process: after a failed build, tensorrt_rtx builds later engines differently."""
@@ -174,8 +168,6 @@ def test_build_failure_exits_4_with_the_builders_errors(tmp_path):
 
 @pytest.fixture
 def built_engine(tmp_path_factory):
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend")
     folder = tmp_path_factory.mktemp("engine")
     model = write(folder, RELU)
     engine = folder / "m.engine"
@@ -183,7 +175,7 @@ def built_engine(tmp_path_factory):
     return engine
 
 
-@needs_trt
+@pytest.mark.trt
 def test_inspect_without_gpu_reports_the_sidecar(built_engine, no_gpu, capsys):
     capsys.readouterr()
     assert main(["inspect", str(built_engine)]) == 0
@@ -204,7 +196,7 @@ def edit_sidecar(engine: Path, change) -> None:
     path.write_text(json.dumps(data))
 
 
-@needs_trt
+@pytest.mark.trt
 def test_inspect_refuses_engine_of_another_tensorrt_version(built_engine, no_gpu, capsys):
     edit_sidecar(built_engine, lambda d: d["backend"].update(version="0.9.0"))
     capsys.readouterr()
@@ -214,7 +206,7 @@ def test_inspect_refuses_engine_of_another_tensorrt_version(built_engine, no_gpu
     assert "rebuild it here" in err
 
 
-@needs_trt
+@pytest.mark.trt
 def test_inspect_refuses_engine_for_another_gpu_architecture(built_engine, monkeypatch, capsys):
     edit_sidecar(built_engine, lambda d: d["compute_capability"].update(targets=["8.6"], or_later=False))
     monkeypatch.setattr(device, "current_compute_capability", lambda: "8.9")
@@ -228,7 +220,7 @@ def test_inspect_refuses_engine_for_another_gpu_architecture(built_engine, monke
     assert "8.0, 8.6 or later; this GPU is 7.5" in capsys.readouterr().err
 
 
-@needs_trt
+@pytest.mark.trt
 def test_inspect_refuses_stale_or_missing_sidecar(built_engine, no_gpu, capsys):
     built_engine.write_bytes(built_engine.read_bytes() + b"x")
     capsys.readouterr()
@@ -240,7 +232,7 @@ def test_inspect_refuses_stale_or_missing_sidecar(built_engine, no_gpu, capsys):
     assert main(["inspect", str(built_engine.parent / "nope.engine")]) == 2
 
 
-@needs_trt
+@pytest.mark.trt
 def test_compare_shows_layer_difference_and_fusions(tmp_path, capsys):
     from fusekit import api
 
@@ -307,7 +299,7 @@ def test_no_pass_imports_another_public_pass_module():
     assert offenders == []
 
 
-@needs_trt
+@pytest.mark.trt
 def test_inspect_without_the_engines_backend_reports_the_sidecar(built_engine, monkeypatch, capsys):
     def missing(name):
         raise ImportError(f"No module named {name!r}")

@@ -47,8 +47,6 @@ def save(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.trt
 def test_parser_names_each_rejected_node_with_its_reason():
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     found = fk.check_trt(model(MIXED))
     assert [(u.node, u.op, u.domain) for u in found] == [("FastGelu_0", "FastGelu", "com.microsoft"),
                                                          ("Det_0", "Det", "")]
@@ -85,8 +83,6 @@ def test_table_checks_restrictions():
 
 @pytest.mark.trt
 def test_parser_rejects_the_same_restrictions():
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     found = {u.op: u.reason for u in fk.check_trt(model(RESTRICTED))}
     assert set(found) == {"MaxPool", "ReduceSum"}
     assert "build-time" in found["ReduceSum"]
@@ -177,8 +173,6 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
 
 @pytest.mark.trt
 def test_cli_with_the_real_parser(tmp_path, capsys):
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     assert main(["check-trt", str(save(tmp_path, MIXED))]) == 1
     assert "checkDet" in capsys.readouterr().out
     clean = tmp_path / "clean.onnx"
@@ -188,8 +182,6 @@ def test_cli_with_the_real_parser(tmp_path, capsys):
 
 @pytest.mark.trt
 def test_computed_reduction_axes_are_fixed_by_the_default_pipeline():
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     text = HEADER + """g (float[2,3] x) => (float[2,1] y) {
       a = Constant<value=int64[1] {0}>()
       b = Constant<value=int64[1] {1}>()
@@ -203,8 +195,6 @@ def test_computed_reduction_axes_are_fixed_by_the_default_pipeline():
 
 @pytest.mark.trt
 def test_topk_beyond_the_builder_limit_is_reported():
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     text = HEADER + """g (float[1,5000] x) => (float[1,4000] v, int64[1,4000] i) {
       k = Constant<value=int64[1] {4000}>()
       v, i = TopK(x, k) }"""
@@ -218,8 +208,6 @@ def test_topk_beyond_the_builder_limit_is_reported():
 
 @pytest.mark.trt
 def test_dequantize_of_a_constant_int32_bias_is_folded_by_the_default_pipeline():
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     text = HEADER + """g (float[1,4] x) => (float[1,4] y) {
       b = Constant<value=int32[4] {10, -20, 30, 40}>()
       s = Constant<value=float {0.5}>()

@@ -17,11 +17,9 @@ from fusekit.builder.report import Comparison
 from fusekit.cli import main
 from tests import browser
 from tests.test_builder import built
-from tests.test_builder_cli import BACKEND
 from tests.zoo_models import zoo_model
 
-pytestmark = [pytest.mark.trt, pytest.mark.skipif(BACKEND is None, reason="no TensorRT backend imports "
-                                                  "(pip install \"fusekit[trt-rtx]\")")]
+pytestmark = pytest.mark.trt
 SVG = "{http://www.w3.org/2000/svg}"
 # B also outputs the Conv's result, so TensorRT cannot fuse the Conv with the Relu there.
 PAIR = """<ir_version: 8, opset_import: ["" : 17]>

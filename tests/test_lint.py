@@ -16,7 +16,6 @@ from onnx import TensorProto, helper
 
 import fusekit
 from fusekit import profiles
-from fusekit.builder import backend as backends
 from fusekit.cli import main
 from fusekit.errors import InputError
 from fusekit.lint import LintConfig, checks, lint_model
@@ -61,10 +60,7 @@ g (float[1,2,4,4] x) => (float[1,2,4,4] y)
 }"""
 
 
-needs_trt = pytest.mark.skipif(backends.installed() is None, reason="no TensorRT backend")
-
-
-@needs_trt
+@pytest.mark.trt
 def test_fk101_unsupported_op_and_near_miss():
     found = codes(parse("g (float[4] x) => (float[4] y, int64[4] i) { y, i, inv, cnt = Unique(x) }"),
                   LintConfig())
@@ -72,7 +68,7 @@ def test_fk101_unsupported_op_and_near_miss():
     assert "FK101" not in codes(parse("g (float[4] x) => (float[4] y) { y = Relu(x) }"), LintConfig())
 
 
-@needs_trt
+@pytest.mark.trt
 def test_fk102_custom_domain_op_needs_plugin_and_near_miss():
     text = ('<ir_version: 8, opset_import: ["" : 17, "com.acme": 1]>\n'
             'g (float[1,3] x) => (float[1,3] y) {{ y = {op}(x) }}')
@@ -81,7 +77,7 @@ def test_fk102_custom_domain_op_needs_plugin_and_near_miss():
     assert not codes(parse(text.format(op="Relu")), LintConfig()).keys() & {"FK101", "FK102"}
 
 
-@needs_trt
+@pytest.mark.trt
 def test_fk102_op_whose_only_substitution_is_a_plugin():
     roi = parse("""g (float[1,2,8,8] x, float[3,4] rois, int64[3] idx) => (float[3,2,2,2] y) {
       y = RoiAlign<output_height = 2, output_width = 2, sampling_ratio = 2>(x, rois, idx) }""")

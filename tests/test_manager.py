@@ -40,13 +40,6 @@ class AddUnknownOp(Pass):
 
     name = "add-unknown-op"
     stage = Stage.FUSION
-    calls: list[str] = []
-
-    def requires(self, graph):
-        self.calls.append("requires")
-
-    def ensures(self, graph):
-        self.calls.append("ensures")
 
     def run(self, graph, ctx):
         if any(n.op == "NoSuchOp" for n in graph.nodes):
@@ -93,16 +86,14 @@ def test_stops_after_max_iterations_and_says_so(caplog):
     assert "did not converge after 3 rounds" in caplog.text
 
 
-def test_debug_mode_names_the_pass_that_broke_the_graph_and_calls_hooks():
+def test_debug_mode_names_the_pass_that_broke_the_graph():
     graph, shell = graph_and_shell()
-    AddUnknownOp.calls.clear()
 
     def check(g, pass_name):
         check_graph(g, shell, f"pass {pass_name} left an invalid graph", error=PassError)
 
     with pytest.raises(PassError, match="pass add-unknown-op left an invalid graph: .*NoSuchOp"):
         PassManager([RemoveOneNeg(), AddUnknownOp()], check=check).run(graph, PassContext())
-    assert AddUnknownOp.calls == ["requires", "ensures"]
 
 
 def test_without_debug_the_final_check_still_refuses_a_broken_result(monkeypatch):
@@ -112,9 +103,12 @@ def test_without_debug_the_final_check_still_refuses_a_broken_result(monkeypatch
         passes = {}
         problems: list[str] = []
 
-        def select(self, enable, skip):
+        def select(self, enable, skip, options):
             from fusekit.registry import PassInfo
             return [PassInfo("add-unknown-op", AddUnknownOp, "tests", "add-unknown-op = tests")]
+
+        def pipeline_options(self, selected, given):
+            return dict(given)
 
     monkeypatch.setattr(api.registry, "discover", lambda: Registry())
     with pytest.raises(PassError, match="optimized model is invalid .*--debug"):

@@ -12,10 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fusekit.api as fk
-from fusekit.builder import backend as backends
 from tests.helpers import inspect_pass, optimize_with
 
-BACKEND = backends.installed()
 PASS = ["narrow-uint32"]
 TP = onnx.TensorProto
 TARGETS = [TP.FLOAT, TP.DOUBLE, TP.FLOAT16, TP.INT8, TP.INT16, TP.INT32, TP.INT64, TP.UINT8, TP.UINT16,
@@ -108,8 +106,6 @@ def test_constant_node_is_narrowed():
 def test_tensorrt_rtx_builds_the_result():
     """300000 values cast to int64: fold-constants declines (2.4 MB, over its cap and larger
     than any constant), so the default pipeline leaves the Cast to narrow-uint32."""
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     m = model(np.arange(300000, dtype=np.uint32) * 3, [TP.INT64])
     assert "importInitializers" in fk.check_trt(m)[0].reason
     optimized, report = fk.optimize(m, return_report=True)

@@ -24,14 +24,12 @@ from onnx import numpy_helper as nh
 
 import fusekit.api as fk
 from fusekit import registry
-from fusekit.builder import backend as backends
 from fusekit.pass_infra import Decline
 from fusekit.plugin_infra import PLUGIN_DOMAIN
 from tests import nms_exporters
 from tests.helpers import run_ort
 from tests.plugin_build import parse_and_build
 
-BACKEND = backends.installed()
 OUTPUTS = ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
 
 
@@ -170,8 +168,6 @@ def test_reference_matches_onnxruntime_at_batch_1_and_3(n, c, k, iou, score, see
 
 @pytest.mark.trt
 def test_optimized_model_parses_and_builds_with_tensorrt(tmp_path):
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     out = fk.optimize(nms_tail_model(k=7, iou=0.4375, score=0.171875), plugins="efficient-nms")
     names = ["EfficientNMS_TRT", "background_class", "max_output_boxes", "score_threshold", "iou_threshold",
              "score_activation", "class_agnostic", "box_coding"]
@@ -391,8 +387,6 @@ def test_tails_with_one_row_per_kept_box_are_declined(model, reason):
 @pytest.mark.trt
 @pytest.mark.parametrize("form, runtime_k", [("batched", False), ("batched", True), ("single", True)])
 def test_mmdeploy_substitute_parses_and_builds_with_tensorrt(tmp_path, form, runtime_k):
-    if BACKEND is None:
-        pytest.skip("no TensorRT backend imports")
     out = fk.optimize(MMDEPLOY[form][0](n=50, c=3, per_class=20, iou=0.4375, score=0.171875, keep_top_k=10,
                                         clamp_k=runtime_k), plugins="efficient-nms")
     profile = {"boxes": ((1, 50, 4), (2, 50, 4), (4, 50, 4)),

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from fusekit.builder import backend as backends
 from fusekit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,11 +53,7 @@ def test_readme_has_python_blocks():
     assert len(BLOCKS) >= 3
 
 
-NO_BACKEND = pytest.mark.skipif(backends.installed() is None,
-                                reason="no TensorRT backend imports (pip install 'fusekit[trt-rtx]')")
-
-
-@pytest.mark.parametrize("block", [pytest.param(b, marks=[pytest.mark.trt, NO_BACKEND]) if ".build(" in b else b
+@pytest.mark.parametrize("block", [pytest.param(b, marks=pytest.mark.trt) if ".build(" in b else b
                                    for b in BLOCKS], ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_python_block_runs_as_written(block, first_command_folder):
     result = subprocess.run([sys.executable, "-c", block], cwd=first_command_folder, capture_output=True, text=True)

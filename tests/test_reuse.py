@@ -17,10 +17,9 @@ from onnx import helper, numpy_helper
 import fusekit.api as fk
 from fusekit.cli import main
 from tests.test_builder import schema
-from tests.test_builder_cli import BACKEND, sha256
+from tests.test_builder_cli import sha256
 
-pytestmark = [pytest.mark.trt, pytest.mark.skipif(BACKEND is None, reason="no TensorRT backend imports "
-                                                  "(pip install \"fusekit[trt-rtx]\")")]
+pytestmark = pytest.mark.trt
 CONV = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[N,3,16,16] x) => (float[N,8,16,16] y) {
     w = Constant<value = float[8,3,1,1] {%s}>()

@@ -23,7 +23,7 @@ from fusekit.builder.report import BuildReport
 from fusekit.cli import main
 from fusekit.errors import InputError
 from tests.test_builder import schema
-from tests.test_builder_cli import needs_trt, sha256
+from tests.test_builder_cli import sha256
 
 PROTO = Path(__file__).parent / "data" / "triton" / "model_config.proto"
 # Two inputs and outputs of different element types; N is the batch.
@@ -66,7 +66,7 @@ def tensors(config, field: str) -> list[tuple[str, str, list[int]]]:
              list(t.dims)) for t in getattr(config, field)]
 
 
-@needs_trt
+@pytest.mark.trt
 def test_batched_model_gets_plan_sidecar_and_a_config_triton_parses(tmp_path, model_config, capsys, caplog):
     model, repo = write(tmp_path, TWO_IO), tmp_path / "repo"
     repo.mkdir()
@@ -94,7 +94,7 @@ def test_batched_model_gets_plan_sidecar_and_a_config_triton_parses(tmp_path, mo
         "detector/config.pbtxt"]
 
 
-@needs_trt
+@pytest.mark.trt
 def test_static_model_has_no_batching_and_whole_dims(tmp_path, model_config):
     model, repo = write(tmp_path, STATIC, "static.onnx"), tmp_path / "repo"
     repo.mkdir()
@@ -104,7 +104,7 @@ def test_static_model_has_no_batching_and_whole_dims(tmp_path, model_config):
     assert tensors(config, "input") == [("x", "TYPE_FP32", [2, 8])]
 
 
-@needs_trt
+@pytest.mark.trt
 def test_rebuild_into_an_existing_entry_replaces_it(tmp_path, model_config):
     model, repo = write(tmp_path, TWO_IO), tmp_path / "repo"
     repo.mkdir()
@@ -129,7 +129,7 @@ def test_bad_repository_options_exit_2_before_any_build(argv, message, tmp_path,
     assert sorted(tmp_path.rglob("*")) == before
 
 
-@needs_trt
+@pytest.mark.trt
 def test_failed_build_leaves_no_model_folder(tmp_path):
     model, repo = write(tmp_path, TWO_IO), tmp_path / "repo"
     repo.mkdir()

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fusekit import registry
 from fusekit.errors import TensorRTError
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ class NeededPlugin:
 
 def needed_plugins(model: onnx.ModelProto) -> list[NeededPlugin]:
     """The plugins the plugin nodes of ``model`` need, each matched to its spec."""
-    from fusekit import registry
-
     specs = [e.obj() for _, e in sorted(registry.discover_plugins()[0].items())]
     found: dict[tuple[str, str, str], NeededPlugin] = {}
     for node in model.graph.node:
@@ -253,15 +252,3 @@ def make_creator(trt, need: NeededPlugin):
             return plugin
 
     return Creator()
-
-
-def registered_creator(name: str, version: str = "1", namespace: str = ""):
-    """The creator fusekit registered for a plugin in this process (None if none)."""
-    return _REGISTERED.get((name, version, namespace))
-
-
-def plugin_layers(network, trt) -> list[str]:
-    """Names of the network's plugin layers."""
-    kinds = {getattr(trt.LayerType, k) for k in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN") if hasattr(trt.LayerType, k)}
-    return [network.get_layer(i).name for i in range(network.num_layers) if network.get_layer(i).type in kinds]
-

@@ -55,7 +55,8 @@ def external_data_digests(model: Path) -> dict[str, str]:
 
 def build_key(source: Path | onnx.ModelProto, backend, options, given, **settings) -> tuple[str | None, str | None]:
     """The cache key of building ``source`` with ``backend``, the builder ``options``, the
-    profile ranges ``given`` and the optimize ``settings`` (optimize, passes, skip, plugins),
+    profile ranges ``given`` and the optimize ``settings`` (optimize, passes, skip, and the
+    given pass options ``pass_options``, e.g. plugins),
     and the source's sha256; ``(None, None)`` when the source cannot be read (loading it says why)."""
     from google.protobuf.message import DecodeError
 
@@ -68,12 +69,11 @@ def build_key(source: Path | onnx.ModelProto, backend, options, given, **setting
     except (OSError, ValueError, DecodeError, InputError) as exc:
         log.info("%s: no engine reuse (%s)", source, exc)
         return None, None
-    plugins = settings["plugins"]
     key = cache_key({
         "source": source_sha256, "external_data": external, "fusekit": __version__,
         "optimize": settings["optimize"], "passes": None if settings["passes"] is None else list(settings["passes"]),
         "skip": sorted(settings["skip"]),
-        "plugins": plugins if plugins is None or isinstance(plugins, str) else sorted(plugins),
+        "pass_options": settings["pass_options"],  # as given: a different spelling only misses the cache
         "dynamic": sorted(json.dumps(spec.to_json(), sort_keys=True) for spec in given),
         "options": {"workspace_mib": options.workspace_mib, "opt_level": options.opt_level, "fp16": options.fp16,
                     "bf16": options.bf16, "compute_capabilities": sorted(options.compute_capabilities)},

@@ -28,6 +28,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from fusekit import __version__
 from fusekit.builder.options import cc_key
 from fusekit.errors import EngineMismatchError, InputError
 from fusekit.model_io import atomic_write
@@ -56,8 +57,6 @@ def make(*, engine_file: str, engine_bytes: int, engine_sha256: str, backend: st
          compute_capability: dict, precision: str, profile: list[dict], source_path: str | None,
          source_sha256: str, optimized: bool, build_seconds: float, cache_key: str | None = None,
          plugins: list[dict] | None = None) -> dict:
-    from fusekit import __version__
-
     return {
         "schema": SCHEMA,
         "engine": {"file": engine_file, "bytes": engine_bytes, "sha256": engine_sha256},

@@ -30,6 +30,7 @@ import onnx
 import onnx.shape_inference
 from onnx import numpy_helper
 
+from fusekit.builder import backend as backends
 from fusekit.builder.parse import parser_errors
 from fusekit.errors import InputError
 from fusekit.onnx_nodes import is_default_domain, trt_node_name
@@ -50,6 +51,7 @@ class UnsupportedNode:
     domain: str
     reason: str
     substitution: str | None = None  # "pass-name: what it does", filled in by fusekit.api
+    pass_name: str | None = None  # the pass that makes the substitution (None: none, or the pipeline)
     checked_by: str = ""  # "tensorrt_rtx 1.7.1 parser" or "table tensorrt-10.15"
     output: str = ""  # the node's first output (identifies unnamed nodes)
 
@@ -115,8 +117,6 @@ def table_for(backend) -> str:
 def supported_opsets() -> tuple[tuple[int, int], str]:
     """The default-domain opsets the installed TensorRT parses (from its support table, or the
     newest shipped one when no backend imports), and the table they come from."""
-    from fusekit.builder import backend as backends
-
     name = table_for(backends.installed())
     low, high = load_table(name)["opset"]
     return (low, high), name
@@ -295,8 +295,6 @@ def check(model: onnx.ModelProto, table: str | None = None, *, write: Callable[[
     """Unsupported nodes, and what said so: the installed parser, else (or when ``table``
     is given) the support table ``table`` (default: the newest TensorRT release shipped).
     ``write`` / ``whole``: see :func:`check_with_parser` (the table needs neither)."""
-    from fusekit.builder import backend as backends
-
     found = backends.installed() if table is None else None
     if found is not None:
         return check_with_parser(model, found, write=write, whole=whole), f"{found.describe()} parser"

@@ -17,13 +17,14 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from fusekit import profiles, registry
+from fusekit import api, profiles, registry
+from fusekit.builder.support import supported_opsets
 from fusekit.errors import FusekitError
 from fusekit.graph_edit import NONDETERMINISTIC_OPS
 from fusekit.lint.rules import RULES, Severity
 from fusekit.model_io import PROTOBUF_LIMIT, LoadedModel, MappedValues, resolve_external_path
 from fusekit.onnx_nodes import is_default_domain, trt_node_name, walk_nodes
-from fusekit.pass_infra import PassContext
+from fusekit.pass_infra import PassContext, Stage
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,6 @@ def check_trt(t: Target) -> Iterator[LintFinding]:
     Unsupported nodes that a default-on LEGALIZE pass rewrites are left to FK301."""
     if not t.trt:
         return
-    from fusekit import api
-    from fusekit.pass_infra import Stage
-
     try:
         found = api.check_trt(t.path if t.path is not None else t.proto)
     except FusekitError as exc:
@@ -118,8 +116,7 @@ def check_trt(t: Target) -> Iterator[LintFinding]:
     for u in found:
         op = u.op if is_default_domain(u) else f"{u.domain}.{u.op}"
         where = f"{u.node} ({op})" if u.node else "model"
-        pass_name = (u.substitution or "").split(":", 1)[0].split(" ", 1)[0]
-        info = passes.get(pass_name)
+        info = passes.get(u.pass_name) if u.pass_name else None
         plugin_offer = info is not None and (info.cls.stage == Stage.PLUGINS or not info.cls.enabled_by_default)
         if not is_default_domain(u) or plugin_offer:
             offer = f"; fusekit offers {u.substitution}" if u.substitution else ""
@@ -132,8 +129,6 @@ def check_trt(t: Target) -> Iterator[LintFinding]:
 def check_opset(t: Target) -> Iterator[LintFinding]:
     """FK104: the default-domain opset against the configured range."""
     if t.opset_range is None:
-        from fusekit.builder.support import supported_opsets
-
         (low, high), table = supported_opsets()
         source = f"the range of support table {table}"
     else:

@@ -14,6 +14,7 @@ from rich.markup import escape
 from fusekit.errors import InputError
 from fusekit.lint import LintResult, explain, lint_model
 from fusekit.lint.config import for_model, parse_codes
+from fusekit.lint.fix import fix, output_for
 from fusekit.lint.output import FORMATS, render
 from fusekit.lint.rules import Severity
 
@@ -57,8 +58,6 @@ def run(models: Sequence[Path], options: LintOptions, out: Console, err: Console
         raise InputError("-o, --output-dir and --in-place write a fixed model: add --fix")
     targets = {}
     if options.fix:
-        from fusekit.lint.fix import output_for
-
         targets = {m: output_for(m, output=options.output, output_dir=options.output_dir,
                                  in_place=options.in_place, count=len(models)) for m in models}
     outcome = Outcome()
@@ -82,8 +81,6 @@ def run(models: Sequence[Path], options: LintOptions, out: Console, err: Console
 
 def _fix(result: LintResult, target: Path, err: Console) -> LintResult:
     """Fix ``result``'s model into ``target``; return the findings left in ``target``."""
-    from fusekit.lint.fix import fix
-
     fixed = fix(result, target)
     written = ", ".join(map(str, fixed.written))
     if fixed.passes:

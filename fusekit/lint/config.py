@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 
 from fusekit.errors import InputError
-from fusekit.lint.rules import RULES, Severity
+from fusekit.lint.rules import RULES, Severity, matches
 
 _KEYS = {"select", "ignore", "fail-on", "severity", "opset", "trt", "per-model"}
 
@@ -46,8 +46,6 @@ class LintConfig:
     source: str | None = None  # the pyproject.toml it came from
 
     def enabled(self, code: str) -> bool:
-        from fusekit.lint.rules import matches
-
         return matches(code, self.select) and not matches(code, self.ignore)
 
 

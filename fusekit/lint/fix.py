@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusekit import api, registry
 from fusekit.errors import InputError
-from fusekit.lint import LintResult
+from fusekit.lint import LintResult, lint_model
 from fusekit.model_io import save_model
+from fusekit.pass_infra import Stage
 
 
 @dataclass
@@ -52,10 +54,6 @@ def fix(result: LintResult, target: Path) -> Fixed:
     initializers equal): the fixed model is linted again and, while new passes show up,
     the source is fixed again with the larger set, at most ``MAX_ROUNDS`` times.
     """
-    from fusekit import api, registry
-    from fusekit.lint import lint_model
-    from fusekit.pass_infra import Stage
-
     source = Path(result.model)
     shapes = {i.name for i in registry.discover().select() if i.cls.stage == Stage.SHAPES}
     wanted = _fixable(result)

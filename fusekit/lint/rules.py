@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from fusekit.errors import InputError
+
 
 class Severity(enum.IntEnum):
     """Ordered: a finding fails the run when its severity is at or above ``--fail-on``."""
@@ -28,8 +30,6 @@ class Severity(enum.IntEnum):
         try:
             return cls[text.strip().upper()]
         except KeyError:
-            from fusekit.errors import InputError
-
             raise InputError(f"unknown severity {text!r}; expected one of "
                              f"{', '.join(s.name.lower() for s in cls)}") from None
 
@@ -45,7 +45,6 @@ class Rule:
     summary: str  # one line
     explanation: str  # why it matters for TensorRT, and how to fix it
     fixable: bool = False  # fusekit lint --fix can remove it
-    needs_trt: bool = False  # asks the installed TensorRT parser
 
 
 _RULES = [
@@ -57,8 +56,7 @@ _RULES = [
          "tensorrt_rtx), else of the support table shipped with fusekit; the reason is the "
          "parser's own (`fusekit check-trt MODEL` shows the same list). Fix: change the "
          "export (other ops, a supported opset or dtype), or provide a TensorRT plugin. "
-         "Unsupported nodes a default fusekit pass rewrites are reported as FK301 instead.",
-         needs_trt=True),
+         "Unsupported nodes a default fusekit pass rewrites are reported as FK301 instead."),
     Rule("FK102", "needs-plugin", Severity.ERROR,
          "TensorRT can import this node only as a plugin",
          "TensorRT's parser looks ops of custom domains (com.microsoft, your own, ...) up as "
@@ -66,8 +64,7 @@ _RULES = [
          "fusekit is a plugin. Without that plugin registered at build time (and shipped with "
          "the engine), the build fails. Fix: replace the op with standard ONNX ops in the "
          "export, apply fusekit's plugin substitution when it offers one "
-         "(`fusekit optimize --plugins auto`), or load your plugin library before building.",
-         needs_trt=True),
+         "(`fusekit optimize --plugins auto`), or load your plugin library before building."),
     Rule("FK104", "opset-out-of-range", Severity.WARNING,
          "the model's default-domain opset is outside the installed TensorRT's range",
          "Opsets TensorRT's parser was not written for are a source of silent semantic "
@@ -149,15 +146,12 @@ _RULES = [
 ]
 
 RULES: dict[str, Rule] = {r.code: r for r in _RULES}
-NEEDS_TRT = frozenset(r.code for r in _RULES if r.needs_trt)
 
 
 def explain(code: str) -> str:
     """The ``--explain`` text of ``code`` (InputError for an unknown code)."""
     rule = RULES.get(code.strip().upper())
     if rule is None:
-        from fusekit.errors import InputError
-
         raise InputError(f"unknown rule {code!r}; known rules: {', '.join(RULES)}")
     fix = " Fixable with --fix." if rule.fixable else ""
     return (f"{rule.code} {rule.name} ({rule.severity})\n\n{rule.summary}.\n\n"

@@ -8,7 +8,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from fusekit.model_io.load import _MODEL_FIELDS_GS_DROPS, _TYPES_KEY, _inline_file_slices
+from fusekit.graph_edit import held_values, notes
+from fusekit.model_io.load import _MODEL_FIELDS_GS_DROPS, _inline_file_slices
 from fusekit.model_io.values import WEIGHTLESS_INLINE_MAX_BYTES, FileSliceValues, _StubValues, values_nbytes
 
 
@@ -48,16 +49,16 @@ def _export(graph: gs.Graph) -> tuple[onnx.ModelProto, set[str]]:
     """
     hidden, names, own = [], [], set()
     for g in _graphs(graph):
-        declared = g.__dict__.get(_TYPES_KEY, {})
+        declared = notes(g).declared_types
         tensors = list(g.tensors().values())
         if g is graph:
-            own = {str(t._values.path) for t in tensors
-                   if isinstance(t, gs.Constant) and isinstance(t._values, FileSliceValues)}
+            own = {str(held_values(t).path) for t in tensors
+                   if isinstance(t, gs.Constant) and isinstance(held_values(t), FileSliceValues)}
         for node in g.nodes:
             tensors.extend(v for v in node.attrs.values() if isinstance(v, gs.Constant))
         for tensor in tensors:
             if isinstance(tensor, gs.Constant):
-                values = tensor._values
+                values = held_values(tensor)
                 if type(values) is LazyValues and isinstance(values.tensor, onnx.TensorProto):
                     proto = values.tensor
                     names.append((proto, proto.name if proto.HasField("name") else None))
@@ -79,7 +80,7 @@ def _export(graph: gs.Graph) -> tuple[onnx.ModelProto, set[str]]:
 
 
 def _restore_types(graph: gs.Graph, proto: onnx.GraphProto) -> None:
-    declared = graph.__dict__.get(_TYPES_KEY)
+    declared = notes(graph).declared_types
     if declared:
         for vi in (*proto.input, *proto.output):
             if vi.name in declared:
@@ -146,16 +147,16 @@ def _export_stubbed(graph: gs.Graph, shell: onnx.ModelProto) -> tuple[onnx.Model
     """:func:`export_weightless`, and the constants (by name) its stubs stand for."""
     swapped = []
     for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant) and tensor._values is not None:
-            values = tensor._values
+        if isinstance(tensor, gs.Constant) and held_values(tensor) is not None:
+            values = held_values(tensor)
             if values_nbytes(values) > WEIGHTLESS_INLINE_MAX_BYTES:
                 swapped.append((tensor, values))
-                tensor._values = _StubValues(values, tensor.name)
+                tensor.values = _StubValues(values, tensor.name)
     try:
         model = to_model_proto(graph, shell)
     finally:
         for tensor, values in swapped:
-            tensor._values = values
+            tensor.values = values
     return model, {tensor.name: tensor for tensor, _ in swapped}
 
 

@@ -19,6 +19,7 @@ from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.errors import InputError
+from fusekit.graph_edit import held_values, notes
 from fusekit.model_io.spill import WeightSpill
 from fusekit.model_io.values import FileSliceValues, MappedValues, _CopyOnUseValues, _copy, _set_location
 from fusekit.model_io.wire import _strip_model
@@ -188,7 +189,7 @@ def _map_external_tensors(graph: gs.Graph, base_dir: Path, model_name: str) -> i
             raise InputError(f"{model_name}: external data of tensor {proto.name!r} runs past the end "
                              f"of {path.name} (truncated file?)")
         _set_location(proto, str(path), mapped.offset, mapped.length)
-        tensor._values = mapped
+        tensor.values = mapped
         if own:  # inline in the model: onnx-graphsurgeon would mark the values it reads as external
             tensor.data_location = None
         else:
@@ -232,10 +233,6 @@ def name_unnamed_nodes(graph: gs.Graph) -> None:
         taken.add(node.name)
 
 
-# Declared types onnx-graphsurgeon cannot hold (optional, map, sequences), per gs.Graph.
-_TYPES_KEY = "_fusekit_declared_types"
-
-
 def _complete_import(proto: onnx.GraphProto | onnx.FunctionProto, graph: gs.Graph, caller_owned: bool) -> None:
     """Put back, on each (sub)graph, what ``gs.import_onnx`` loses or would let leak.
 
@@ -252,7 +249,7 @@ def _complete_import(proto: onnx.GraphProto | onnx.FunctionProto, graph: gs.Grap
         declared = {vi.name: vi.type for vi in (*proto.input, *proto.output, *proto.value_info)
                     if vi.type.WhichOneof("value") not in (None, "tensor_type")}
         if declared:
-            graph.__dict__[_TYPES_KEY] = {name: _copy(t) for name, t in declared.items()}
+            notes(graph).declared_types = {name: _copy(t) for name, t in declared.items()}
     for node_proto, node in zip(proto.node, graph.nodes):
         for attr in node_proto.attribute:
             value = node.attrs.get(attr.name)
@@ -260,8 +257,8 @@ def _complete_import(proto: onnx.GraphProto | onnx.FunctionProto, graph: gs.Grap
                 node.attrs[attr.name] = onnx.helper.get_attribute_value(attr)
             elif attr.type == onnx.AttributeProto.GRAPH and isinstance(value, gs.Graph):
                 _complete_import(attr.g, value, caller_owned)
-            elif caller_owned and isinstance(value, gs.Constant) and type(value._values) is LazyValues:
-                value._values = _CopyOnUseValues(value._values)
+            elif caller_owned and isinstance(value, gs.Constant) and type(held_values(value)) is LazyValues:
+                value.values = _CopyOnUseValues(held_values(value))
 
 
 def _complete_functions(model: onnx.ModelProto, graph: gs.Graph, caller_owned: bool) -> None:

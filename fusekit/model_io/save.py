@@ -15,6 +15,7 @@ from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from fusekit.graph_edit import held_values
 from fusekit.errors import InputError
 from fusekit.model_io.export import _export_stubbed
 from fusekit.model_io.values import (WEIGHTLESS_PLACEHOLDER, MappedValues, _copy, _set_location, array_header,
@@ -113,7 +114,7 @@ def save_graph(graph: gs.Graph, shell: onnx.ModelProto, path: str | os.PathLike,
     if not path.parent.is_dir():
         raise InputError(f"{path}: output folder {path.parent} does not exist")
     model, originals = _export_stubbed(graph, shell)
-    sources = {str(t._values.path) for t in originals.values() if isinstance(t._values, MappedValues)}
+    sources = {str(held_values(t).path) for t in originals.values() if isinstance(held_values(t), MappedValues)}
     if str(path.resolve()) in sources:
         raise InputError(f"{path}: the model's weights are read from this file; choose another output path")
     tensors = [_tensor_record(t, originals) for t in model.graph.initializer]
@@ -160,7 +161,7 @@ def _tensor_record(proto: onnx.TensorProto, originals: dict[str, gs.Constant]) -
     tensor = originals.get(proto.name)
     if tensor is None or ExternalDataInfo(proto).location != WEIGHTLESS_PLACEHOLDER:
         return proto, None, 0
-    values = tensor._values
+    values = held_values(tensor)
     if isinstance(values, MappedValues):
         header = inline_header(values.tensor)
         header.name = tensor.name

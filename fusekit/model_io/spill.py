@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from fusekit.graph_edit import held_values
 from fusekit.model_io.values import FileSliceValues, _set_location, array_header, byte_view, plain_array
 
 SPILL_MIN_BYTES = 64 << 10
@@ -58,7 +59,7 @@ class WeightSpill:
         """Spill the graph's in-memory weights of ``min_bytes`` or more, largest first, until
         ``need`` bytes went (all of them when None); return how many."""
         found = sorted({id(t): t for node in graph.nodes for t in node.inputs if self._spillable(t)}.values(),
-                       key=lambda t: -t._values.nbytes)
+                       key=lambda t: -held_values(t).nbytes)
         moved = freed = 0
         if found:
             with open(self._scratch(), "ab") as out:
@@ -72,8 +73,8 @@ class WeightSpill:
         return moved
 
     def _spillable(self, tensor: gs.Tensor) -> bool:
-        return (isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray)
-                and tensor._values.nbytes >= self.min_bytes and plain_array(tensor) is not None)
+        return (isinstance(tensor, gs.Constant) and isinstance(held_values(tensor), np.ndarray)
+                and held_values(tensor).nbytes >= self.min_bytes and plain_array(tensor) is not None)
 
     def _spill(self, tensor: gs.Constant, out) -> int:
         array = plain_array(tensor)
@@ -82,7 +83,7 @@ class WeightSpill:
         out.write(byte_view(array))
         proto = array_header(tensor.name, array)
         _set_location(proto, str(self._path), offset, array.nbytes)
-        tensor._values = FileSliceValues(proto, self._path)  # exported inline, like the model's own weights
+        tensor.values = FileSliceValues(proto, self._path)  # exported inline, like the model's own weights
         self.spilled_bytes += array.nbytes
         return array.nbytes
 

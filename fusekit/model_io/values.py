@@ -14,6 +14,8 @@ import onnx_graphsurgeon as gs
 from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from fusekit.graph_edit import held_values
+
 
 class MappedValues(LazyValues):
     """Values of an external-data tensor, memory-mapped from its file when loaded."""
@@ -129,7 +131,7 @@ def values_nbytes(values) -> int:
 def plain_array(tensor: gs.Constant) -> np.ndarray | None:
     """The constant's values as a C-contiguous array when they are written as their own
     bytes (a numeric NumPy array that onnx-graphsurgeon exports as it is), else None."""
-    values = tensor._values
+    values = held_values(tensor)
     if isinstance(values, np.ndarray) and values.dtype.kind in "biufc" and tensor.data_location is None \
             and getattr(tensor, "export_dtype", values.dtype) == values.dtype:
         return np.require(values, requirements="C")
