@@ -363,3 +363,46 @@ def test_fold_that_would_overflow_float16_is_declined():
     assert not finding.applies and finding.message == "its shift would overflow float16"  # -1000 * 1e4
     optimized, _ = optimize_with(model, BOTH)
     assert op_counts(optimized) == op_counts(model)
+
+
+# ---------------------------------------------------------------- the squeeze-excite mean
+
+SE_BLOCK = """g (float[N,4,6,6] x) => (float[N,4,6,6] y)
+  <float[4,1,3,3] w = {{{w}}}, float[4] s = {{1.0, 2.0, 0.5, 1.5}}, float[4] b = {{0.1, -0.2, 0.3, 0.0}},
+   float[4] m = {{0.5, 0.0, -0.5, 0.25}}, float[4] v = {{1.0, 4.0, 0.5, 2.0}}, float[2,4,1,1] f1 = {{{f1}}},
+   float[4,2,1,1] f2 = {{{f2}}}> {{
+  c = Conv<group = 4, pads = [1, 1, 1, 1]>(x, w)
+  [bn] n = BatchNormalization(c, s, b, m, v)
+  a = HardSwish(n)
+  p = {pool}
+  q = Conv(p, f1)
+  r = Relu(q)
+  t = Conv(r, f2)
+  g = HardSigmoid(t)
+  y = Mul(a, g)
+}}"""
+
+
+def _se_block(pool: str) -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    numbers = lambda n: ", ".join(f"{v:.3f}" for v in rng.uniform(-1, 1, n))  # noqa: E731
+    return parse(SE_BLOCK.format(w=numbers(36), f1=numbers(8), f2=numbers(8), pool=pool))
+
+
+@pytest.mark.parametrize("pool", ["GlobalAveragePool(a)", "ReduceMean<axes = [-2, -1], keepdims = 1>(a)"])
+def test_batchnorm_before_a_squeeze_excite_mean_stays_a_scale_and_shift(pool):
+    """Folded, tensorrt_rtx builds the Conv's layout change and the SE mean as two kernels;
+    kept as Mul and Add (decompose-batchnorm), as one (tests/test_never_worse_blocks.py)."""
+    model = _se_block(pool)
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn"]
+    assert not finding.applies and "reaches a spatial mean (a squeeze-excite input)" in finding.message
+    optimized, _ = optimize_with(model)
+    counts = op_counts(optimized)
+    assert counts["BatchNormalization"] == 0 and counts["Mul"] == 2 and counts["Add"] == 1, dict(counts)
+    assert_same_outputs(model, optimized, feeds_for(model, (1, 2)))
+
+
+def test_batchnorm_whose_activation_is_not_averaged_is_folded():
+    model = _se_block("GlobalMaxPool(a)")
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn"]
+    assert finding.applies
