@@ -1,7 +1,7 @@
 """Per-output-channel scale and shift folded into the weights of linear ops (a helper, not a pass).
 
-Shared by ``fold-batchnorm`` and ``fold-scale-into-weights``, with the one case both leave
-unfolded: a Conv whose output reaches a squeeze-excite mean (:func:`feeds_spatial_mean`).
+Shared by ``fold-batchnorm`` and ``fold-scale-into-weights`` (which both leave unfolded
+what ``_kept_scale_shift.scale_shift_stays`` says TensorRT fuses better unfolded).
 A *linear op* is a Conv, ConvTranspose, Gemm or MatMul with constant weights. Each output
 channel ``c`` of it is linear in its own slice of the weight, plus its bias, so for vectors
 ``scale``/``shift`` over the output channels::
@@ -327,52 +327,6 @@ class MatMulOp(LinearOp):
 
 VARIANTS: dict[str, type[LinearOp]] = {"Conv": LinearOp, "ConvTranspose": ConvTransposeOp, "Gemm": GemmOp,
                                        "MatMul": MatMulOp}
-
-
-# Ops that keep a tensor's shape, walked by :func:`feeds_spatial_mean`.
-_ELEMENTWISE = frozenset({"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Clip", "LeakyRelu", "Elu", "Selu", "Mish",
-                          "Softplus", "Tanh", "Mul", "Add", "Sub", "Div"})
-SPATIAL_MEAN_REASON = ("its output reaches a spatial mean (a squeeze-excite input) through elementwise ops; a "
-                       "scale and shift kept after the Conv is the form TensorRT fuses with the activation and the "
-                       "mean (folded: 2 kernels there instead of 1)")
-
-
-def feeds_spatial_mean(tensor: gs.Tensor, depth: int = 6) -> bool:
-    """Whether a GlobalAveragePool of a rank-4 tensor, or a ReduceMean over its axes [2, 3],
-    reads ``tensor`` or a tensor elementwise ops compute from it (within ``depth`` ops).
-
-    Measured with tensorrt_rtx 1.7 (MobileNetV3-small, raw export: 74 compute layers): when
-    a Conv's BatchNormalization (or any per-channel scale and shift) is folded into the Conv
-    and its activation feeds the squeeze-excite mean, Myelin writes the Conv's layout change
-    and the mean as two kernels (80 layers); with the Mul and Add kept after the Conv it fuses
-    scale, shift, layout change, activation and mean into one (74)."""
-    frontier = [tensor]
-    for _ in range(depth):
-        following = []
-        for t in frontier:
-            for reader in t.outputs:
-                if not reader.outputs or not is_default_domain(reader):
-                    continue
-                if reader.op == "GlobalAveragePool" and _rank(reader.inputs[0]) == 4:
-                    return True
-                if reader.op == "ReduceMean" and _reduces_spatial_axes(reader):
-                    return True
-                if reader.op in _ELEMENTWISE:
-                    following.append(reader.outputs[0])
-        frontier = following
-    return False
-
-
-def _rank(tensor: gs.Tensor) -> int | None:
-    return None if tensor.shape is None else len(tensor.shape)
-
-
-def _reduces_spatial_axes(reduce: gs.Node) -> bool:
-    axes = reduce.attrs.get("axes")
-    if axes is None and len(reduce.inputs) > 1:
-        axes = constant_array(reduce.inputs[1])
-    rank = _rank(reduce.inputs[0])
-    return axes is not None and rank == 4 and sorted(int(a) % rank for a in np.ravel(axes)) == [2, 3]
 
 
 def linear_op(graph: gs.Graph, node: gs.Node | None) -> LinearOp | None:

@@ -26,9 +26,9 @@ Must not: fold in training mode (``training_mode=1``, ``is_test=0``) or with ``s
 when the running-statistics outputs are used, when any BN parameter, weight or bias is
 not constant, when the linear op's output has other readers or is a graph output, when
 ``var + epsilon`` is not positive, or when a folded value would overflow the weight's
-type (float16: 65504); or into a Conv whose output reaches a spatial mean through
-elementwise ops (a squeeze-excite input: ``_channel_affine.feeds_spatial_mean``), where
-the Mul and Add decompose-batchnorm writes are what TensorRT fuses best. Graph output names are kept (a folded op writes
+type (float16: 65504); or into a Conv whose output reaches a squeeze-excite mean or a
+Concat of Conv branches (``_kept_scale_shift.scale_shift_stays``), where the Mul and Add
+decompose-batchnorm writes are what TensorRT fuses best. Graph output names are kept (a folded op writes
 BN's output). A BN nothing absorbs is left to ``decompose-batchnorm``.
 """
 
@@ -42,8 +42,8 @@ import onnx_graphsurgeon as gs
 from fusekit.graph_edit import (constant_array, is_graph_io, live_consumers, optional_input, producer, remove,
                                 replace_uses)
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import (SPATIAL_MEAN_REASON, Folded, LinearOp, cast_once, constant_values,
-                                            feeds_spatial_mean, linear_op, place)
+from fusekit.passes._channel_affine import Folded, LinearOp, cast_once, constant_values, linear_op, place
+from fusekit.passes._kept_scale_shift import scale_shift_stays
 from fusekit.passes._fusion import is_default_domain
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,9 @@ class FoldBatchNormPass(NodeRewritePass):
             what = f"{source.op} {source.name!r}" if source is not None else "a graph input or constant"
             return Decline(f"its input comes from {what}, not Conv/ConvTranspose/Gemm/MatMul")
         where = f"{source.op} {source.name!r}"
-        if source.op == "Conv" and feeds_spatial_mean(node.outputs[0]):
-            return Decline(f"{where}: {SPATIAL_MEAN_REASON}")
+        stays = scale_shift_stays(node.outputs[0]) if source.op == "Conv" else None
+        if stays:
+            return Decline(f"{where}: {stays}")
         if is_graph_io(graph, x):
             return Decline(f"{where} output {x.name!r} is a graph output")
         if len(live_consumers(x)) != 1:

@@ -29,7 +29,8 @@ a constant holding a zero, fold a constant that would broadcast the output to a 
 shape or rank, grow a constant (a chain stops before a link whose constant would make
 the composed one larger than every constant so far), write a value that overflows its
 type (x/300/300 in float16 is not x/90000), change a graph output's name, or fold into a
-Conv whose output reaches a spatial mean (a squeeze-excite input, as in fold-batchnorm).
+Conv whose output reaches a squeeze-excite mean or a Concat of Conv branches (as in
+fold-batchnorm).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, fresh_name, is_graph_io, live_consumers, producer, remove, replace_uses
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import (FLOAT_TYPES, SPATIAL_MEAN_REASON, LinearOp, MatMulOp, cast_once,
-                                            channel_vector, exact_constant, exact_value, feeds_spatial_mean,
-                                            linear_op)
+from fusekit.passes._channel_affine import (FLOAT_TYPES, LinearOp, MatMulOp, cast_once, channel_vector,
+                                            exact_constant, exact_value, linear_op)
+from fusekit.passes._kept_scale_shift import scale_shift_stays
 from fusekit.passes._fusion import is_default_domain
 
 Verdict = Match | Decline
@@ -248,8 +249,9 @@ def _linear_before(graph: gs.Graph, head: Affine) -> tuple[LinearOp | None, str]
     problem = op.problem()
     if problem:
         return None, f"{where}: {problem}"
-    if source.op == "Conv" and feeds_spatial_mean(head.node.outputs[0]):
-        return None, f"{where}: {SPATIAL_MEAN_REASON}"
+    stays = scale_shift_stays(head.node.outputs[0]) if source.op == "Conv" else None
+    if stays:
+        return None, f"{where}: {stays}"
     return op, ""
 
 

@@ -2,7 +2,7 @@
 raw export" tests: MobileNetV3 inverted residuals (HardSwish/ReLU, squeeze-excite with
 HardSigmoid gating, through ``adaptive_avg_pool2d`` or ``mean``), EfficientNet MBConv (SiLU,
 sigmoid-gated SE), GhostNet, RepVGG, Inception-style parallel branches, a FastViT RepMixer
-with a ConvFFN, classifier heads, and a MobileNetV3-small (torchvision's configuration).
+with a ConvFFN, YOLOv5's C3, DenseNet layers, classifier heads, and a MobileNetV3-small (torchvision's configuration).
 BatchNorm statistics are randomized so that folding them is really exercised."""
 
 from __future__ import annotations
@@ -125,6 +125,43 @@ class ResidualHead(nn.Module):
         return self.fc(F.relu(x + self.c2(self.c1(x))).mean((2, 3)))
 
 
+class C3(nn.Module):
+    """YOLOv5's CSP block: conv-BN-SiLU branches, residual bottlenecks, Concat, conv-BN-SiLU."""
+
+    def __init__(self, c: int = 32) -> None:
+        super().__init__()
+        h = c // 2
+
+        def cbs(i: int, o: int, k: int = 1) -> nn.Sequential:
+            return nn.Sequential(cbn(i, o, k), nn.SiLU())
+
+        self.cv1, self.cv2, self.cv3 = cbs(c, h), cbs(c, h), cbs(2 * h, c)
+        self.m = nn.ModuleList(nn.Sequential(cbs(h, h), cbs(h, h, 3)) for _ in range(2))
+
+    def forward(self, x):
+        a = self.cv1(x)
+        for bottleneck in self.m:
+            a = a + bottleneck(a)
+        return self.cv3(torch.cat([a, self.cv2(x)], 1))
+
+
+class DenseLayers(nn.Module):
+    """Two DenseNet layers (pre-activation BN-ReLU-Conv, each output concatenated to its input)."""
+
+    def __init__(self, c: int = 16, g: int = 8) -> None:
+        super().__init__()
+
+        def layer(i: int) -> nn.Sequential:
+            return nn.Sequential(nn.BatchNorm2d(i), nn.ReLU(), nn.Conv2d(i, 4 * g, 1, bias=False),
+                                 nn.BatchNorm2d(4 * g), nn.ReLU(), nn.Conv2d(4 * g, g, 3, 1, 1, bias=False))
+
+        self.l1, self.l2 = layer(c), layer(c + g)
+
+    def forward(self, x):
+        x = torch.cat([x, self.l1(x)], 1)
+        return torch.cat([x, self.l2(x)], 1)
+
+
 # torchvision's MobileNetV3-small: (in, kernel, expanded, out, SE, HardSwish, stride)
 MOBILENET_V3_SMALL = [(16, 3, 16, 16, 1, 0, 2), (16, 3, 72, 24, 0, 0, 2), (24, 3, 88, 24, 0, 0, 1),
                       (24, 5, 96, 40, 1, 1, 2), (40, 5, 240, 40, 1, 1, 1), (40, 5, 240, 40, 1, 1, 1),
@@ -157,6 +194,8 @@ BLOCKS = {
     "repvgg": (RepVGG, 16, 14),
     "inception": (Inception, 16, 14),
     "fastvit-repmixer": (RepMixer, 16, 14),
+    "yolov5-c3": (C3, 32, 20),
+    "densenet": (DenseLayers, 16, 14),
     "head-hardswish": (Head, 16, 7),
     "head-relu": (lambda: Head(act=nn.ReLU), 16, 7),
     "resnet-head": (ResidualHead, 16, 7),

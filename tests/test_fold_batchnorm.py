@@ -406,3 +406,35 @@ def test_batchnorm_whose_activation_is_not_averaged_is_folded():
     model = _se_block("GlobalMaxPool(a)")
     (finding,) = inspect_pass(model, "fold-batchnorm")["bn"]
     assert finding.applies
+
+
+BRANCHES = """g (float[N,2,5,5] x) => (float[N,4,5,5] y)
+  <float[2,2,1,1] w1 = {0.5, -1.0, 0.25, 2.0}, float[2,2,1,1] w2 = {1.5, 0.5, -0.5, 1.0},
+   float[2] s = {1.0, 2.0}, float[2] b = {0.1, -0.2}, float[2] m = {0.5, 0.0}, float[2] v = {1.0, 4.0}> {
+  c1 = Conv(x, w1)
+  [bn1] n1 = BatchNormalization(c1, s, b, m, v)
+  a1 = Relu(n1)
+  c2 = Conv(x, w2)
+  n2 = BatchNormalization(c2, s, b, m, v)
+  a2 = Relu(n2)
+  y = Concat<axis = 1>(a1, {second})
+}"""
+
+
+def test_batchnorms_of_concatenated_conv_branches_stay_a_scale_and_shift():
+    """Inception / GhostNet: every Concat input is a Conv branch; tensorrt_rtx fuses the kept
+    scales and shifts, activations and the Concat into one kernel (9 compute layers for the
+    Inception block of tests/block_zoo.py, 12 with the BatchNorms folded)."""
+    model = parse(BRANCHES.replace("{second}", "a2"))
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn1"]
+    assert not finding.applies and "a Concat of Conv branches" in finding.message
+    optimized, _ = optimize_with(model)
+    assert op_counts(optimized)["Mul"] == 2 and op_counts(optimized)["Add"] == 2
+    assert_same_outputs(model, optimized, feeds_for(model, (1, 2)))
+
+
+def test_batchnorm_of_a_branch_concatenated_with_a_residual_is_folded():
+    """YOLOv5's C3: one Concat input is a residual Add, and folding wins there (10 -> 9)."""
+    model = parse(BRANCHES.replace("{second}", "r").replace("y = Concat", "r = Add(a2, x)\n  y = Concat"))
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn1"]
+    assert finding.applies, finding.message
