@@ -198,7 +198,8 @@ def _trt_text(trt: dict | None) -> str:
         return ""
     if trt["status"] != "ok":
         return f", TensorRT: [red]{trt['status']}[/] {trt.get('error') or ''}"[:200]
-    return f", TensorRT: {trt['network_layers']} network / {trt['engine_layers']} engine layers"
+    return (f", TensorRT: {trt['network_layers']} network / {trt['engine_layers']} engine / "
+            f"{trt.get('compute_layers')} compute layers")
 
 
 def _progress_line(r: dict) -> str:

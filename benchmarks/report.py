@@ -69,7 +69,7 @@ def table(data: dict) -> Table:
     batches = [str(b) for b in data["options"]["batch_sizes"]]
     out = Table(title="fusekit benchmark (lowest of the tools in green)", title_justify="left")
     for column in ("model", "tool", "status", "time s", "peak RSS MiB", "nodes",
-                   *(f"max|Δ| b={b}" for b in batches), "net layers", "engine layers"):
+                   *(f"max|Δ| b={b}" for b in batches), "net layers", "engine layers", "compute layers"):
         out.add_column(column, justify="left" if column in ("model", "tool", "status") else "right",
                        no_wrap=column != "status", overflow="fold")
     by_model: dict[str, list[dict]] = {}
@@ -81,11 +81,13 @@ def table(data: dict) -> Table:
         size = f"file {_mib(model['file_bytes'])}" if model.get("file_bytes") else ""
         out.add_row(model["name"], ORIGINAL, model["status"] if model["status"] != "ok" else "",
                     "", size, _num(model.get("nodes")), *("" for _ in batches),
-                    _layers(trt, "network_layers"), _layers(trt, "engine_layers"), style="dim")
+                    _layers(trt, "network_layers"), _layers(trt, "engine_layers"), _layers(trt, "compute_layers"),
+                    style="dim")
         best = {"seconds": _best(rows, lambda r: r.get("seconds")),
                 "peak_rss": _best(rows, lambda r: r.get("peak_rss")),
                 "nodes": _best(rows, lambda r: r.get("nodes")),
-                "engine": _best(rows, lambda r: _engine_layers(r))}
+                "engine": _best(rows, lambda r: _engine_layers(r)),
+                "compute": _best(rows, lambda r: _engine_layers(r, "compute_layers"))}
 
         def mark(text: str, value, which: str) -> str:
             return f"[green]{text}[/]" if value is not None and value in best[which] else text
@@ -101,6 +103,7 @@ def table(data: dict) -> Table:
                 *(_diff(r.get("accuracy"), b) for b in batches),
                 _layers(r.get("trt"), "network_layers"),
                 mark(_layers(r.get("trt"), "engine_layers"), _engine_layers(r), "engine"),
+                mark(_layers(r.get("trt"), "compute_layers"), _engine_layers(r, "compute_layers"), "compute"),
                 end_section=r is rows[-1])
     return out
 
@@ -124,9 +127,10 @@ def print_tables(data: dict, out: Console | None = None) -> None:
         out.print(targets_table(data))
 
 
-def _engine_layers(result: dict) -> int | None:
+def _engine_layers(result: dict, key: str = "engine_layers") -> int | None:
+    """The result's engine (or ``key``: compute) layer count, if TensorRT built it."""
     trt = result.get("trt") or {}
-    return trt.get("engine_layers") if trt.get("status") == "ok" else None
+    return trt.get(key) if trt.get("status") == "ok" else None
 
 
 def chart(data: dict, path: Path) -> Path:
@@ -202,7 +206,7 @@ def markdown(data: dict) -> str:
         ("peak RSS, MiB", ("file MiB", lambda m: f"{m['file_bytes'] / 2**20:.1f}"),
          lambda r: f"{r['peak_rss'] / 2**20:.0f}" if r.get("peak_rss") else None),
         ("nodes", ("original", lambda m: m.get("nodes")), lambda r: r.get("nodes")),
-        ("TensorRT network / engine layers", ("original", lambda m: _layer_pair(m.get("trt"))),
+        ("TensorRT network / engine / compute layers", ("original", lambda m: _layer_pair(m.get("trt"))),
          lambda r: _layer_pair(r.get("trt"))),
         (f"largest absolute output difference (batch sizes {batches})", None, accuracy),
     ]
@@ -229,7 +233,7 @@ def _layer_pair(trt: dict | None) -> str | None:
         return None
     if trt.get("status") != "ok":
         return trt.get("status")
-    return f"{trt.get('network_layers')} / {trt.get('engine_layers')}"
+    return f"{trt.get('network_layers')} / {trt.get('engine_layers')} / {trt.get('compute_layers')}"
 
 
 if __name__ == "__main__":

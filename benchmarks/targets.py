@@ -3,8 +3,9 @@
 - time: fusekit on bert-base at most 1/5 of onnxslim's wall time and no slower than
   onnxruntime's basic optimizer;
 - memory: fusekit's peak RSS at most 1.5x the model file on models of 100 MB and more;
-- nodes, engine layers: fusekit at most the best peer's count, on every model (peers
-  whose output does not match the original's are not counted);
+- nodes, engine and compute layers: fusekit at most the best peer's count, on every model
+  (peers whose output does not match the original's are not counted);
+- compute layers: fusekit at most the original export's (issue 16: never worse than raw);
 - accuracy: fusekit's outputs within 1e-4 of the original at every batch size.
 """
 
@@ -37,6 +38,11 @@ def evaluate(data: dict) -> list[dict]:
         found.append(_best_peer("nodes", name, mine.get("nodes"), [(p["tool"], p.get("nodes")) for p in peers]))
         found.append(_best_peer("engine layers", name, _layers(mine),
                                 [(p["tool"], _layers(p)) for p in peers]))
+        found.append(_best_peer("compute layers", name, _layers(mine, "compute_layers"),
+                                [(p["tool"], _layers(p, "compute_layers")) for p in peers]))
+        raw, compute = _layers(model, "compute_layers"), _layers(mine, "compute_layers")
+        if raw is not None and compute is not None:
+            found.append(_row("compute layers vs original", name, compute, raw, compute <= raw))
         diffs = (mine.get("accuracy") or {}).get("max_abs_diff")
         if diffs:
             worst = max(diffs.values())
@@ -80,9 +86,9 @@ def _best_peer(what: str, model: str, value, peers: list[tuple[str, int | None]]
     return _row(f"{what} vs best peer", model, value, best, value <= best, f"best: {', '.join(tools)}")
 
 
-def _layers(result: dict) -> int | None:
+def _layers(result: dict, key: str = "engine_layers") -> int | None:
     trt = result.get("trt") or {}
-    return trt.get("engine_layers") if trt.get("status") == "ok" else None
+    return trt.get(key) if trt.get("status") == "ok" else None
 
 
 def _row(target: str, model: str, value, limit, met: bool, note: str | None = None) -> dict:

@@ -6,7 +6,8 @@
 The build is ``fusekit.api.build(MODEL, optimize=False)``: the model is parsed and built
 as it is (whichever tool wrote it), with profiling verbosity DETAILED and a VERBOSE log,
 from which fusekit's builder reads "After vertical fusions: N layers" and the "Layers:"
-record (one line per engine layer). Every dynamic axis of an input gets a range: the
+record (one line per engine layer); compute layers are the engine layers less the
+stream-sync ``signal``/``wait`` ones and the shape program (the builder's own count). Every dynamic axis of an input gets a range: the
 first from 1 to MAX_BATCH (optimum 1), any other from 1 to ``MAX_LENGTH`` (optimum
 ``accuracy.LENGTH``), given per input and axis, so renamed or unnamed dims get one too.
 """
@@ -50,7 +51,7 @@ def build(path: str, max_batch: str) -> dict:
         "network_layers": len(report.network),
         "after_vertical_fusions": report.vertical_fusions,
         "engine_layers": report.engine_layers,
-        "engine_compute_layers": report.compute_layers,  # without stream sync and the shape program
+        "compute_layers": report.compute_layers,  # engine layers less stream sync and the shape program
         "layer_source": report.layer_source,
         "parse_seconds": report.seconds.get("parse"),
         "build_seconds": report.seconds.get("build"),

@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from fusekit.passes._channel_affine import (
+    Folded,
+    LinearOp,
+    cast_once,
+    constant_values,
+    linear_op,
+    place,
+)
+from fusekit.passes._kept_scale_shift import scale_shift_stays
 
-from fusekit.graph_edit import constant_array, is_graph_io, live_consumers, optional_input, producer
+from fusekit.graph_edit import (
+    constant_array,
+    is_graph_io,
+    live_consumers,
+    optional_input,
+    producer,
+)
 from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match
-from fusekit.passes._channel_affine import Folded, LinearOp, cast_once, constant_values, linear_op, place
 
 Verdict = Match | Decline
 PARAMS = ("scale", "B", "input_mean", "input_var")
@@ -73,6 +87,9 @@ def _into_producer(graph: gs.Graph, node: gs.Node, affine) -> Verdict:
         what = f"{source.op} {source.name!r}" if source is not None else "a graph input or constant"
         return Decline(f"its input comes from {what}, not Conv/ConvTranspose/Gemm/MatMul")
     where = f"{source.op} {source.name!r}"
+    stays = scale_shift_stays(node.outputs[0]) if source.op == "Conv" else None
+    if stays:
+        return Decline(f"{where}: {stays}")
     if is_graph_io(graph, x):
         return Decline(f"{where} output {x.name!r} is a graph output")
     if len(live_consumers(x)) != 1:

@@ -1,9 +1,10 @@
 """Per-output-channel scale and shift folded into the weights of linear ops (a helper, not a pass).
 
-Shared by ``fold-batchnorm`` and ``fold-scale-into-weights``. A *linear op* is a Conv,
-ConvTranspose, Gemm or MatMul with constant weights. Each output channel ``c`` of it is
-linear in its own slice of the weight, plus its bias, so for vectors ``scale``/``shift``
-over the output channels::
+Shared by ``fold-batchnorm`` and ``fold-scale-into-weights`` (which both leave unfolded
+what ``_kept_scale_shift.scale_shift_stays`` says TensorRT fuses better unfolded).
+A *linear op* is a Conv, ConvTranspose, Gemm or MatMul with constant weights. Each output
+channel ``c`` of it is linear in its own slice of the weight, plus its bias, so for vectors
+``scale``/``shift`` over the output channels::
 
     op(x, W, b)[.., c, ..] * scale[c] + shift[c]  ==  op(x, W', b')[.., c, ..]
     with  W'_c = W_c * scale[c],  b'[c] = b[c] * scale[c] + shift[c]

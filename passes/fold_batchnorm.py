@@ -27,17 +27,19 @@ when the running-statistics outputs are used, when any BN parameter, weight or b
 not constant, when the linear op's output has other readers or is a graph output, when
 ``var + epsilon`` is not positive, or when a folded value would overflow the weight's
 type (float16: 65504) or push a normal weight below the type's smallest normal (a huge
-variance: subnormals keep fewer bits). Graph output names are kept (a folded op writes
+variance: subnormals keep fewer bits); or into a Conv whose output reaches a squeeze-excite
+mean or a Concat of Conv branches (``_kept_scale_shift.scale_shift_stays``), where the Mul and
+Add decompose-batchnorm writes are what TensorRT fuses best. Graph output names are kept (a folded op writes
 BN's output). A BN nothing absorbs is left to ``decompose-batchnorm``.
 """
 
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
+from fusekit.passes._batchnorm import batchnorm_affine, fold_into_neighbour
 
 from fusekit.graph_edit import remove, replace_uses
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._batchnorm import batchnorm_affine, fold_into_neighbour
 
 Verdict = Match | Decline
 

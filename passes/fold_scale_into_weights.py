@@ -33,7 +33,8 @@ where float rounding of the original differs by more than a few ulps of what flo
 that cancel (``(x + 65504) - 65504`` is 0 in float32 for a small ``x``, not ``x``; the same
 for a linear op's bias and the shift: ``Gemm(x, W, 65504) - 65504``), running products of scales far outside 1..``S``
 (``x * 1e30 * 1e-30`` overflows on the way), or a new Mul or weight pushed below the
-type's smallest normal (a Div by a huge constant as a Mul by a subnormal).
+type's smallest normal (a Div by a huge constant as a Mul by a subnormal). Nor fold into a Conv whose output
+reaches a squeeze-excite mean or a Concat of Conv branches (as in fold-batchnorm).
 """
 
 from __future__ import annotations
@@ -42,12 +43,31 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from fusekit.passes._channel_affine import (
+    FLOAT_DTYPES,
+    LinearOp,
+    MatMulOp,
+    cancellation,
+    cast_once,
+    channel_vector,
+    exact_constant,
+    exact_value,
+    linear_op,
+    scale_detour,
+)
+from fusekit.passes._kept_scale_shift import scale_shift_stays
 
-from fusekit.graph_edit import constant_array, fresh_name, is_graph_io, live_consumers, producer, remove, replace_uses
+from fusekit.graph_edit import (
+    constant_array,
+    fresh_name,
+    is_graph_io,
+    live_consumers,
+    producer,
+    remove,
+    replace_uses,
+)
 from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import (FLOAT_DTYPES, LinearOp, MatMulOp, cancellation, cast_once,
-                                            channel_vector, exact_constant, exact_value, linear_op, scale_detour)
 
 Verdict = Match | Decline
 SCALES, SHIFTS = frozenset({"Mul", "Div"}), frozenset({"Add", "Sub"})
@@ -257,6 +277,9 @@ def _linear_before(graph: gs.Graph, head: Affine) -> tuple[LinearOp | None, str]
     problem = op.problem()
     if problem:
         return None, f"{where}: {problem}"
+    stays = scale_shift_stays(head.node.outputs[0]) if source.op == "Conv" else None
+    if stays:
+        return None, f"{where}: {stays}"
     return op, ""
 
 

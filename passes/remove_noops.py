@@ -4,7 +4,10 @@ Rewrites (the node's consumers read its input directly):
 - ``Identity``; ``Dropout`` in inference (no ``training_mode`` true, mask unused);
 - ``Reshape`` to the input's own shape, ``Expand`` to a shape that does not broadcast;
 - ``Cast``/``CastLike`` to the input's own type; ``Transpose`` with the identity perm;
-- ``Pad`` whose pads are all zero; ``Concat`` of one input;
+- ``Pad`` whose pads are all zero; ``Concat`` of one input; ``Split`` into one output;
+- ``Slice`` taking the whole tensor: on every sliced axis step 1, start 0 (or at most -dim)
+  and end at least the dim (for a dim that is not static, the largest value of the ends'
+  integer type, which exporters write for "to the end");
 - ``Mul``/``Div`` by 1 and ``Add``/``Sub`` of 0, when the constant does not broadcast the
   result to a larger shape (x + 0 turns -0.0 into +0.0, which compares equal).
 
@@ -110,6 +113,50 @@ def _concat(node: gs.Node) -> Verdict:
     return Match("Concat of one input removed", 0)
 
 
+def _split(node: gs.Node) -> Verdict:
+    if len(node.outputs) != 1:
+        return Decline(f"splits into {len(node.outputs)} outputs")
+    return Match("Split into one output removed", 0)
+
+
+def _slice_parts(node: gs.Node) -> tuple | None:
+    """(starts, ends, axes or None, steps or None) as arrays, or None when one is not constant."""
+    if len(node.inputs) == 1:  # opset < 10: attributes
+        attrs = node.attrs
+        if "starts" not in attrs or "ends" not in attrs:
+            return None
+        return np.array(attrs["starts"], np.int64), np.array(attrs["ends"], np.int64), \
+            (np.array(attrs["axes"], np.int64) if "axes" in attrs else None), None
+    parts = [constant_array(node.inputs[i]) if len(node.inputs) > i and node.inputs[i].name else "absent"
+             for i in range(1, 5)]
+    if any(p is None for p in parts):
+        return None
+    return tuple(None if isinstance(p, str) else np.asarray(p) for p in parts)
+
+
+def _slice(node: gs.Node) -> Verdict:
+    parts = _slice_parts(node)
+    shape = node.inputs[0].shape
+    if parts is None:
+        return Decline("starts, ends, axes or steps are not constant")
+    if shape is None:
+        return Decline("input shape is unknown")
+    starts, ends, axes, steps = parts
+    axes = range(len(starts)) if axes is None else [int(a) + len(shape) if a < 0 else int(a) for a in axes]
+    steps = np.ones(len(starts), np.int64) if steps is None else steps
+    end_max = np.iinfo(ends.dtype).max
+    for axis, start, end, step in zip(axes, starts.tolist(), ends.tolist(), steps.tolist()):
+        dim = shape[axis] if 0 <= axis < len(shape) else None
+        static = isinstance(dim, (int, np.integer)) and dim >= 0
+        if step != 1:
+            return Decline(f"step {step} on axis {axis}")
+        if not (start == 0 or (static and start <= -dim)):
+            return Decline(f"starts at {start} on axis {axis}")
+        if not (end >= end_max or (static and end >= dim)):
+            return Decline(f"ends at {end} on axis {axis} of size {dim}")
+    return Match("Slice of the whole tensor removed", 0)
+
+
 def _neutral(node: gs.Node) -> Verdict:
     neutral, const_positions = _NEUTRAL[node.op]
     for pos in const_positions:
@@ -131,7 +178,8 @@ def _neutral(node: gs.Node) -> Verdict:
 
 RULES: dict[str, Callable[[gs.Node], Verdict]] = {
     "Identity": _identity, "Dropout": _dropout, "Reshape": _reshape, "Expand": _expand,
-    "Cast": _cast, "CastLike": _cast, "Transpose": _transpose, "Pad": _pad, "Concat": _concat,
+    "Cast": _cast, "CastLike": _cast, "Transpose": _transpose, "Pad": _pad, "Concat": _concat, "Split": _split,
+    "Slice": _slice,
     "Mul": _neutral, "Div": _neutral, "Add": _neutral, "Sub": _neutral,
 }
 

@@ -11,6 +11,11 @@ Rewrites (axes normalised to non-negative, each against the rank it refers to):
 - ``Squeeze(Squeeze(x, s1), s2)`` -> ``Squeeze(x, s)``: s1 is kept, and each axis of s2 is
   mapped back to x (the j-th axis of x not in s1).
 
+- ``Unsqueeze(R(x, axes=a, keepdims=0), u)`` -> ``R(x, axes=a, keepdims=1)`` when u = a, for
+  a reduction R (ReduceSum, ReduceMean, ReduceMax, ... and ArgMax/ArgMin on ``axis``): the
+  Unsqueeze puts back exactly the size-1 dims keepdims=1 keeps. Without axes a Reduce*
+  reduces every axis (unless ``noop_with_empty_axes=1``, then declined).
+
 Axes are written the way the model's opset wants them: the ``axes`` attribute before
 opset 13, the ``axes`` input from 13 on (both forms are read).
 
@@ -30,6 +35,8 @@ from fusekit.graph_edit import bypass, can_replace, constant_array, make_constan
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
 
 PAIR_OPS = frozenset({"Squeeze", "Unsqueeze"})
+REDUCTIONS = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"})
 
 
 def read_axes(node: gs.Node) -> list[int] | None | str:
@@ -39,6 +46,24 @@ def read_axes(node: gs.Node) -> list[int] | None | str:
         return "dynamic" if value is None else [int(a) for a in np.ravel(value)]
     axes = node.attrs.get("axes")
     return None if axes is None else [int(a) for a in axes]
+
+
+def _reduced_axes(node: gs.Node, rank: int | None) -> list[int] | str:
+    """The axes a reduction removes (normalised, sorted), or why they are not known."""
+    if node.op in ("ArgMax", "ArgMin"):
+        axes = [int(node.attrs.get("axis", 0))]
+    else:
+        axes = read_axes(node)
+        if axes == "dynamic":
+            return "the reduction's axes are not constant"
+        if not axes:
+            if node.attrs.get("noop_with_empty_axes", 0):
+                return "the reduction has no axes and noop_with_empty_axes=1"
+            if rank is None:
+                return "the reduction reduces every axis and the rank is unknown"
+            return list(range(rank))
+    normalized = _normalize(axes, rank)
+    return "the reduction has negative axes and the rank is unknown" if normalized is None else normalized
 
 
 def _rank(tensor: gs.Tensor) -> int | None:
@@ -73,7 +98,8 @@ def _interleave(kept: list[int], inner: list[int]) -> list[int]:
 
 
 class SimplifySqueezeUnsqueezePass(NodeRewritePass):
-    """Cancel Squeeze/Unsqueeze pairs on the same axes; merge consecutive Squeezes or Unsqueezes."""
+    """Cancel Squeeze/Unsqueeze pairs on the same axes; merge consecutive Squeezes or Unsqueezes;
+    fold an Unsqueeze that restores a reduction's removed axes into keepdims=1."""
 
     name = "simplify-squeeze-unsqueeze"
     stage = Stage.CLEANUP
@@ -83,11 +109,14 @@ class SimplifySqueezeUnsqueezePass(NodeRewritePass):
     def check(self, graph: gs.Graph, node: gs.Node, ctx: PassContext) -> Match[tuple[str, list[int] | None]] | Decline:
         middle = node.inputs[0]
         inner = producer(middle)
-        if inner is None or inner.op not in PAIR_OPS or (inner.domain or "") not in self.domains:
-            return Decline("input is not produced by a Squeeze or Unsqueeze")
+        if inner is None or (inner.domain or "") not in self.domains or \
+                inner.op not in (PAIR_OPS | REDUCTIONS if node.op == "Unsqueeze" else PAIR_OPS):
+            return Decline("input is not produced by a Squeeze, Unsqueeze or (for an Unsqueeze) a reduction")
         problem = sole_use_problem(graph, middle, node)
         if problem:
             return Decline(f"the inner {inner.op} must stay: {problem}")
+        if inner.op in REDUCTIONS:
+            return self._check_reduction(inner, node)
         source = inner.inputs[0]
         rank = _rank(source)
         if read_axes(inner) == "dynamic" or read_axes(node) == "dynamic":
@@ -127,6 +156,25 @@ class SimplifySqueezeUnsqueezePass(NodeRewritePass):
                      ("merge", merged))
 
     @staticmethod
+    def _check_reduction(reduce: gs.Node, unsqueeze: gs.Node) -> Match | Decline:
+        if int(reduce.attrs.get("keepdims", 1)):
+            return Decline(f"the {reduce.op} keeps its dims already")
+        rank = _rank(reduce.inputs[0])
+        reduced = _reduced_axes(reduce, rank)
+        if isinstance(reduced, str):
+            return Decline(reduced)
+        u = read_axes(unsqueeze)
+        if u == "dynamic" or u is None:
+            return Decline("the Unsqueeze's axes are not constant")
+        inserted = _normalize(u, None if rank is None else rank - len(reduced) + len(u))
+        if inserted is None:
+            return Decline("the Unsqueeze has negative axes and the rank is unknown")
+        if inserted != reduced:
+            return Decline(f"{reduce.op} axes {reduced} and Unsqueeze axes {inserted} differ")
+        return Match(f"{reduce.op} (keepdims=0) then Unsqueeze of the same axes {reduced} written as one "
+                     f"{reduce.op} with keepdims=1", ("keepdims", None))
+
+    @staticmethod
     def _squeeze_all_after_unsqueeze(source: gs.Tensor, inserted: list[int]) -> list[int] | None:
         """Squeeze without axes after Unsqueeze(source): the inserted axes, if source has no 1-dims."""
         shape = static_shape(source)
@@ -137,6 +185,11 @@ class SimplifySqueezeUnsqueezePass(NodeRewritePass):
     def rewrite(self, graph: gs.Graph, node: gs.Node, match: Match[tuple[str, list[int] | None]], ctx: PassContext) -> None:
         kind, merged = match.data
         inner = producer(node.inputs[0])
+        if kind == "keepdims":
+            inner.attrs["keepdims"] = 1
+            node.inputs[0].shape = node.outputs[0].shape
+            bypass(graph, node, 0)
+            return
         source = inner.inputs[0]
         remove(inner)
         node.inputs[0] = source

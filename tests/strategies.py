@@ -345,9 +345,40 @@ def cancelling_constants(b: Builder) -> None:
     b.node(ops[1], [v, b.constant(np.array(second, np.float32), "big")], [v.shape], False)
 
 
+def slices(b: Builder) -> None:
+    """A Slice of a Slice: on different axes (one Slice), or one taking the whole tensor."""
+    v = b.pick(lambda u: len(u.shape) >= 2)
+    if v is None:
+        return
+    axes = b.draw(st.permutations(list(range(len(v.shape)))))[:2]
+    shape = list(v.shape)
+    for axis in axes:
+        dim = shape[axis]
+        if isinstance(dim, int) and dim >= 2 and b.draw(st.booleans()):
+            start, end, shape[axis] = 1, dim, dim - 1
+        else:
+            start, end = 0, np.iinfo(np.int64).max
+        params = [b.constant(np.array([x], np.int64), "slice", keep=False) for x in (start, end, axis)]
+        (v,) = b.node("Slice", [v] + params, [tuple(shape)], v.constant)
+
+
+def nested_concat(b: Builder) -> None:
+    """Concat(Concat(v, w), v) on one axis."""
+    v = b.pick(lambda u: len(u.shape) >= 1)
+    axis = b.draw(st.integers(0, len(v.shape) - 1))
+    grow = (lambda n: n * v.shape[axis]) if isinstance(v.shape[axis], int) else (lambda n: None)
+    if grow(1) is None:
+        return
+    inner_shape = v.shape[:axis] + (grow(2),) + v.shape[axis + 1:]
+    (inner,) = b.node("Concat", [v, v], [inner_shape], v.constant, axis=axis)
+    b.values.remove(inner)
+    b.node("Concat", [inner, v], [v.shape[:axis] + (grow(3),) + v.shape[axis + 1:]], v.constant,
+           axis=axis - len(v.shape) if b.draw(st.booleans()) else axis)
+
+
 STEPS = [unary, binary_values, binary_constant, neutral, identity_chain, dropout, reshape_same, reshape_real,
          transpose, conv, matmul, constant_subgraph, duplicate, cast, expand, concat_or_pad, split,
-         cancelling_constants]
+         cancelling_constants, slices, nested_concat]
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:

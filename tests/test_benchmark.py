@@ -41,9 +41,13 @@ def test_quick_run_writes_the_expected_json(tmp_path: Path) -> None:
         if data["trt_backend"]:
             assert r["trt"]["status"] == "ok", r["trt"]["error"]
             assert r["trt"]["network_layers"] > 0 and r["trt"]["engine_layers"] > 0
+            assert 0 < r["trt"]["compute_layers"] <= r["trt"]["engine_layers"]
         else:
             assert r["trt"] is None
     targets = {(t["target"], t["model"]) for t in data["targets"]}
     assert ("nodes vs best peer", "resnet-tiny") in targets
     assert ("max |diff|", "resnet-tiny") in targets
+    if data["trt_backend"]:
+        assert ("compute layers vs original", "resnet-tiny") in targets
+        assert "compute" in done.stdout
     assert "resnet-tiny" in done.stdout and "ort-basic" in done.stdout  # the table

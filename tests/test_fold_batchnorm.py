@@ -20,10 +20,28 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from fusekit import registry
-from tests.helpers import (assert_same_outputs, feeds_for, inspect_pass, op_counts, optimize_with, parse,
-                           removed_by)
-from tests.linear_cases import (BATCH, ONNX_TYPES, Pattern, assert_close, away_from_zero, feeds, linear_ops,
-                                patterns, run, to_float64, values)
+from tests.helpers import (
+    assert_same_outputs,
+    feeds_for,
+    inspect_pass,
+    op_counts,
+    optimize_with,
+    parse,
+    removed_by,
+)
+from tests.linear_cases import (
+    BATCH,
+    ONNX_TYPES,
+    Pattern,
+    assert_close,
+    away_from_zero,
+    feeds,
+    linear_ops,
+    patterns,
+    run,
+    to_float64,
+    values,
+)
 from tests.zoo_models import zoo_model
 
 FOLD = ["fold-batchnorm", "infer-shapes"]
@@ -379,3 +397,78 @@ def test_fold_that_would_make_normal_weights_subnormal_is_declined():
     assert not finding.applies and "the folded weights underflow float16" in finding.message, finding.message
     optimized, _ = optimize_with(model, ["fold-batchnorm", "infer-shapes"])
     assert op_counts(optimized) == op_counts(model)
+
+
+# ---------------------------------------------------------------- the squeeze-excite mean
+
+SE_BLOCK = """g (float[N,4,6,6] x) => (float[N,4,6,6] y)
+  <float[4,1,3,3] w = {{{w}}}, float[4] s = {{1.0, 2.0, 0.5, 1.5}}, float[4] b = {{0.1, -0.2, 0.3, 0.0}},
+   float[4] m = {{0.5, 0.0, -0.5, 0.25}}, float[4] v = {{1.0, 4.0, 0.5, 2.0}}, float[2,4,1,1] f1 = {{{f1}}},
+   float[4,2,1,1] f2 = {{{f2}}}> {{
+  c = Conv<group = 4, pads = [1, 1, 1, 1]>(x, w)
+  [bn] n = BatchNormalization(c, s, b, m, v)
+  a = HardSwish(n)
+  p = {pool}
+  q = Conv(p, f1)
+  r = Relu(q)
+  t = Conv(r, f2)
+  g = HardSigmoid(t)
+  y = Mul(a, g)
+}}"""
+
+
+def _se_block(pool: str) -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    numbers = lambda n: ", ".join(f"{v:.3f}" for v in rng.uniform(-1, 1, n))  # noqa: E731
+    return parse(SE_BLOCK.format(w=numbers(36), f1=numbers(8), f2=numbers(8), pool=pool))
+
+
+@pytest.mark.parametrize("pool", ["GlobalAveragePool(a)", "ReduceMean<axes = [-2, -1], keepdims = 1>(a)"])
+def test_batchnorm_before_a_squeeze_excite_mean_stays_a_scale_and_shift(pool):
+    """Folded, tensorrt_rtx builds the Conv's layout change and the SE mean as two kernels;
+    kept as Mul and Add (decompose-batchnorm), as one (tests/test_never_worse_blocks.py)."""
+    model = _se_block(pool)
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn"]
+    assert not finding.applies and "reaches a spatial mean (a squeeze-excite input)" in finding.message
+    optimized, _ = optimize_with(model)
+    counts = op_counts(optimized)
+    assert counts["BatchNormalization"] == 0 and counts["Mul"] == 2 and counts["Add"] == 1, dict(counts)
+    assert_same_outputs(model, optimized, feeds_for(model, (1, 2)))
+
+
+def test_batchnorm_whose_activation_is_not_averaged_is_folded():
+    model = _se_block("GlobalMaxPool(a)")
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn"]
+    assert finding.applies
+
+
+BRANCHES = """g (float[N,2,5,5] x) => (float[N,4,5,5] y)
+  <float[2,2,1,1] w1 = {0.5, -1.0, 0.25, 2.0}, float[2,2,1,1] w2 = {1.5, 0.5, -0.5, 1.0},
+   float[2] s = {1.0, 2.0}, float[2] b = {0.1, -0.2}, float[2] m = {0.5, 0.0}, float[2] v = {1.0, 4.0}> {
+  c1 = Conv(x, w1)
+  [bn1] n1 = BatchNormalization(c1, s, b, m, v)
+  a1 = Relu(n1)
+  c2 = Conv(x, w2)
+  n2 = BatchNormalization(c2, s, b, m, v)
+  a2 = Relu(n2)
+  y = Concat<axis = 1>(a1, {second})
+}"""
+
+
+def test_batchnorms_of_concatenated_conv_branches_stay_a_scale_and_shift():
+    """Inception / GhostNet: every Concat input is a Conv branch; tensorrt_rtx fuses the kept
+    scales and shifts, activations and the Concat into one kernel (9 compute layers for the
+    Inception block of tests/block_zoo.py, 12 with the BatchNorms folded)."""
+    model = parse(BRANCHES.replace("{second}", "a2"))
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn1"]
+    assert not finding.applies and "a Concat of Conv branches" in finding.message
+    optimized, _ = optimize_with(model)
+    assert op_counts(optimized)["Mul"] == 2 and op_counts(optimized)["Add"] == 2
+    assert_same_outputs(model, optimized, feeds_for(model, (1, 2)))
+
+
+def test_batchnorm_of_a_branch_concatenated_with_a_residual_is_folded():
+    """YOLOv5's C3: one Concat input is a residual Add, and folding wins there (10 -> 9)."""
+    model = parse(BRANCHES.replace("{second}", "r").replace("y = Concat", "r = Add(a2, x)\n  y = Concat"))
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn1"]
+    assert finding.applies, finding.message

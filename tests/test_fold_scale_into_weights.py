@@ -20,9 +20,26 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from fusekit import registry
-from tests.helpers import assert_same_outputs, feeds_for, inspect_pass, op_counts, optimize_with, parse, removed_by
-from tests.linear_cases import (BATCH, ONNX_TYPES, Linear, Pattern, assert_close, away_from_zero, linear_ops,
-                                patterns, values)
+from tests.helpers import (
+    assert_same_outputs,
+    feeds_for,
+    inspect_pass,
+    op_counts,
+    optimize_with,
+    parse,
+    removed_by,
+)
+from tests.linear_cases import (
+    BATCH,
+    ONNX_TYPES,
+    Linear,
+    Pattern,
+    assert_close,
+    away_from_zero,
+    linear_ops,
+    patterns,
+    values,
+)
 from tests.zoo_models import zoo_model
 
 PASSES = ["fold-scale-into-weights", "infer-shapes"]
@@ -506,3 +523,24 @@ def test_conv_bias_cancelled_by_the_shift_is_not_folded():
     (finding,) = inspect_pass(model, "fold-scale-into-weights")["shift"]
     assert "its bias and the shift: its constants cancel" in finding.message, finding.message
     _bitwise_same(model, optimized, np.full((2, 1, 2, 2), 1e-3, np.float32))
+
+
+def test_scale_before_a_squeeze_excite_mean_is_not_folded():
+    """A per-channel Mul and Add after a Conv whose activation feeds a spatial mean stay (the
+    form tensorrt_rtx fuses with the activation and the mean; see fold-batchnorm's test)."""
+    model = parse("""g (float[N,2,4,4] x) => (float[N,2,4,4] y)
+      <float[2,2,3,3] w = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8,
+       -0.1, -0.2, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8, -0.9, -1.0, -1.1, -1.2, -1.3, -1.4, -1.5, -1.6, -1.7, -1.8},
+       float[1,2,1,1] k = {0.5, 2.0}, float[1,2,1,1] o = {0.25, -1.0}> {
+      c = Conv<pads = [0, 0, 2, 2]>(x, w)
+      [mul] s = Mul(c, k)
+      t = Add(s, o)
+      a = Relu(t)
+      p = GlobalAveragePool(a)
+      y = Mul(a, p)
+    }""")
+    (finding,) = inspect_pass(model, "fold-scale-into-weights")["mul"]
+    assert not finding.applies and "squeeze-excite" in finding.message, finding.message
+    optimized, _ = optimize_with(model)
+    assert op_counts(optimized)["Mul"] == 2 and op_counts(optimized)["Add"] == 1
+    assert_same_outputs(model, optimized, feeds_for(model, (1, 2)))

@@ -17,7 +17,7 @@ from tests.helpers import assert_same_outputs, feeds_for, optimize_with
 from tests.strategies import onnx_models
 
 CLEANUP = ["fold-constants", "eliminate-dead-code", "remove-noops", "dedupe-initializers",
-           "eliminate-common-subexpressions", "infer-shapes"]
+           "eliminate-common-subexpressions", "infer-shapes", "merge-slices", "flatten-concats"]
 
 
 @given(onnx_models())

@@ -53,6 +53,15 @@ POSITIVE = {
     "add-negative-zero": ("b = Add(a, zero)", "Add", "float zero = {-0.0}"),
     "sub-zero": ("b = Sub(a, zero)", "Sub", "float zero = {0.0}"),
     "mul-one-constant-node": ("one = Constant<value = float {1.0}>()\n b = Mul(a, one)", "Mul", ""),
+    "slice-to-the-end-of-the-batch": ("b = Slice(a, st, en, ax)", "Slice",
+                                      "int64[1] st = {0}, int64[1] en = {9223372036854775807}, int64[1] ax = {0}"),
+    "slice-whole-static": ("b = Slice(a, st, en, ax)", "Slice",
+                           "int64[2] st = {0, -5}, int64[2] en = {4, 5}, int64[2] ax = {1, -1}"),
+    "slice-past-the-end": ("b = Slice(a, st, en, ax, sp)", "Slice",
+                           "int32[1] st = {-10}, int32[1] en = {100}, int32[1] ax = {2}, int32[1] sp = {1}"),
+    "slice-without-axes": ("b = Slice(a, st, en)", "Slice",
+                           "int64[3] st = {0, 0, 0}, int64[3] en = {9223372036854775807, 4, 5}"),
+    "split-one": ("b = Split<axis = 1>(a)", "Split", ""),
 }
 
 
@@ -102,6 +111,19 @@ NEAR_MISSES = [
      "", "mask output is used"),
     ("dropout-training", "r = Constant<value = float {0.0}>()\n t = Constant<value = bool {1}>()\n"
      " [target] c = Dropout(a, r, t)", "Dropout", "", "training_mode"),
+    ("slice-part", "[target] b = Slice(a, st, en, ax1)\n c = Pad(b, p)", "Slice",
+     "int64[1] st = {0}, int64[1] en = {3}, int64[1] ax1 = {1}, int64[6] p = {0, 0, 0, 0, 1, 0}",
+     "ends at 3 on axis 1 of size 4"),
+    ("slice-reversed", "[target] c = Slice(a, st, en, ax1, sp)", "Slice",
+     "int64[1] st = {-1}, int64[1] en = {-9223372036854775807}, int64[1] ax1 = {1}, int64[1] sp = {-1}",
+     "step -1 on axis 1"),
+    ("slice-batch-to-a-number", "[target] c = Slice(a, st, en, ax0)", "Slice",
+     "int64[1] st = {0}, int64[1] en = {100}, int64[1] ax0 = {0}", "ends at 100 on axis 0 of size N"),
+    ("slice-start", "[target] b = Slice(a, st, en, ax1)\n c = Pad(b, p)", "Slice",
+     "int64[1] st = {1}, int64[1] en = {4}, int64[1] ax1 = {1}, int64[6] p = {0, 1, 0, 0, 0, 0}",
+     "starts at 1 on axis 1"),
+    ("split-two", "[target] b, d = Split<axis = 1>(a, sp)\n c = Concat<axis = 1>(d, b)", "Split",
+     "int64[2] sp = {2, 2}", "splits into 2 outputs"),
 ]
 
 
@@ -280,3 +302,11 @@ def test_casts_of_types_numpy_lacks():
     assert op_counts(optimized) == {"Relu": 1, "Cast": 3, "Sigmoid": 1}
     assert removed_by(report, "same") == ["remove-noops"] and removed_by(report, "like") == ["remove-noops"]
     assert_same_outputs(model, optimized)
+
+
+def test_slice_with_attributes_before_opset_10():
+    model = parse('<ir_version: 4, opset_import: ["" : 9]>\n'
+                  "g (float[N,4,5] x) => (float[N,4,5] y) {\n a = Relu(x)\n"
+                  " [target] b = Slice<starts = [0, -9], ends = [4, 100], axes = [1, 2]>(a)\n y = Sigmoid(b)\n}")
+    optimized, report = check_exact(model, PASSES, removed=["Slice"])
+    assert removed_by(report, "target") == ["remove-noops"]

@@ -160,3 +160,105 @@ def test_encoder_attention_mask_unsqueezes_merge():
     optimized = check_pass(model, PASS, expect={"Unsqueeze": 1})
     assert op_counts(optimized)["Unsqueeze"] == 1
     assert verdicts(model, PASS)["outer"][1] == "Unsqueeze axes [1] then [2] merged into one Unsqueeze on axes [1, 2]"
+
+
+# -- a reduction without keepdims, then an Unsqueeze of the same axes ----------------------
+
+REDUCTIONS = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"]
+
+
+@st.composite
+def reductions(draw, near_miss: str | None = None):
+    opset = draw(st.sampled_from([11, 13, 18]))
+    shape = ["N"] + [draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 3)))]
+    rank = len(shape)
+    op = draw(st.sampled_from(REDUCTIONS))
+    if op.startswith("Arg"):
+        axes = [draw(st.integers(0, rank - 1))]
+    else:
+        # a scalar intermediate cannot be declared in ONNX text, so a read one keeps a dim
+        axes = sorted(draw(st.sets(st.integers(0, rank - 1), min_size=1,
+                                   max_size=rank - (near_miss == "read elsewhere"))))
+    kept = [d for i, d in enumerate(shape) if i not in axes]
+    unsqueezed = list(axes)
+    if near_miss == "different axes":
+        unsqueezed = sorted({(a + 1) % rank for a in axes})
+        if unsqueezed == axes:
+            unsqueezed = None
+    written = [a - rank if draw(st.booleans()) else a for a in axes]
+    inits = []
+    if op.startswith("Arg"):
+        reduce = f"{op}<axis = {written[0]}, keepdims = 0>(x)"
+    elif opset >= 18 or (op == "ReduceSum" and opset >= 13):
+        inits.append(f"int64[{len(axes)}] ra = {{{', '.join(map(str, written))}}}")
+        reduce = f"{op}<keepdims = 0>(x, ra)"
+    else:
+        reduce = f"{op}<axes = [{', '.join(map(str, written))}], keepdims = 0>(x)"
+    u = unsqueezed or axes
+    if opset >= 13:
+        inits.append(f"int64[{len(u)}] ua = {{{', '.join(map(str, u))}}}")
+        unsqueeze_call = "Unsqueeze(r, ua)"
+    else:
+        unsqueeze_call = f"Unsqueeze<axes = [{', '.join(map(str, u))}]>(r)"
+    out_dtype = "int64" if op.startswith("Arg") else "float"
+    outputs, extra = f"{out_dtype}[{dims(unsqueeze(kept, u))}] y", ""
+    if near_miss == "read elsewhere":
+        outputs += f", {out_dtype}[{dims(kept)}] z"
+        extra = "\n  z = Identity(r)"
+    init = f" <{', '.join(inits)}>" if inits else ""
+    text = header(opset) + (f"g (float[{dims(shape)}] x) => ({outputs}){init} {{\n  r = {reduce}\n"
+                            f"  [outer] y = {unsqueeze_call}{extra}\n}}")
+    return text, op, (unsqueezed is not None) if near_miss == "different axes" else True
+
+
+@SOME
+@given(reductions())
+def test_reduction_then_unsqueeze_keeps_dims(case):
+    text, op, _ = case
+    note(text)
+    model = parse(text)
+    optimized = check_pass(model, PASS, expect={"Unsqueeze": 0, op: 1})
+    (node,) = [n for n in optimized.graph.node if n.op_type == op]
+    assert [a.i for a in node.attribute if a.name == "keepdims"] == [1]
+    applies, message = verdicts(model, PASS)["outer"]
+    assert applies and "keepdims=1" in message, message
+
+
+@SOME
+@given(st.sampled_from(["different axes", "read elsewhere"]).flatmap(lambda m: reductions(near_miss=m).map(
+    lambda case: (*case, m))))
+def test_reduction_near_misses_are_kept(case):
+    text, op, testable, why = case
+    note(text)
+    if not testable:
+        return
+    model = parse(text)
+    check_pass(model, PASS, unchanged=True)
+    applies, message = verdicts(model, PASS)["outer"]
+    assert not applies and (("differ" in message) if why == "different axes" else "must stay" in message), message
+
+
+def test_reduction_declines():
+    def verdict(text):
+        return verdicts(parse(text), PASS)["outer"]
+
+    kept = verdict("""g (float[N,3] x) => (float[N,1,1] y) <int64[1] ua = {1}> {
+      r = ReduceSum<keepdims = 1>(x)
+      [outer] y = Unsqueeze(r, ua) }""")
+    assert kept == (False, "the ReduceSum keeps its dims already")
+    noop = verdict("""g (float[N,3] x) => (float[1,N,3] y) <int64[1] ua = {0}, int64[0] ra = {}> {
+      r = ReduceSum<keepdims = 0, noop_with_empty_axes = 1>(x, ra)
+      [outer] y = Unsqueeze(r, ua) }""")
+    assert noop == (False, "the reduction has no axes and noop_with_empty_axes=1")
+    dynamic = verdict("""g (float[N,3] x, int64[1] ra) => (float[N,1] y) <int64[1] ua = {1}> {
+      r = ReduceSum<keepdims = 0>(x, ra)
+      [outer] y = Unsqueeze(r, ua) }""")
+    assert dynamic == (False, "the reduction's axes are not constant")
+
+
+def test_reduction_of_every_axis_without_axes():
+    model = parse(header(17) + """g (float[N,3] x) => (float[1,1] y) <int64[2] ua = {0, 1}> {
+      r = ReduceMean<keepdims = 0>(x)
+      [outer] y = Unsqueeze(r, ua) }""")
+    check_pass(model, PASS, expect={"Unsqueeze": 0, "ReduceMean": 1})

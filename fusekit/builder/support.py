@@ -8,7 +8,8 @@ TensorRT 10.0, 10.1 (made by ``tools/trt_support_table.py``) and 10.15, and what
 tensorrt_rtx 1.7 parser was measured to reject; :func:`table_for` picks the one of the
 installed release), with the
 restrictions fusekit can check without TensorRT (a MaxPool ``Indices`` output in use,
-reduction axes that are not constant, TopK's K limit).
+reduction axes that are not constant, TopK's K limit, pooling windows and strides over
+:mod:`fusekit.trt_limits`).
 
 Custom-domain ops (``com.microsoft`` and any other) are looked up by the parser as plugins
 named after the op type: unsupported unless a creator of that name is registered.
@@ -34,6 +35,7 @@ from fusekit.builder import backend as backends
 from fusekit.builder.parse import parser_errors
 from fusekit.errors import InputError
 from fusekit.onnx_nodes import is_default_domain, trt_node_name
+from fusekit.trt_limits import POOL_OPS, pool_window_problem
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +281,11 @@ def _table_reason(n, supported, unsupported, reasons, data, constants, used) -> 
         return f"not in the support table of {label}"
     if n.op_type == "MaxPool" and len(n.output) > 1 and n.output[1] and n.output[1] in used:
         return "the Indices output of MaxPool is unsupported"
+    if n.op_type in POOL_OPS:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        problem = pool_window_problem(attrs.get("kernel_shape", []), attrs.get("strides"))
+        if problem:
+            return problem
     if n.op_type.startswith("Reduce") and len(n.input) > 1 and n.input[1] and n.input[1] not in constants:
         return "axes must be a build-time constant; here they are computed"
     if n.op_type == "TopK" and len(n.input) > 1:
