@@ -22,7 +22,7 @@ from fusekit.pass_infra import PassContext
 from fusekit.report import ModelSummary, OptimizeReport
 from fusekit.shapes import (Dim, annotate_shapes, apply_input_shapes, complete_outputs,
                             tensorrt_shape_problems)
-from fusekit.validate import check_graph
+from fusekit.validate import check_graph, first_line
 from fusekit.verify import Tolerance, compare
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
              tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
              options: Mapping[str, Any] | None = None, return_report: bool = False,
              dims: Mapping[str, int] | None = None, dynamic: Iterable[str] = (),
-             plugins: str | Iterable[str] | None = None,
+             plugins: str | Iterable[str] | None = None, precision: str | None = None,
+             precision_io: bool = False, keep_float: str | Iterable[str] = (),
+             data: str | os.PathLike | None = None,
              ) -> onnx.ModelProto | tuple[onnx.ModelProto, OptimizeReport]:
     """Optimize an ONNX model (a path or a ``ModelProto``, never modified) for TensorRT.
 
@@ -70,10 +72,17 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
         options: pass options (e.g. ``{"fold_max_bytes": 1 << 20}``).
         return_report: also return the :class:`~fusekit.report.OptimizeReport`.
         plugins: TensorRT plugin substitutions (opt-in): ``"auto"``, spec names, or None.
+        precision: ``"fp16"`` or ``"bf16"``: convert the model (opt-in; see
+            ``fusekit.passes.convert_precision``); ``precision_io`` converts its inputs and
+            outputs too, ``keep_float`` keeps these node names / op types in FP32, ``data``
+            (.npy/.npz of sample inputs) keeps nodes whose values leave the type's range.
+            The report's ``precision`` holds what was kept and why, and each output's
+            largest error against the original on ``data`` (or generated inputs).
     """
     result = run(model, passes=passes, skip=skip, input_shapes=input_shapes, verify=verify,
                  tolerance=tolerance, max_iterations=max_iterations, debug=debug, options=options,
-                 dims=dims, dynamic=dynamic, plugins=plugins)
+                 dims=dims, dynamic=dynamic, plugins=plugins, precision=precision,
+                 precision_io=precision_io, keep_float=keep_float, data=data)
     proto = result.to_proto()
     return (proto, result.report) if return_report else proto
 
@@ -83,7 +92,9 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
         tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
         options: Mapping[str, Any] | None = None, trace: str | None = None,
         progress: Callable[[str], None] | None = None, dims: Mapping[str, int] | None = None,
-        dynamic: Iterable[str] = (), plugins: str | Iterable[str] | None = None) -> Optimized:
+        dynamic: Iterable[str] = (), plugins: str | Iterable[str] | None = None,
+        precision: str | None = None, precision_io: bool = False, keep_float: str | Iterable[str] = (),
+        data: str | os.PathLike | None = None) -> Optimized:
     """Load, run the pass pipeline to a fixed point, validate and optionally verify.
 
     ``plugins``: TensorRT plugin substitutions to make (opt-in): ``"auto"`` (every spec
@@ -94,6 +105,7 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     found = registry.discover()
     selected = found.select(passes, skip)
     selected, options = _with_plugins(found, selected, plugins, options)
+    selected, options = _with_precision(found, selected, options, precision, precision_io, keep_float, data)
     ranges = profiles.parse_dynamic_args(dynamic)
     loaded = load_model(model)
     graph, shell = loaded.graph, loaded.shell
@@ -124,6 +136,9 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     report.warnings.extend(tensorrt_shape_problems(graph))
     report.warnings.extend(_record_profiles(loaded, ranges, dims or {}, name, bool(input_shapes or dims)))
     result = Optimized(loaded, report)
+    if PRECISION_RESULT in ctx.results:
+        report.precision = _precision_report(ctx.results[PRECISION_RESULT], loaded.path or source, result,
+                                             ctx.options.get("data"))
     if verify:
         with tempfile.TemporaryDirectory(prefix="fusekit-verify-") as folder:  # streamed, not built in memory
             report.verify = compare(loaded.path or source, result.save(Path(folder) / "optimized.onnx")[0], tolerance)
@@ -137,6 +152,50 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
 
 PLUGIN_PASS = "substitute-plugins"
 _ALL_PLUGINS = "auto"
+
+
+# -- precision options (--precision, --precision-io, --keep-float, --data): reach the
+# convert-precision pass through ctx.options, as --plugins reaches its pass --------------
+
+PRECISION_PASS = "convert-precision"
+PRECISION_RESULT = "precision"
+PRECISIONS = ("fp16", "bf16")
+
+
+def _with_precision(found: registry.Registry, selected: list, options, precision, precision_io, keep_float, data):
+    """Add the opt-in precision pass, with its options, when ``precision`` asks for a conversion."""
+    if precision is None or precision == "none":
+        if precision_io or keep_float or data:
+            raise InputError("--precision-io, --keep-float and --data need --precision fp16|bf16")
+        return selected, options
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision}: expected {' or '.join(PRECISIONS)} (or none)")
+    if data is not None and not Path(data).is_file():
+        raise InputError(f"--data {data}: no such file")
+    info = found.passes.get(PRECISION_PASS)
+    if info is None:
+        raise InputError(f"precision={precision!r}: the {PRECISION_PASS} pass is not installed")
+    keep = [k.strip() for k in (keep_float.split(",") if isinstance(keep_float, str) else keep_float) if k.strip()]
+    extra = [] if any(i.name == PRECISION_PASS for i in selected) else [info]
+    return selected + extra, {**dict(options or {}), "precision": precision, "precision_io": precision_io,
+                              "keep_float": keep, "data": None if data is None else os.fspath(data)}
+
+
+def _precision_report(summary: dict, original, result: Optimized, data) -> dict:
+    """The pass's summary plus each output's largest error against the original model, on
+    ``data`` (or generated inputs, every dynamic dim at 1 and 2), under onnxruntime."""
+    from fusekit.precision_data import input_ranks, load_samples, output_errors
+
+    report = {**summary, "error_inputs": "data" if data else "generated (dynamic dims 1 and 2)"}
+    with tempfile.TemporaryDirectory(prefix="fusekit-precision-") as folder:
+        converted = result.save(Path(folder) / "converted.onnx")[0]
+        samples = load_samples(data, input_ranks(original)) if data else None
+        try:
+            report["outputs"] = output_errors(original, converted, samples)
+        except Exception as exc:  # e.g. bf16 kernels onnxruntime lacks: the model is still written
+            report["outputs"] = {}
+            report["error_skipped"] = f"onnxruntime cannot run the comparison: {first_line(exc)}"
+    return report
 
 
 def _with_plugins(found: registry.Registry, selected: list, plugins, options):
@@ -246,13 +305,16 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     check_options(backends.load(), options)  # say what cannot work before spending time on the model
     say = status or (lambda text: None)
     seconds: dict[str, float] = {}
-    optimized = None
-    if optimize:
-        say("optimizing")
+    optimized = conversion = None
+    precision = "fp16" if fp16 else "bf16" if bf16 else None  # converted in the graph: networks are strongly typed
+    if optimize or precision:
+        say("optimizing" if optimize else f"converting to {precision}")
         start = time.perf_counter()
-        optimized = run(source, passes=passes, skip=skip, progress=status, plugins=plugins)
+        optimized = run(source, passes=passes if optimize else [PRECISION_PASS], skip=skip, progress=status,
+                        plugins=plugins if optimize else None, precision=precision)
         seconds["optimize"] = time.perf_counter() - start
         header = export_weightless(optimized.loaded.graph, optimized.loaded.shell)
+        conversion = optimized.report.precision
     elif isinstance(source, onnx.ModelProto):
         header = source
     else:
@@ -278,6 +340,10 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
         say("parsing")
         result = engines.build(onnx_path, facts, resolution.shapes, resolution.to_json(), options,
                                progress=progress, seconds=seconds)
+    if conversion is not None:
+        result.report.notes.append(
+            f"converted to {conversion['type']} in the graph (strongly typed build): {conversion['converted_nodes']} "
+            f"nodes converted, {conversion['kept_nodes']} kept in FP32, {conversion['casts_added']} Casts added")
     if output is not None:
         say("saving")
         result.written = result.save(Path(output))

@@ -22,7 +22,8 @@ import typer
 
 from fusekit import __version__, api, registry
 from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, print_comparison,
-                                print_engine_info, print_engine_layers, print_passes, print_report, print_trace)
+                                print_engine_info, print_engine_layers, print_passes, print_precision, print_report,
+                                print_trace)
 from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
                             PassError, TensorRTError)
 from fusekit.manager import pipeline_key
@@ -78,6 +79,18 @@ PluginsOpt = Annotated[str, typer.Option(
                       "NAME,... (those specs) or none. The result no longer runs in onnxruntime.")]
 
 
+# -- precision options (convert-precision pass; reach it through ctx.options like --plugins) --
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="Convert float32 to fp16 or bf16, keeping in FP32 only what needs it (see --trace, the report).")]
+PrecisionIoOpt = Annotated[bool, typer.Option(
+    "--precision-io", help="--precision: graph inputs and outputs take the converted type too (default: they stay float32).")]
+KeepFloatOpt = Annotated[Optional[list[str]], typer.Option(
+    "--keep-float", help="--precision: keep these nodes or op types in FP32 (NODE_OR_OP,...; repeatable).")]
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="--precision: sample inputs (.npz keyed by input name, or .npy for one input); values "
+                   "beyond the type's range keep their nodes in FP32, and output errors are measured on them.")]
+
+
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Argument(help="The ONNX model to optimize (never modified).")],
@@ -96,6 +109,10 @@ def optimize(
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
     external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when over 2 GB).")] = None,
     plugins: PluginsOpt = "none",
+    precision: PrecisionOpt = None,
+    precision_io: PrecisionIoOpt = False,
+    keep_float: KeepFloatOpt = None,
+    data: DataOpt = None,
 ) -> None:
     """Optimize MODEL and write the result to OUTPUT."""
     if output.resolve() == model.resolve():
@@ -104,7 +121,8 @@ def optimize(
     dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
         result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
-                         dynamic=dynamic or (), plugins=plugins,
+                         dynamic=dynamic or (), plugins=plugins, precision=precision, precision_io=precision_io,
+                         keep_float=_split(keep_float) or (), data=data,
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
                          debug=debug, trace=trace, progress=lambda text: status.update(text))
         status.update("saving")
@@ -124,6 +142,8 @@ def optimize(
     for event in report.events:
         if event.pass_name == api.PLUGIN_PASS:
             out.print(f"plugin: {event.node}: {event.action}", soft_wrap=True, markup=False, highlight=False)
+    if report.precision is not None:
+        print_precision(report.precision)
     if trace is not None:
         print_trace(report, trace)
     out.print(f"wrote {', '.join(str(p) for p in written)}")
@@ -219,8 +239,8 @@ def build(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")],
     no_optimize: Annotated[bool, typer.Option("--no-optimize", help="Build the model as it is.")] = False,
     dynamic: DynamicOpt = None,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels (tensorrt only).")] = False,
-    bf16: Annotated[bool, typer.Option("--bf16", help="Allow BF16 kernels (tensorrt only).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Convert the model to fp16 first (as optimize --precision fp16); strongly typed build.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Convert the model to bf16 first (as optimize --precision bf16); strongly typed build.")] = False,
     workspace: WorkspaceOpt = None,
     opt_level: OptLevelOpt = None,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Load and save the builder's timing cache here (tensorrt).")] = None,

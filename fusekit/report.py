@@ -42,6 +42,7 @@ class OptimizeReport:
     verify: VerifyResult | None = None
     warnings: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    precision: dict | None = None  # fp16/bf16 conversion: kept nodes and reasons, output errors
 
     def trace(self, node: str) -> dict:
         """Which pass removed or replaced ``node``, and why others declined it."""
@@ -65,4 +66,5 @@ class OptimizeReport:
             "verify": self.verify.to_dict() if self.verify else None,
             "warnings": self.warnings,
             "outputs": self.outputs,
+            "precision": self.precision,
         }

@@ -21,6 +21,7 @@ class ModelFacts:
     source_path: str | None = None
     source_sha256: str = ""
     optimized: bool = False
+    precision: str = "fp32"  # the float types the graph computes in, e.g. "fp32+fp16"
 
     @classmethod
     def of(cls, proto: onnx.ModelProto, name: str, source: Path | onnx.ModelProto, optimized: bool) -> "ModelFacts":
@@ -29,7 +30,22 @@ class ModelFacts:
         return cls(name=name, onnx_ops={trt_node_name(n): n.op_type for n in nodes},
                    domains={trt_node_name(n): n.domain for n in nodes if n.domain},
                    source_path=None if isinstance(source, onnx.ModelProto) else str(source),
-                   source_sha256=_sha256_of(source), optimized=optimized)
+                   source_sha256=_sha256_of(source), optimized=optimized, precision=graph_precision(proto))
+
+
+_FLOAT_NAMES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16",
+                onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.DOUBLE: "fp64"}
+
+
+def graph_precision(proto: onnx.ModelProto) -> str:
+    """The float types ``proto``'s main graph holds (inputs, outputs, value infos,
+    initializers, Cast targets), fp32 first: ``"fp32"``, ``"fp32+fp16"``, ``"fp16"``..."""
+    g = proto.graph
+    found = {vi.type.tensor_type.elem_type for vi in (*g.input, *g.output, *g.value_info)}
+    found |= {t.data_type for t in g.initializer}
+    found |= {a.i for n in g.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
+    names = [name for enum, name in _FLOAT_NAMES.items() if enum in found]
+    return "+".join(names) or "fp32"
 
 
 def walk_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

@@ -1,0 +1,321 @@
+"""convert-precision: fp16/bf16 conversion in the graph, with FP32 kept where it is needed.
+
+Every conversion is run before and after through onnxruntime (which runs fp16 nodes it has
+no CPU kernel for through Casts it inserts itself); the documented tolerance is
+``max|x - y| / (1 + max|x|) <= 1e-2`` per output.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import fusekit.api as fk
+from fusekit.errors import InputError
+from fusekit.precision_data import output_errors
+from tests.helpers import feeds_for, parse
+from tests.strategies import onnx_models
+from tests.zoo_models import zoo_model
+
+F16, F32, BF16 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16
+TOLERANCE = 1e-2  # max|x - y| / (1 + max|x|), per output
+
+
+def convert(model, precision="fp16", **kwargs):
+    """Only the precision pass; returns (converted proto, the report's precision summary)."""
+    proto, report = fk.optimize(model, passes=["convert-precision"], precision=precision, return_report=True,
+                                **kwargs)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto, report.precision
+
+
+def kept(summary) -> dict[str, str]:
+    return {k["node"]: k["reason"] for k in summary["kept"]}
+
+
+def types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every value (inputs, outputs, value infos, initializers)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    found = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.value_info, *g.output)}
+    found.update({t.name: t.data_type for t in g.initializer})
+    return found
+
+
+def casts(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == "Cast"]
+
+
+def assert_no_cancelling_casts(model: onnx.ModelProto) -> None:
+    """No Cast reads a Cast's output (adjacent Casts are merged, pairs that cancel removed)."""
+    made_by_cast = {o for n in casts(model) for o in n.output}
+    assert not [n.name for n in casts(model) if n.input[0] in made_by_cast]
+
+
+def assert_close(original, converted, feeds_list=None) -> dict:
+    errors = output_errors(original, converted, feeds_list)
+    assert all(e["relative_error"] <= TOLERANCE for e in errors.values()), errors
+    return errors
+
+
+CHAIN = """
+g (float[N,8] x) => (float[N,8] y) {
+    w = Constant<value = float[8,8] {%s}>()
+    [mm] a = MatMul(x, w)
+    [relu] r = Relu(a)
+    [the_exp] e = Exp(r)
+    [mul] b = Mul(e, r)
+    [tanh] y = Tanh(b)
+}""" % ", ".join(str(round(0.05 * ((i * 7) % 11 - 5), 3)) for i in range(64))
+
+
+def test_casts_only_at_region_boundaries_and_io_keeps_its_type():
+    model = parse(CHAIN)
+    converted, summary = convert(model)
+    t = types(converted)
+    assert t["x"] == F32 and t["y"] == F32  # graph I/O as declared
+    assert t["a"] == F16 and t["r"] == F16 and t["b"] == F16
+    assert t["e"] == F32 and kept(summary) == {"the_exp": "Exp overflows the target type for inputs above ~11"}
+    # x -> fp16 (input), r -> fp32 (into Exp), e -> fp16 (out of Exp), y back to fp32: four Casts
+    assert len(casts(converted)) == summary["casts_added"] == 4
+    assert_no_cancelling_casts(converted)
+    assert [o.name for o in converted.graph.output] == ["y"]
+    assert_close(model, converted, feeds_for(model, (1, 2)))
+
+
+def test_io_converted_with_precision_io():
+    model = parse(CHAIN)
+    converted, summary = convert(model, precision_io=True)
+    t = types(converted)
+    assert t["x"] == F16 and t["y"] == F16 and summary["io"] == "fp16"
+    assert len(casts(converted)) == 2  # only around the kept Exp
+    assert_close(model, converted, feeds_for(model, (1, 2)))
+
+
+def test_keep_float_by_op_and_by_name():
+    model = parse(CHAIN)
+    by_op, summary = convert(model, keep_float="Relu,Tanh")
+    assert {n: r for n, r in kept(summary).items() if "keep-float" in r} == {
+        "relu": "--keep-float names the op Relu", "tanh": "--keep-float names the op Tanh"}
+    assert types(by_op)["r"] == F32
+    by_name, summary = convert(model, keep_float=["mm"])
+    assert kept(summary)["mm"] == "--keep-float names this node" and types(by_name)["a"] == F32
+    assert_no_cancelling_casts(by_name)
+    assert_close(model, by_name)
+
+
+def test_keep_float_by_weights_beyond_the_range_and_flushed_to_zero():
+    model = parse("""
+    g (float[N,4] x) => (float[N,4] y) {
+        big = Constant<value = float[4] {1e6, 2, 3, 4}>()
+        tiny = Constant<value = float[1] {1e-12}>()
+        [scale] a = Mul(x, big)
+        [eps] b = Add(a, tiny)
+        [fine] y = Relu(b)
+    }""")
+    converted, summary = convert(model)
+    reasons = kept(summary)
+    assert "beyond fp16's range" in reasons["scale"] and "would be 0 in fp16" in reasons["eps"]
+    assert "fine" not in reasons
+    assert_close(model, converted)
+
+
+def test_keep_float_by_data(tmp_path):
+    model = parse("""
+    g (float[N,4] x) => (float[N,4] y) {
+        k = Constant<value = float[1] {1000}>()
+        [grow] a = Mul(x, k)
+        [square] b = Mul(a, a)
+        [shrink] y = Div(b, k)
+    }""")
+    plain, summary = convert(model)
+    assert kept(summary) == {}
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.full((3, 2, 4), 10.0, np.float32))  # 3 samples of [2, 4]: b reaches 1e8
+    converted, summary = convert(model, data=data)
+    reasons = kept(summary)
+    assert set(reasons) == {"square", "shrink"}
+    assert "'b' reached 1e+08 on the data" in reasons["square"]
+    assert summary["error_inputs"] == "data"
+    out = output_errors(model, converted, [{"x": np.full((2, 4), 10.0, np.float32)}])
+    assert out["y"]["relative_error"] < 1e-3
+    # onnxruntime computes fp16 Mul through its own Casts to FP32, so only the types show it
+    assert types(plain)["b"] == F16 and types(converted)["b"] == F32 and types(converted)["a"] == F16
+
+
+def test_data_errors_name_the_option(tmp_path):
+    model = parse(CHAIN)
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, z=np.zeros((1, 8), np.float32))
+    with pytest.raises(InputError, match="--data .*wrong.npz: no model input named z; no array for input x"):
+        convert(model, data=wrong)
+    with pytest.raises(InputError, match="--data .*: no such file"):
+        convert(model, data=tmp_path / "missing.npz")
+    with pytest.raises(InputError, match="--precision fp8: expected fp16 or bf16"):
+        convert(model, precision="fp8")
+    with pytest.raises(InputError, match="need --precision"):
+        fk.optimize(model, keep_float="Relu")
+
+
+def test_attributes_that_set_a_float_type_follow_the_data():
+    model = parse("""
+    g (int64[N,4] ids, float[N,4] x) => (float[N,4] y, int64[2] s) {
+        s = Shape(x)
+        [fill] z = ConstantOfShape<value = float[1] {0.5}>(s)
+        [as_float] f = Cast<to = 1>(ids)
+        [eye] e = EyeLike<dtype = 1>(x)
+        [noise] r = RandomUniformLike<dtype = 1, low = 0.0, high = 0.0>(x)
+        a = Add(x, z)
+        b = Add(a, f)
+        c = Add(b, r)
+        ones = Constant<value_float = 1.0>()
+        d = Mul(c, ones)
+        y = Add(d, e)
+    }""")
+    converted, summary = convert(model)
+    nodes = {n.name: n for n in converted.graph.node}
+    attr = {n: {a.name: a for a in nodes[n].attribute} for n in ("fill", "as_float", "eye", "noise")}
+    assert attr["fill"]["value"].t.data_type == F16 and attr["as_float"]["to"].i == F16
+    assert types(converted)["ones"] == F16
+    assert types(converted)["s"] == onnx.TensorProto.INT64  # integers untouched
+    # EyeLike/RandomUniformLike: onnxruntime has no fp16 kernel and cannot Cast around them
+    assert set(kept(summary)) == {"eye", "noise"} and "onnxruntime has no fp16" in kept(summary)["eye"]
+    assert attr["eye"]["dtype"].i == F32 and types(converted)["e"] == F32
+    assert_close(model, converted)
+
+
+def test_a_cast_feeding_both_regions_is_merged_not_chained():
+    model = parse("""
+    g (int64[N,4] ids) => (float[N,4] y) {
+        [as_float] f = Cast<to = 1>(ids)
+        [to16] a = Relu(f)
+        [to32] b = Exp(f)
+        y = Add(a, b)
+    }""")
+    converted, summary = convert(model, keep_float="Add")
+    assert_no_cancelling_casts(converted)
+    made = {o: n for n in casts(converted) for o in n.output}
+    exp = next(n for n in converted.graph.node if n.op_type == "Exp")
+    # Exp (kept) reads a Cast of the integers themselves, not a Cast of the fp16 Cast
+    assert made[exp.input[0]].input[0] == "ids" and made[exp.input[0]].attribute[0].i == F32
+    assert_close(model, converted)
+
+
+def test_ops_without_the_type_in_the_spec_keep_float32():
+    model = parse("""
+    g (float[1,6,4] boxes, float[1,1,6] scores, float[1,3,8,8] img) => (int64[K,3] sel, float[1,3,16,16] up) {
+        m = Constant<value = int64[1] {3}>()
+        [nms] sel = NonMaxSuppression(boxes, scores, m)
+        roi = Constant<value = float[0] {}>()
+        scales = Constant<value = float[4] {1, 1, 2, 2}>()
+        [resize] up = Resize(img, roi, scales)
+    }""")
+    converted, summary = convert(model)
+    assert "ONNX opset 17 has no fp16 for NonMaxSuppression input 'boxes'" in kept(summary)["nms"]
+    assert "resize" not in kept(summary)  # converted; its scales stay float32 (the spec's only type)
+    assert types(converted)["scales"] == F32
+    assert_close(model, converted)
+
+
+def test_trace_and_inspect_give_each_kept_node_its_reason(tmp_path):
+    model = parse(CHAIN)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = fk.run(path, passes=["convert-precision"], precision="fp16", trace="the_exp")
+    assert [f.message for f in result.report.trace_findings] == [
+        "kept FP32: Exp overflows the target type for inputs above ~11"]
+    assert [e.action for e in result.report.events if e.node == "the_exp"] == [
+        "kept FP32: Exp overflows the target type for inputs above ~11"]
+
+
+def test_bf16_converts_what_opset_17_allows_and_keeps_conv():
+    model = parse("""
+    g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
+        w = Constant<value = float[4,3,1,1] {1,2,3,4,5,6,7,8,9,10,11,12}>()
+        [conv] c = Conv(x, w)
+        [act] y = Relu(c)
+    }""")
+    converted, summary = convert(model, precision="bf16")
+    assert "ONNX opset 17 has no bf16 for Conv" in kept(summary)["conv"]
+    assert types(converted)["y"] == F32 and summary["type"] == "bf16"
+    relu = next(n for n in converted.graph.node if n.op_type == "Relu")
+    assert types(converted)[relu.input[0]] == BF16  # Relu runs in bf16 between two Casts
+    # onnxruntime has no CPU bf16 Relu: the report says the comparison could not run
+    assert summary["outputs"] == {} and "onnxruntime cannot run" in summary["error_skipped"]
+
+
+@pytest.mark.parametrize("name", ["resnet-tiny", "encoder-tiny"])
+def test_zoo_models_within_tolerance_at_batch_1_and_2(name):
+    model = onnx.load(zoo_model(name))
+    converted, summary = fk.optimize(model, precision="fp16", return_report=True)
+    summary = summary.precision
+    assert all(e["relative_error"] <= TOLERANCE for e in summary["outputs"].values()), summary["outputs"]
+    t = types(converted)
+    floats = Counter(t[i.name] for i in converted.graph.initializer if t[i.name] in (F16, F32))
+    assert floats[F16] > 0 and floats[F32] <= 1  # weights are fp16 (at most a constant kept)
+    if name == "encoder-tiny":
+        assert t["words.weight"] == F16 and t["input_ids"] == onnx.TensorProto.INT64
+        sess_feeds = [{"input_ids": np.random.default_rng(b).integers(0, 1000, (b, 16)).astype(np.int64),
+                       "attention_mask": np.ones((b, 16), np.int64)} for b in (1, 2)]
+        assert_close(model, converted, sess_feeds)
+    else:
+        assert_close(model, converted, [{"images": np.random.default_rng(b).standard_normal(
+            (b, 3, 64, 64)).astype(np.float32)} for b in (1, 2)])
+    assert_no_cancelling_casts(converted)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(onnx_models())
+def test_random_graphs_keep_their_outputs_within_tolerance(model):
+    converted, summary = convert(model)
+    assert_no_cancelling_casts(converted)
+    assert [o.name for o in converted.graph.output] == [o.name for o in model.graph.output]
+    assert_close(model, converted, feeds_for(model, (1, 3)))
+
+
+# -- TensorRT (tensorrt_rtx builds on this CPU-only machine) -------------------------
+
+def _backend():
+    from fusekit.builder import backend as backends
+
+    return backends.installed()
+
+
+needs_trt = pytest.mark.skipif(_backend() is None, reason="no TensorRT backend imports")
+
+
+@pytest.mark.trt
+@needs_trt
+@pytest.mark.parametrize("name, dynamic", [("resnet-tiny", ["batch=1:2:4"]),
+                                           ("encoder-tiny", ["batch=1:2:4", "seq=4:16:32"])])
+def test_build_fp16_is_a_strongly_typed_fp16_engine(name, dynamic, tmp_path):
+    fp32 = fk.build(zoo_model(name), optimize=False, dynamic=dynamic)
+    fp16 = fk.build(zoo_model(name), fp16=True, dynamic=dynamic, output=tmp_path / "m.engine")
+    precisions = Counter(p for layer in fp16.report.engine for p in layer.precisions)
+    assert precisions["float16"] > precisions.get("float32", 0), precisions
+    assert fp16.report.compute_layers <= fp32.report.compute_layers
+    assert fp16.report.engine_bytes < fp32.report.engine_bytes
+    assert fp16.sidecar["precision"] == "fp32+fp16"  # fp32 I/O around an fp16 graph
+    assert any(note.startswith("converted to fp16 in the graph") for note in fp16.report.notes)
+
+
+@pytest.mark.trt
+@needs_trt
+def test_build_bf16_parses_and_builds():
+    result = fk.build(zoo_model("encoder-tiny"), bf16=True, dynamic=["batch=1:2:4", "seq=4:16:32"])
+    assert Counter(p for layer in result.report.engine for p in layer.precisions)["bfloat16"] > 0
+    assert result.sidecar["precision"] == "fp32+bf16"
+
+
+def test_strongly_typed_network_flag_is_used_where_it_exists():
+    from types import SimpleNamespace
+
+    from fusekit.builder.parse import network_flags
+
+    assert network_flags(SimpleNamespace()) == 0  # TensorRT 11 / tensorrt_rtx: no flag, always strong
+    trt10 = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
+    assert network_flags(trt10) == 2
