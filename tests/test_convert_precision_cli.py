@@ -1,0 +1,65 @@
+"""The precision options of ``fusekit optimize`` and ``fusekit build`` on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from fusekit.cli import main
+from tests.helpers import parse
+
+MODEL = """
+g (float[N,4] x) => (float[N,4] y) {
+    [mm] a = Mul(x, x)
+    [the_exp] e = Exp(a)
+    [act] y = Relu(e)
+}"""
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(parse(MODEL), path)
+    return path
+
+
+def test_optimize_precision_report_and_trace(model, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", str(model), "-o", str(out), "--precision", "fp16", "--keep-float", "act",
+                 "--trace", "the_exp"]) == 0
+    text = capsys.readouterr().out
+    assert "precision: fp16 (1 nodes converted, 2 kept in FP32" in text
+    assert "kept FP32: the_exp (Exp): Exp overflows the target type" in text
+    assert "kept FP32: act (Relu): --keep-float names this node" in text
+    assert "output y: max |error|" in text
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(
+        onnx.load(out)).graph.value_info}
+    assert types["a"] == onnx.TensorProto.FLOAT16
+
+
+def test_optimize_precision_json(model, tmp_path, capsys):
+    data = tmp_path / "d.npy"
+    np.save(data, np.ones((2, 3, 4), np.float32))  # two samples of [3, 4]
+    assert main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--precision", "fp16",
+                 "--precision-io", "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["precision"]
+    assert report["type"] == "fp16" and report["io"] == "fp16" and report["error_inputs"] == "data"
+    assert report["converted_nodes"] == 2 and report["kept_nodes"] == 1
+    assert report["kept"] == [{"node": "the_exp", "op": "Exp",
+                               "reason": "Exp overflows the target type for inputs above ~11"}]
+    assert set(report["outputs"]) == {"y"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "fp8"], "--precision fp8: expected fp16 or bf16"),
+    (["--keep-float", "Exp"], "need --precision"),
+    (["--precision", "fp16", "--data", "missing.npz"], "--data missing.npz: no such file"),
+])
+def test_bad_precision_options_exit_2_and_write_nothing(model, tmp_path, capsys, args, message):
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", str(model), "-o", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
