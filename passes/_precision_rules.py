@@ -244,7 +244,7 @@ def data_reason(node: gs.Node, target: Target, ranges: Mapping[str, object]) -> 
             if seen.max_abs > target.max:
                 return f"{kind} {tensor.name!r} reached {seen.max_abs:.3g} on the data, beyond {target.name}'s range"
             if 0 < seen.max_abs < target.smallest_normal:
-                return (f"{kind} {tensor.name!r} stayed below {seen.max_abs:.3g} on the data, under "
+                return (f"{kind} {tensor.name!r} peaked at {seen.max_abs:.3g} on the data, under "
                         f"{target.name}'s smallest normal value")
     return None
 

@@ -319,3 +319,75 @@ def test_strongly_typed_network_flag_is_used_where_it_exists():
     assert network_flags(SimpleNamespace()) == 0  # TensorRT 11 / tensorrt_rtx: no flag, always strong
     trt10 = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
     assert network_flags(trt10) == 2
+
+
+def test_bf16_data_movement_runs_in_onnxruntime():
+    """onnxruntime's CPU bf16 kernels are few (Cast and data movement): what runs is checked."""
+    model = parse("""
+    g (float[N,4,6] x) => (float[N,24] y) {
+        w = Constant<value = float[6,6] {1,0,0,0,0,0, 0,1,0,0,0,0, 0,0,1,0,0,0, 0,0,0,1,0,0, 0,0,0,0,1,0, 0,0,0,0,0,1}>()
+        [mm] a = MatMul(x, w)
+        [t] b = Transpose<perm = [0, 2, 1]>(a)
+        shape = Constant<value = int64[2] {0, -1}>()
+        [r] y = Reshape(b, shape)
+    }""")
+    converted, summary = convert(model, precision="bf16", keep_float="MatMul")
+    t = types(converted)
+    assert t["b"] == BF16 and t["a"] == F32 and t["w"] == F32
+    errors = summary["outputs"]
+    assert set(errors) == {"y"} and errors["y"]["relative_error"] <= 2 ** -8
+
+
+@pytest.mark.parametrize("body, node, reason", [
+    ("e = Constant<value = float[1] {3}>()\n [p] y = Pow(x, e)", "p", "Pow with an exponent above 1"),
+    ("e = Constant<value = float[1] {0.5}>()\n [p] y = Pow(x, e)", "p", None),
+    ("e = Constant<value = float[1] {1e-5}>()\n [d] y = Div(x, e)", "d", "Div by a constant below fp16's smallest normal"),
+    ("e = Constant<value = float[1] {8}>()\n [d] y = Div(x, e)", "d", None),
+    ("a = Constant<value = int64[1] {1}>()\n [s] r = ReduceSum<keepdims = 1>(x, a)\n y = Add(x, r)", "s",
+     "ReduceSum accumulates over an axis of 2048 elements (> 1024)"),
+    ("a = Constant<value = int64[1] {0}>()\n [s] r = ReduceSum<keepdims = 1>(x, a)\n y = Add(x, r)", "s", None),
+    ("[m] r = ReduceMean<axes = [1]>(x)\n y = Add(x, r)", "m", None),
+    ("[sm] y = Softmax<axis = -1>(x)", "sm", None),
+    ("[l] y = Log(x)", "l", "Log of small values"),
+])
+def test_keep_float_by_op(body, node, reason):
+    model = parse("g (float[2,2048] x) => (float[2,2048] y) {\n %s\n}" % body)
+    converted, summary = convert(model)
+    assert kept(summary).get(node, "").startswith(reason) if reason else node not in kept(summary)
+
+
+def test_detector_coordinate_path_and_topk_stay_fp32():
+    model = parse("""
+    g (float[1,8,4] deltas, float[1,1,8] scores) => (int64[K,3] sel, float[1,3] top) {
+        stride = Constant<value = float[1] {16}>()
+        offset = Constant<value = float[1] {0.5}>()
+        [scale] s = Mul(deltas, stride)
+        [shift] boxes = Add(s, offset)
+        m = Constant<value = int64[1] {5}>()
+        [nms] sel = NonMaxSuppression(boxes, scores, m)
+        k = Constant<value = int64[1] {3}>()
+        flat = Constant<value = int64[2] {1, 8}>()
+        [flatten] f = Reshape(scores, flat)
+        [topk] top, idx = TopK(f, k)
+    }""")
+    converted, summary = convert(model)
+    reasons = kept(summary)
+    assert reasons["scale"] == reasons["shift"] == "on the coordinate path into NonMaxSuppression 'nms'"
+    assert reasons["topk"].startswith("TopK: ties")
+    assert_close(model, converted)
+
+
+def test_keep_float_by_data_underflow(tmp_path):
+    model = parse("""
+    g (float[N,4] x) => (float[N,4] y) {
+        k = Constant<value = float[1] {0.0001}>()
+        [tiny] a = Mul(x, k)
+        [tinier] b = Mul(a, k)
+        [back] y = Div(b, k)
+    }""")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.full((2, 4), 1.0, np.float32))  # a peaks at 1e-4 (normal), b at 1e-8 (not)
+    _, summary = convert(model, data=data)
+    reasons = kept(summary)
+    assert set(reasons) == {"tinier", "back"}
+    assert reasons["tinier"] == "output 'b' peaked at 1e-08 on the data, under fp16's smallest normal value"
