@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fusekit.api as fk
 from fusekit.errors import InputError
@@ -50,10 +51,12 @@ def casts(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == "Cast"]
 
 
-def assert_no_cancelling_casts(model: onnx.ModelProto) -> None:
-    """No Cast reads a Cast's output (adjacent Casts are merged, pairs that cancel removed)."""
-    made_by_cast = {o for n in casts(model) for o in n.output}
-    assert not [n.name for n in casts(model) if n.input[0] in made_by_cast]
+def assert_no_cancelling_casts(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
+    """No Cast reads a Cast's output (adjacent Casts are merged, pairs that cancel removed);
+    pairs of Casts both in ``original`` are the model's own and left alone."""
+    own = {n.name for n in original.graph.node} if original is not None else set()
+    made_by = {o: n.name for n in casts(model) for o in n.output}
+    assert not [n.name for n in casts(model) if n.input[0] in made_by and not {n.name, made_by[n.input[0]]} <= own]
 
 
 def assert_close(original, converted, feeds_list=None) -> dict:
@@ -272,7 +275,7 @@ def test_zoo_models_within_tolerance_at_batch_1_and_2(name):
 @given(onnx_models())
 def test_random_graphs_keep_their_outputs_within_tolerance(model):
     converted, summary = convert(model)
-    assert_no_cancelling_casts(converted)
+    assert_no_cancelling_casts(converted, model)
     assert [o.name for o in converted.graph.output] == [o.name for o in model.graph.output]
     assert_close(model, converted, feeds_for(model, (1, 3)))
 
@@ -391,3 +394,21 @@ def test_keep_float_by_data_underflow(tmp_path):
     reasons = kept(summary)
     assert set(reasons) == {"tinier", "back"}
     assert reasons["tinier"] == "output 'b' peaked at 1e-08 on the data, under fp16's smallest normal value"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(onnx_models(), st.data())
+def test_random_kept_regions_get_casts_only_at_their_boundaries(model, data):
+    """Keep a random set of op types in FP32: every Cast added changes the type, none reads
+    another Cast, and outputs stay within tolerance."""
+    ops = sorted({n.op_type for n in model.graph.node})
+    keep = data.draw(st.lists(st.sampled_from(ops), unique=True, max_size=len(ops)))
+    converted, summary = convert(model, keep_float=keep)
+    assert_no_cancelling_casts(converted, model)
+    t = types(converted)
+    original = {o for n in model.graph.node if n.op_type == "Cast" for o in n.output}
+    for cast in casts(converted):
+        if cast.output[0] not in original:
+            assert t.get(cast.input[0]) != cast.attribute[0].i, f"{cast.name} casts to the type it reads"
+    assert {k["op"] for k in summary["kept"] if "keep-float" in k["reason"]} <= set(keep)
+    assert_close(model, converted, feeds_for(model, (1, 3)))

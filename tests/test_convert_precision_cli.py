@@ -63,3 +63,37 @@ def test_bad_precision_options_exit_2_and_write_nothing(model, tmp_path, capsys,
     assert main(["optimize", str(model), "-o", str(out), *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def _backend():
+    from fusekit.builder import backend as backends
+
+    return backends.installed()
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(_backend() is None, reason="no TensorRT backend imports")
+def test_build_fp16_no_optimize_converts_and_records_the_graph_types(tmp_path, capsys):
+    import jsonschema
+
+    from fusekit.api import __file__ as api_file
+    from pathlib import Path
+
+    model = tmp_path / "m.onnx"
+    onnx.save(parse("""
+    g (float[N,8] x) => (float[N,8] y) {
+        w = Constant<value = float[8,8] {%s}>()
+        [mm] a = MatMul(x, w)
+        [act] y = Relu(a)
+    }""" % ", ".join(["0.125"] * 64)), model)
+    engine = tmp_path / "m.engine"
+    report = tmp_path / "report.json"
+    assert main(["build", str(model), "-o", str(engine), "--no-optimize", "--fp16", "--dynamic", "N=1:2:4",
+                 "--report-json", str(report)]) == 0
+    captured = capsys.readouterr()
+    assert "converted to fp16 in the graph (strongly typed build): 3 nodes converted" in captured.out + captured.err
+    assert json.loads(report.read_text())["engine"]["precisions"]["float16"] >= 1
+    side = json.loads((tmp_path / "m.engine.json").read_text())
+    schema = json.loads((Path(api_file).parent / "schemas" / "engine-sidecar.schema.json").read_text())
+    jsonschema.validate(side, schema)
+    assert side["precision"] == "fp32+fp16" and side["source_model"]["optimized"] is False
