@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from models import ZOO_SCRIPT, catalog, materialize
 
 import fusekit.api as fk
 from fusekit.precision_data import output_errors
-from models import ZOO_SCRIPT, catalog, materialize
 
 BYTES_RATIO = 0.55
 RELATIVE = 1e-2

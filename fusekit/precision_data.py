@@ -16,16 +16,16 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from fusekit.errors import InputError
-from fusekit.verify import make_inputs, session
+from fusekit.verify import _ORT_TYPES, make_inputs, session
 
 Sample = dict[str, np.ndarray]
 GENERATED_DIM_VALUES = (1, 2)
@@ -123,8 +123,6 @@ def _with_outputs(graph: gs.Graph, names: list[str], folder: Path) -> Path:
 
 def _feeds(sess, sample: Sample) -> Sample:
     """``sample`` in the types the session's inputs declare."""
-    from fusekit.verify import _ORT_TYPES
-
     return {i.name: np.asarray(sample[i.name]).astype(_ORT_TYPES.get(i.type, np.float32), copy=False)
             for i in sess.get_inputs()}
 

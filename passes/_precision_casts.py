@@ -21,11 +21,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from fusekit.passes._precision_rules import (
+    ANY_TYPE_INPUT_OPS,
+    FLEXIBLE_OPS,
+    FLOAT,
+    Target,
+    is_float32,
+)
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.graph_edit import constant_array, fresh_name, onnx_type, producer
-
-from fusekit.passes._precision_rules import ANY_TYPE_INPUT_OPS, FLEXIBLE_OPS, FLOAT, Target, is_float32
+from fusekit.shapes import gs_dtype
 
 STASH_TYPE_OPS = frozenset({"LayerNormalization", "GroupNormalization"})
 
@@ -109,9 +115,9 @@ def _to_target(graph: gs.Graph, t: gs.Tensor, target: Target, pinned: bool) -> g
         t.values = converted_values(constant_array(t), target, t.name)
         return t
     if not pinned:
-        t.dtype = _gs_type(target)
+        t.dtype = gs_dtype(target.onnx_type)
         return t
-    low = gs.Variable(fresh_name(graph, f"{t.name}_{target.name}"), dtype=_gs_type(target), shape=t.shape)
+    low = gs.Variable(fresh_name(graph, f"{t.name}_{target.name}"), dtype=gs_dtype(target.onnx_type), shape=t.shape)
     source = producer(t)
     source.outputs[source.outputs.index(t)] = low
     return low
@@ -129,7 +135,7 @@ class _Casts:
         key = (id(t), to)
         if key not in self.made:
             out = gs.Variable(fresh_name(self.graph, f"{t.name}_{onnx.TensorProto.DataType.Name(to).lower()}"),
-                              dtype=_gs_type_of(to), shape=t.shape)
+                              dtype=gs_dtype(to), shape=t.shape)
             self.made[key] = self.write(self.holders[id(t)], to, out)
         return self.made[key]
 
@@ -187,11 +193,3 @@ def converted_values(array: np.ndarray, target: Target, name: str):
     return LazyValues(onnx.numpy_helper.from_array(low, name))
 
 
-def _gs_type(target: Target):
-    return _gs_type_of(target.onnx_type)
-
-
-def _gs_type_of(enum: int):
-    from fusekit.shapes import gs_dtype
-
-    return gs_dtype(enum)

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import constant_array, producer, static_shape
+from fusekit.graph_edit import constant_array, onnx_type, producer, static_shape
 
 FLOAT = onnx.TensorProto.FLOAT
 LONG_AXIS = 1024  # a sum of this many values of magnitude 64 already overflows fp16
@@ -44,29 +44,25 @@ LONG_AXIS = 1024  # a sum of this many values of magnitude 64 already overflows 
 
 @dataclass(frozen=True)
 class Target:
-    """A reduced float type: its name, ONNX enum, NumPy type and range."""
+    """A reduced float type: its name, ONNX enum and schema type string, NumPy type, range."""
 
     name: str
     onnx_type: int
+    type_str: str  # as ONNX schemas write it, e.g. "tensor(float16)"
     numpy_type: type
     max: float  # largest finite value
     smallest_normal: float
     smallest: float  # smallest positive (subnormal) value
 
-    @property
-    def type_str(self) -> str:
-        return f"tensor({onnx.helper.tensor_dtype_to_np_dtype(self.onnx_type).name})" \
-            if self.onnx_type != onnx.TensorProto.BFLOAT16 else "tensor(bfloat16)"
 
-
-def _target(name: str, enum: int, numpy_type) -> Target:
+def _target(name: str, enum: int, type_str: str, numpy_type) -> Target:
     info = ml_dtypes.finfo(numpy_type)
-    return Target(name, enum, numpy_type, float(info.max), float(info.smallest_normal),
+    return Target(name, enum, type_str, numpy_type, float(info.max), float(info.smallest_normal),
                   float(info.smallest_subnormal))
 
 
-TARGETS = {"fp16": _target("fp16", onnx.TensorProto.FLOAT16, np.float16),
-           "bf16": _target("bf16", onnx.TensorProto.BFLOAT16, ml_dtypes.bfloat16)}
+TARGETS = {"fp16": _target("fp16", onnx.TensorProto.FLOAT16, "tensor(float16)", np.float16),
+           "bf16": _target("bf16", onnx.TensorProto.BFLOAT16, "tensor(bfloat16)", ml_dtypes.bfloat16)}
 
 # Nodes whose float output type comes from an attribute, not from a float input: they
 # follow their consumers (converted when those want the target type).
@@ -98,13 +94,7 @@ CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
 
 def is_float32(tensor: gs.Tensor) -> bool:
-    return bool(tensor.name) and tensor.dtype is not None and _enum(tensor.dtype) == FLOAT
-
-
-def _enum(dtype) -> int | None:
-    from fusekit.graph_edit import onnx_type
-
-    return onnx_type(dtype)
+    return bool(tensor.name) and onnx_type(tensor.dtype) == FLOAT
 
 
 def touches_float32(node: gs.Node) -> bool:

@@ -22,18 +22,17 @@ subgraphs, or one whose tensor types are unknown.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import onnx_graphsurgeon as gs
+from fusekit.passes import _precision_rules as rules
+from fusekit.passes._precision_casts import Plan, decide_flexible, retype
 
 from fusekit.errors import InputError
 from fusekit.graph_edit import onnx_type
 from fusekit.pass_infra import Decline, Finding, Match, Pass, PassContext, Stage
 from fusekit.shapes import annotate_shapes
-
-from fusekit.passes import _precision_rules as rules
-from fusekit.passes._precision_casts import Plan, decide_flexible, retype
 
 log = logging.getLogger(__name__)
 

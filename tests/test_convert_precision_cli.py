@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import pytest
 
+import fusekit.api as fk
 from fusekit.cli import main
 from tests.helpers import parse
 
@@ -74,18 +77,13 @@ def _backend():
 @pytest.mark.trt
 @pytest.mark.skipif(_backend() is None, reason="no TensorRT backend imports")
 def test_build_fp16_no_optimize_converts_and_records_the_graph_types(tmp_path, capsys):
-    import jsonschema
-
-    from fusekit.api import __file__ as api_file
-    from pathlib import Path
-
     model = tmp_path / "m.onnx"
     onnx.save(parse("""
     g (float[N,8] x) => (float[N,8] y) {
         w = Constant<value = float[8,8] {%s}>()
         [mm] a = MatMul(x, w)
         [act] y = Relu(a)
-    }""" % ", ".join(["0.125"] * 64)), model)
+    }""".replace("%s", ", ".join(["0.125"] * 64))), model)
     engine = tmp_path / "m.engine"
     report = tmp_path / "report.json"
     assert main(["build", str(model), "-o", str(engine), "--no-optimize", "--fp16", "--dynamic", "N=1:2:4",
@@ -94,6 +92,6 @@ def test_build_fp16_no_optimize_converts_and_records_the_graph_types(tmp_path, c
     assert "converted to fp16 in the graph (strongly typed build): 3 nodes converted" in captured.out + captured.err
     assert json.loads(report.read_text())["engine"]["precisions"]["float16"] >= 1
     side = json.loads((tmp_path / "m.engine.json").read_text())
-    schema = json.loads((Path(api_file).parent / "schemas" / "engine-sidecar.schema.json").read_text())
+    schema = json.loads((Path(fk.__file__).parent / "schemas" / "engine-sidecar.schema.json").read_text())
     jsonschema.validate(side, schema)
     assert side["precision"] == "fp32+fp16" and side["source_model"]["optimized"] is False
