@@ -208,7 +208,9 @@ def print_engine_info(result, engine: Path) -> None:
 def print_precision(summary: dict) -> None:
     """The fp16/bf16 conversion: counts, each node kept in FP32 and why, each output's error."""
     out.print(f"precision: {summary['type']} ({summary['converted_nodes']} nodes converted, "
-              f"{summary['kept_nodes']} kept in FP32, {summary['casts_added']} Casts added; I/O {summary['io']})",
+              f"{summary['kept_nodes']} kept in FP32, {summary['casts_added']} Casts added; I/O {summary['io']}"
+              + (f"; ranges observed on {summary['data_samples']} samples" if summary.get("data_samples") else "")
+              + ")",
               soft_wrap=True, markup=False, highlight=False)
     for kept in summary["kept"]:
         out.print(f"  kept FP32: {kept['node']} ({kept['op']}): {kept['reason']}",

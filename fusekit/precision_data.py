@@ -4,8 +4,8 @@
   for a model with one input. An array with one axis more than its input holds one sample
   per leading index; otherwise the array is one sample.
 - :func:`observe_ranges` runs a graph with every float tensor as an output and keeps, per
-  tensor, only its largest and smallest non-zero magnitude (memory: one sample's tensors at
-  a time, never the tensors of all samples).
+  tensor, only its largest and smallest non-zero magnitude (memory: at most
+  :data:`OUTPUTS_PER_RUN` tensors of one sample at a time, never the tensors of all samples).
 - :func:`output_errors` compares a converted model's outputs with the original's:
   ``max|x - y|`` and ``max|x - y| / (1 + max|x|)`` per output, over the samples (or, without
   samples, generated inputs with every dynamic dim at 1 and at 2).
@@ -29,6 +29,9 @@ from fusekit.verify import _ORT_TYPES, make_inputs, session
 
 Sample = dict[str, np.ndarray]
 GENERATED_DIM_VALUES = (1, 2)
+# Tensors fetched per run: onnxruntime frees an intermediate once read unless it is an
+# output, so a run holds at most this many of them (the model runs once per chunk).
+OUTPUTS_PER_RUN = 128
 
 
 @dataclass
@@ -102,8 +105,10 @@ def observe_ranges(graph: gs.Graph, names: Iterable[str], samples: list[Sample])
         ranges = {name: Range() for name in wanted}
         for sample in samples:
             feeds = _feeds(sess, sample)
-            for name, values in zip(wanted, sess.run(wanted, feeds)):
-                ranges[name].update(np.asarray(values))
+            for start in range(0, len(wanted), OUTPUTS_PER_RUN):
+                chunk = wanted[start:start + OUTPUTS_PER_RUN]
+                for name, values in zip(chunk, sess.run(chunk, feeds)):
+                    ranges[name].update(np.asarray(values))
         return ranges
 
 

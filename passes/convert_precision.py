@@ -46,6 +46,7 @@ class Decisions:
     target: rules.Target
     kept: dict[int, tuple[gs.Node, str]] = field(default_factory=dict)
     plan: Plan | None = None
+    samples: int = 0  # --data samples the ranges were observed on
 
 
 def precision_options(ctx: PassContext) -> tuple[rules.Target, bool, frozenset[str], str | None]:
@@ -91,6 +92,7 @@ class ConvertPrecisionPass(Pass):
             "converted_nodes": len(plan.converted),
             "kept_nodes": len(decisions.kept),
             "casts_added": casts,
+            "data_samples": decisions.samples,
             "kept": [{"node": n.name, "op": n.op, "reason": why} for n, why in decisions.kept.values()],
         }
         log.info("%s: %d nodes converted, %d kept in FP32, %d Casts added", decisions.target.name,
@@ -107,9 +109,9 @@ def decide(graph: gs.Graph, ctx: PassContext) -> Decisions:
     if unknown_keep:
         log.warning("--keep-float: no node or op named %s", ", ".join(sorted(unknown_keep)))
     opset = graph.opset
-    ranges = _observed(graph, data) if data else {}
+    ranges, samples = _observed(graph, data) if data else ({}, 0)
     coordinates = rules.coordinate_path(graph)
-    decisions = Decisions(target)
+    decisions = Decisions(target, samples=samples)
     plan = Plan(target, set(), convert_io=convert_io)
     for node in graph.nodes:
         if not rules.touches_float32(node) and not _unknown_types(node):
@@ -149,8 +151,9 @@ def _unknown_types(node: gs.Node) -> bool:
                for t in (*node.inputs, *node.outputs))
 
 
-def _observed(graph: gs.Graph, data: str) -> dict:
-    """Observed ranges of the float32 tensors (inputs from the samples themselves)."""
+def _observed(graph: gs.Graph, data: str) -> tuple[dict, int]:
+    """Observed ranges of the float32 tensors (inputs from the samples themselves), and
+    the number of samples."""
     from fusekit.precision_data import Range, load_samples, observe_ranges
 
     ranks = {t.name: (len(t.shape) if t.shape is not None else None) for t in graph.inputs}
@@ -165,4 +168,4 @@ def _observed(graph: gs.Graph, data: str) -> dict:
             for sample in samples:
                 seen.update(sample[t.name])
     log.info("observed %d float tensors over %d samples", len(ranges), len(samples))
-    return ranges
+    return ranges, len(samples)

@@ -143,7 +143,7 @@ def test_keep_float_by_data(tmp_path):
     reasons = kept(summary)
     assert set(reasons) == {"square", "shrink"}
     assert "'b' reached 1e+08 on the data" in reasons["square"]
-    assert summary["error_inputs"] == "data"
+    assert summary["error_inputs"] == "data" and summary["data_samples"] == 3
     out = output_errors(model, converted, [{"x": np.full((2, 4), 10.0, np.float32)}])
     assert out["y"]["relative_error"] < 1e-3
     # onnxruntime computes fp16 Mul through its own Casts to FP32, so only the types show it
@@ -379,6 +379,20 @@ def test_detector_coordinate_path_and_topk_stay_fp32():
     assert reasons["scale"] == reasons["shift"] == "on the coordinate path into NonMaxSuppression 'nms'"
     assert reasons["topk"].startswith("TopK: ties")
     assert_close(model, converted)
+
+
+def test_ranges_are_observed_a_chunk_of_tensors_at_a_time(monkeypatch):
+    """The same ranges whether every tensor comes from one run or one run per tensor."""
+    import fusekit.precision_data as data
+    from fusekit.model_io import load_model
+
+    graph = load_model(parse(CHAIN)).graph
+    names = ["a", "r", "e", "b"]
+    samples = [{"x": np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)}]
+    whole = data.observe_ranges(graph, names, samples)
+    monkeypatch.setattr(data, "OUTPUTS_PER_RUN", 1)
+    assert data.observe_ranges(graph, names, samples) == whole
+    assert whole["r"].max_abs > 0 and whole["r"].min_abs > 0
 
 
 def test_keep_float_by_data_underflow(tmp_path):
