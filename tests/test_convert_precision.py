@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import onnx.printer
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -427,3 +428,11 @@ def test_random_kept_regions_get_casts_only_at_their_boundaries(model, data):
             assert t.get(cast.input[0]) != cast.attribute[0].i, f"{cast.name} casts to the type it reads"
     assert {k["op"] for k in summary["kept"] if "keep-float" in k["reason"]} <= set(keep)
     assert_close(model, converted, feeds_for(model, (1, 3)))
+
+
+def test_converting_a_converted_model_changes_nothing():
+    model = parse(CHAIN)
+    once, _ = convert(model)
+    twice, summary = convert(once)
+    assert summary["converted_nodes"] == 0 and summary["casts_added"] == 0
+    assert onnx.printer.to_text(twice.graph) == onnx.printer.to_text(once.graph)
