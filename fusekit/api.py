@@ -188,7 +188,7 @@ def _precision_report(summary: dict, original, result: Optimized, data) -> dict:
 
     report = {**summary, "error_inputs": "data" if data else "generated (dynamic dims 1 and 2)"}
     with tempfile.TemporaryDirectory(prefix="fusekit-precision-") as folder:
-        converted = result.save(Path(folder) / "converted.onnx")[0]
+        converted = result.save(Path(folder) / "converted.onnx", external_data=True)[0]  # mapped by onnxruntime
         samples = load_samples(data, input_ranks(original)) if data else None
         try:
             report["outputs"] = output_errors(original, converted, samples)

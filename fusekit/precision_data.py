@@ -100,7 +100,7 @@ def observe_ranges(graph: gs.Graph, names: Iterable[str], samples: list[Sample])
     names = list(dict.fromkeys(names))
     with tempfile.TemporaryDirectory(prefix="fusekit-ranges-") as tmp:
         path = _with_outputs(graph, names, Path(tmp))
-        sess = session(path)
+        sess = session(path, arena=False)
         wanted = [o.name for o in sess.get_outputs() if o.name in set(names)]
         ranges = {name: Range() for name in wanted}
         for sample in samples:
@@ -134,18 +134,21 @@ def _feeds(sess, sample: Sample) -> Sample:
 
 def output_errors(reference: onnx.ModelProto | str | os.PathLike, converted: onnx.ModelProto | str | os.PathLike,
                   samples: list[Sample] | None = None) -> dict[str, dict[str, float]]:
-    """Per output of ``reference``: the largest absolute and relative error of ``converted``."""
-    ref, new = session(reference), session(converted)
+    """Per output of ``reference``: the largest absolute and relative error of ``converted``.
+    One model is loaded at a time (the reference's outputs are kept, not its session)."""
+    ref = session(reference, arena=False)
     names = [o.name for o in ref.get_outputs()]
     if samples:
         feeds = [_feeds(ref, s) for s in samples]
     else:
         feeds = [make_inputs(ref, value) for value in GENERATED_DIM_VALUES]
+    expected = [ref.run(names, feed) for feed in feeds]
+    del ref
+    new = session(converted, arena=False)
     worst = {name: {"max_abs_error": 0.0, "relative_error": 0.0} for name in names}
-    for feed in feeds:
-        expected = ref.run(names, feed)
+    for feed, wanted in zip(feeds, expected):
         got = new.run(names, _feeds(new, feed))
-        for name, e, g in zip(names, expected, got):
+        for name, e, g in zip(names, wanted, got):
             absolute, relative = _error(np.asarray(e), np.asarray(g))
             worst[name]["max_abs_error"] = max(worst[name]["max_abs_error"], absolute)
             worst[name]["relative_error"] = max(worst[name]["relative_error"], relative)

@@ -214,14 +214,22 @@ def weight_reason(node: gs.Node, target: Target) -> str | None:
         values = constant_array(tensor)
         if values is None or not values.size:
             continue
-        magnitude = np.abs(values)
-        finite = magnitude[np.isfinite(magnitude)]
-        if finite.size and float(finite.max()) > target.max:
-            return f"constant {tensor.name!r} holds {float(finite.max()):.3g}, beyond {target.name}'s range"
-        nonzero = finite[finite > 0]
-        if nonzero.size and float(nonzero.max()) < target.smallest:
-            return f"constant {tensor.name!r} ({float(nonzero.max()):.3g}) would be 0 in {target.name}"
+        largest = _largest_finite_magnitude(values)
+        if largest > target.max:
+            return f"constant {tensor.name!r} holds {largest:.3g}, beyond {target.name}'s range"
+        if 0 < largest < target.smallest:
+            return f"constant {tensor.name!r} ({largest:.3g}) would be 0 in {target.name}"
     return None
+
+
+def _largest_finite_magnitude(values: np.ndarray) -> float:
+    """max |v| over the finite values, in two reductions and no temporary array when all
+    are finite (the common case: weights are read once more, not copied)."""
+    largest = max(-float(values.min()), float(values.max()))
+    if math.isfinite(largest):
+        return largest
+    magnitude = np.abs(values[np.isfinite(values)])
+    return float(magnitude.max()) if magnitude.size else 0.0
 
 
 def data_reason(node: gs.Node, target: Target, ranges: Mapping[str, object]) -> str | None:
