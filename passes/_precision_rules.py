@@ -89,7 +89,7 @@ SUM_OPS = frozenset({"ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "Re
 COORDINATE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Concat", "Slice", "Gather", "GatherElements",
                             "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Split", "Clip", "Min", "Max",
                             "Exp", "Sigmoid", "Identity", "Expand", "Tile"})
-COORDINATE_SINKS = {"NonMaxSuppression": (0,), "RoiAlign": (1,)}
+COORDINATE_SINKS = {"NonMaxSuppression": (0,), "RoiAlign": (1,), "GridSample": (1,)}
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
 
@@ -188,13 +188,18 @@ def _reduced_length(node: gs.Node) -> int | None:
 
 
 def coordinate_path(graph: gs.Graph) -> dict[int, str]:
-    """Nodes (by id) that compute box coordinates read by NonMaxSuppression or RoiAlign,
-    walking back through :data:`COORDINATE_OPS` from those inputs."""
+    """Nodes (by id) that compute the coordinates NonMaxSuppression (boxes), RoiAlign (rois)
+    or GridSample (grid) read, walking back through :data:`COORDINATE_OPS` from those
+    inputs; RoiAlign and GridSample themselves too (they share one type between data and
+    coordinates; NonMaxSuppression has no fp16 at all)."""
     found: dict[int, str] = {}
     for sink in graph.nodes:
         for index in COORDINATE_SINKS.get(sink.op, ()):
             if index >= len(sink.inputs):
                 continue
+            if sink.op != "NonMaxSuppression":
+                found[id(sink)] = (f"{sink.op} reads coordinates ({sink.inputs[index].name!r}): fp16 has "
+                                   "a resolution of 0.5 at 1024")
             why = f"on the coordinate path into {sink.op} {sink.name!r}"
             stack = [producer(sink.inputs[index])]
             while stack:

@@ -382,6 +382,20 @@ def test_detector_coordinate_path_and_topk_stay_fp32():
     assert_close(model, converted)
 
 
+def test_grid_sample_and_its_grid_path_stay_fp32():
+    model = parse("""
+    g (float[1,2,8,8] x, float[1,4,4,2] offsets) => (float[1,2,4,4] y) {
+        half = Constant<value = float[1] {0.5}>()
+        [to_grid] grid = Mul(offsets, half)
+        [sample] y = GridSample(x, grid)
+    }""")
+    converted, summary = convert(model)
+    reasons = kept(summary)
+    assert reasons["to_grid"] == "on the coordinate path into GridSample 'sample'"
+    assert reasons["sample"].startswith("GridSample reads coordinates ('grid')")
+    assert_close(model, converted)
+
+
 def test_ranges_are_observed_a_chunk_of_tensors_at_a_time(monkeypatch):
     """The same ranges whether every tensor comes from one run or one run per tensor."""
     import fusekit.precision_data as data
