@@ -450,3 +450,22 @@ def test_converting_a_converted_model_changes_nothing():
     twice, summary = convert(once)
     assert summary["converted_nodes"] == 0 and summary["casts_added"] == 0
     assert onnx.printer.to_text(twice.graph) == onnx.printer.to_text(once.graph)
+
+
+def test_custom_domain_ops_stay_fp32_behind_casts():
+    model = parse("""<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+    g (float[N,4] x) => (float[N,4] y) {
+        [pre] a = Relu(x)
+        [custom] b = com.microsoft.Gelu(a)
+        [post] y = Neg(b)
+    }""")
+    converted, summary = convert(model)
+    # shape inference cannot type the custom op's output: its reader is kept too (no guessing)
+    assert kept(summary) == {"custom": "op of the custom domain 'com.microsoft': its kernels' types are unknown",
+                             "post": "the type of one of its tensors is unknown"}
+    assert types(converted)["a"] == F16
+    made = {o: n for n in casts(converted) for o in n.output}
+    custom = next(n for n in converted.graph.node if n.name == "custom")
+    assert made[custom.input[0]].attribute[0].i == F32  # the custom op reads FP32
+    assert_no_cancelling_casts(converted)
+    assert_close(model, converted)
