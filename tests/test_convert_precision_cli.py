@@ -38,6 +38,7 @@ def test_optimize_precision_report_and_trace(model, tmp_path, capsys):
     assert "kept FP32: the_exp (Exp): Exp overflows the target type" in text
     assert "kept FP32: act (Relu): --keep-float names this node" in text
     assert "output y: max |error|" in text
+    assert "trace the_exp: convert-precision: kept FP32: Exp overflows the target type" in text
     types = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(
         onnx.load(out)).graph.value_info}
     assert types["a"] == onnx.TensorProto.FLOAT16
