@@ -34,6 +34,7 @@ from fusekit.graph_edit import constant_array, fresh_name, onnx_type, producer
 from fusekit.shapes import gs_dtype
 
 STASH_TYPE_OPS = frozenset({"LayerNormalization", "GroupNormalization"})
+SHORT_NAMES = {FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}  # in tensor names
 
 
 @dataclass
@@ -134,7 +135,7 @@ class _Casts:
     def of(self, t: gs.Tensor, to: int) -> gs.Tensor:
         key = (id(t), to)
         if key not in self.made:
-            out = gs.Variable(fresh_name(self.graph, f"{t.name}_{onnx.TensorProto.DataType.Name(to).lower()}"),
+            out = gs.Variable(fresh_name(self.graph, f"{t.name}_{SHORT_NAMES.get(to, 'cast')}"),
                               dtype=gs_dtype(to), shape=t.shape)
             self.made[key] = self.write(self.holders[id(t)], to, out)
         return self.made[key]
