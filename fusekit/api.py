@@ -29,7 +29,7 @@ from fusekit.pass_infra import Stage
 from fusekit.report import ModelSummary, OptimizeReport
 from fusekit.shapes import (Dim, apply_input_shapes, complete_outputs,
                             tensorrt_shape_problems)
-from fusekit.validate import check_graph
+from fusekit.validate import check_graph, first_line
 from fusekit.verify import Tolerance, compare
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,12 @@ def optimize(model: ModelSource, *, passes: Iterable[str] | None = None, skip: I
         return_report: also return the :class:`~fusekit.report.OptimizeReport`.
 
     ``plugins="auto"`` (or spec names) is substitute-plugins' option: TensorRT plugin
-    substitutions, opt-in; the result then no longer runs in onnxruntime.
+    substitutions, opt-in; the result then no longer runs in onnxruntime. ``precision="fp16"``
+    (or ``"bf16"``) is convert-precision's: convert the model (opt-in); ``precision_io``
+    converts its inputs and outputs too, ``keep_float`` keeps these node names / op types in
+    FP32, ``data`` (.npy/.npz of sample inputs) keeps nodes whose values leave the type's
+    range. The report's ``precision`` holds what was kept and why, and each output's largest
+    error against the original on ``data`` (or generated inputs).
     """
     result = run(model, passes=passes, skip=skip, input_shapes=input_shapes, verify=verify,
                  tolerance=tolerance, max_iterations=max_iterations, debug=debug, options=options,
@@ -138,6 +143,9 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     report.warnings.extend(tensorrt_shape_problems(graph))
     report.warnings.extend(_record_profiles(loaded, ranges, dims or {}, name, bool(input_shapes or dims)))
     result = Optimized(loaded, report)
+    if PRECISION_RESULT in ctx.results:
+        report.precision = _precision_report(ctx.results[PRECISION_RESULT], loaded.path or source, result,
+                                             ctx.options.get("data"))
     if verify:
         with tempfile.TemporaryDirectory(prefix="fusekit-verify-") as folder:  # streamed, not built in memory
             report.verify = compare(loaded.path or source, result.save(Path(folder) / "optimized.onnx")[0], tolerance)
@@ -147,6 +155,27 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
                                     + "; ".join(failures[:3]))
     report.seconds = time.perf_counter() - start
     return result
+
+
+PRECISION_PASS = "convert-precision"
+PRECISION_RESULT = "precision"
+
+
+def _precision_report(summary: dict, original, result: Optimized, data) -> dict:
+    """The pass's summary plus each output's largest error against the original model, on
+    ``data`` (or generated inputs, every dynamic dim at 1 and 2), under onnxruntime."""
+    from fusekit.precision_data import input_ranks, load_samples, output_errors
+
+    report = {**summary, "error_inputs": "data" if data else "generated (dynamic dims 1 and 2)"}
+    with tempfile.TemporaryDirectory(prefix="fusekit-precision-") as folder:
+        converted = result.save(Path(folder) / "converted.onnx", external_data=True)[0]  # mapped by onnxruntime
+        samples = load_samples(data, input_ranks(original)) if data else None
+        try:
+            report["outputs"] = output_errors(original, converted, samples)
+        except Exception as exc:  # e.g. bf16 kernels onnxruntime lacks: the model is still written
+            report["outputs"] = {}
+            report["error_skipped"] = f"onnxruntime cannot run the comparison: {first_line(exc)}"
+    return report
 
 
 def _record_profiles(loaded: LoadedModel, given: list, dims: Mapping[str, int], name: str,
@@ -238,13 +267,16 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     if found is not None:
         return found
     seconds: dict[str, float] = {}
-    optimized = None
-    if optimize:
-        say("optimizing")
+    optimized = conversion = None
+    precision = "fp16" if fp16 else "bf16" if bf16 else None  # converted in the graph: networks are strongly typed
+    if optimize or precision:
+        say("optimizing" if optimize else f"converting to {precision}")
         start = time.perf_counter()
-        optimized = run(source, passes=passes, skip=skip, progress=status, **pass_options)
+        optimized = run(source, passes=passes if optimize else [PRECISION_PASS], skip=skip, progress=status,
+                        **({**pass_options, "precision": precision} if precision else pass_options))
         seconds["optimize"] = time.perf_counter() - start
         header = export_weightless(optimized.loaded.graph, optimized.loaded.shell)
+        conversion = optimized.report.precision
     elif isinstance(source, onnx.ModelProto):
         header = source
     else:
@@ -270,6 +302,10 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
         say("parsing")
         result = engines.build(onnx_path, facts, resolution.shapes, resolution.to_json(), options,
                                progress=progress, seconds=seconds, cache_key=key)
+    if conversion is not None:
+        result.report.notes.append(
+            f"converted to {conversion['type']} in the graph (strongly typed build): {conversion['converted_nodes']} "
+            f"nodes converted, {conversion['kept_nodes']} kept in FP32, {conversion['casts_added']} Casts added")
     if output is not None:
         say("saving")
         result.written = result.save(Path(output))

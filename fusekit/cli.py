@@ -29,7 +29,8 @@ from fusekit import cli_pass_options as pass_options
 from fusekit.cli_help import HelpGroup
 from fusekit.cli_pass_options import PassOptionsCommand
 from fusekit.cli_output import (BuildDisplay, err, out, print_build_summary, print_comparison,
-                                passes_markdown, print_engine_info, print_engine_layers, print_passes, print_report,
+                                passes_markdown, print_engine_info, print_engine_layers, print_passes, print_precision,
+                                print_report,
                                 print_trace)
 from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, InputError, ParseFailedError,
                             PassError, TensorRTError)
@@ -145,6 +146,8 @@ def optimize(
     for event in report.events:
         if event.pass_name in found and found[event.pass_name].cls.stage == Stage.PLUGINS:
             out.print(f"plugin: {event.node}: {event.action}", soft_wrap=True, markup=False, highlight=False)
+    if report.precision is not None:
+        print_precision(report.precision)
     if trace is not None:
         print_trace(report, trace)
     out.print(f"wrote {', '.join(str(p) for p in written)}", markup=False, soft_wrap=True)
@@ -266,8 +269,8 @@ def build(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")] = None,
     no_optimize: Annotated[bool, typer.Option("--no-optimize", help="Build the model as it is.")] = False,
     dynamic: DynamicOpt = None,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels (tensorrt only).")] = False,
-    bf16: Annotated[bool, typer.Option("--bf16", help="Allow BF16 kernels (tensorrt only).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Convert the model to fp16 first (as optimize --precision fp16); strongly typed build.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Convert the model to bf16 first (as optimize --precision bf16); strongly typed build.")] = False,
     workspace: WorkspaceOpt = None,
     opt_level: OptLevelOpt = None,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Load and save the builder's timing cache here (tensorrt).")] = None,

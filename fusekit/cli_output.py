@@ -222,3 +222,22 @@ def print_engine_info(result, engine: Path) -> None:
     out.print(table)
     if result.layers is not None:
         _layer_table(f"engine layers ({len(result.layers)}, from the engine inspector)", result.layers)
+
+
+def print_precision(summary: dict) -> None:
+    """The fp16/bf16 conversion: counts, each node kept in FP32 and why, each output's error."""
+    out.print(f"precision: {summary['type']} ({summary['converted_nodes']} nodes converted, "
+              f"{summary['kept_nodes']} kept in FP32, {summary['casts_added']} Casts added; I/O {summary['io']}"
+              + (f"; ranges observed on {summary['data_samples']} samples" if summary.get("data_samples") else "")
+              + ")",
+              soft_wrap=True, markup=False, highlight=False)
+    for kept in summary["kept"]:
+        out.print(f"  kept FP32: {kept['node']} ({kept['op']}): {kept['reason']}",
+                  soft_wrap=True, markup=False, highlight=False)
+    for name, error in summary.get("outputs", {}).items():
+        out.print(f"  output {name}: max |error| {error['max_abs_error']:.3g}, relative "
+                  f"{error['relative_error']:.3g} (on {summary['error_inputs']})",
+                  soft_wrap=True, markup=False, highlight=False)
+    if summary.get("error_skipped"):
+        out.print(f"  output error not measured: {summary['error_skipped']}", soft_wrap=True, markup=False,
+                  highlight=False)

@@ -169,6 +169,8 @@ class PassContext:
 
     options: dict[str, Any] = field(default_factory=dict)  # name -> value, checked by the manager
     events: list[TraceEvent] = field(default_factory=list)
+    # What a pass leaves for the report, by key (e.g. "precision": the conversion's summary).
+    results: dict[str, Any] = field(default_factory=dict)
     current_pass: str = ""
     # Set by whoever runs the passes (fusekit.api: the model's WeightSpill.relieve).
     relieve_memory: Callable[[gs.Graph], object] = lambda graph: None

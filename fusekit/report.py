@@ -44,6 +44,7 @@ class OptimizeReport:
     verify: VerifyResult | None = None
     warnings: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    precision: dict | None = None  # fp16/bf16 conversion: kept nodes and reasons, output errors
 
     def trace(self, node: str) -> dict:
         """The --trace ``node``'s story: each pass's verdict on it when that pass ran (round,
@@ -80,4 +81,5 @@ class OptimizeReport:
             "verify": self.verify.to_dict() if self.verify else None,
             "warnings": self.warnings,
             "outputs": self.outputs,
+            "precision": self.precision,
         }

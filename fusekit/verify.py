@@ -69,13 +69,15 @@ class VerifyResult:
                 "skipped": {str(v): why for v, why in self.skipped.items()}}
 
 
-def session(model: onnx.ModelProto | str | os.PathLike):
-    """An onnxruntime CPU session with graph optimizations off; large protos go via a file."""
+def session(model: onnx.ModelProto | str | os.PathLike, *, arena: bool = True):
+    """An onnxruntime CPU session with graph optimizations off; large protos go via a file.
+    ``arena=False``: memory is returned after each run instead of kept for the next."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     if not isinstance(model, onnx.ModelProto):
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     external = any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)

@@ -231,9 +231,8 @@ def test_option_errors_come_before_any_work():
                             ({"dynamic": ["batch=2:1:1"]}, "0 <= MIN <= OPT <= MAX")):
         with pytest.raises(InputError, match=message):
             fk.build(model, optimize=False, **kwargs)
-    if BACKEND.is_rtx:
-        with pytest.raises(InputError, match="--fp16: tensorrt_rtx .* strongly typed"):
-            fk.build(model, optimize=False, fp16=True)
+    with pytest.raises(InputError, match="--fp16 and --bf16: choose one"):
+        fk.build(model, optimize=False, fp16=True, bf16=True)
 
 
 def test_builder_options_reach_the_builder(tmp_path):

@@ -97,7 +97,7 @@ def build(onnx_path: Path, facts: ModelFacts, shapes: dict, profile: list[dict],
         onnx_edges=facts.edges, inputs=facts.inputs, outputs=facts.outputs)
     data = sidecar.make(engine_file="", engine_bytes=engine.nbytes, engine_sha256=sidecar.sha256(engine),
                         backend=backend.name, version=backend.version,
-                        compute_capability=_targets(backend, options), precision=options.precision,
+                        compute_capability=_targets(backend, options), precision=facts.precision,
                         profile=profile, source_path=facts.source_path, source_sha256=facts.source_sha256,
                         optimized=facts.optimized, build_seconds=seconds["build"], cache_key=cache_key,
                         plugins=[n.to_dict() for n in needed])

@@ -28,6 +28,7 @@ class ModelFacts:
     edges: list[Edge] = field(default_factory=list)  # of the top-level graph
     inputs: list[TensorInfo] = field(default_factory=list)  # graph inputs (not initializers); -1: dynamic dim
     outputs: list[TensorInfo] = field(default_factory=list)
+    precision: str = "fp32"  # the float types the graph computes in, e.g. "fp32+fp16"
 
     @classmethod
     def of(cls, proto: onnx.ModelProto, name: str, source: Path | onnx.ModelProto, optimized: bool,
@@ -42,7 +43,23 @@ class ModelFacts:
                    source_sha256=source_sha256 or sha256_of(source), optimized=optimized,
                    edges=graph_edges(proto.graph),
                    inputs=[tensor_info(v) for v in proto.graph.input if v.name not in initializers],
-                   outputs=[tensor_info(v) for v in proto.graph.output])
+                   outputs=[tensor_info(v) for v in proto.graph.output], precision=graph_precision(proto))
+
+
+
+_FLOAT_NAMES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16",
+                onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.DOUBLE: "fp64"}
+
+
+def graph_precision(proto: onnx.ModelProto) -> str:
+    """The float types ``proto``'s main graph holds (inputs, outputs, value infos,
+    initializers, Cast targets), fp32 first: ``"fp32"``, ``"fp32+fp16"``, ``"fp16"``..."""
+    g = proto.graph
+    found = {vi.type.tensor_type.elem_type for vi in (*g.input, *g.output, *g.value_info)}
+    found |= {t.data_type for t in g.initializer}
+    found |= {a.i for n in g.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
+    names = [name for enum, name in _FLOAT_NAMES.items() if enum in found]
+    return "+".join(names) or "fp32"
 
 
 def graph_edges(graph: onnx.GraphProto) -> list[Edge]:

@@ -18,8 +18,9 @@ class BuildOptions:
     Attributes:
         workspace_mib: workspace memory-pool limit in MiB.
         opt_level: builder optimization level, 0 (fastest build) to 5 (most tactics).
-        fp16, bf16: allow those precisions (``tensorrt`` only: tensorrt_rtx networks are
-            strongly typed, their precision comes from the model's types).
+        fp16, bf16: the model is converted to that type first (the convert-precision
+            pass; :func:`fusekit.api.build` does it); networks are strongly typed on every
+            backend, so no builder flag is set: the graph's types decide.
         timing_cache: file to load the timing cache from and save it to (``tensorrt``;
             tensorrt_rtx has no timing cache, fusekit says so).
         compute_capabilities: target GPU architectures such as ``"8.6"`` (tensorrt_rtx;
@@ -40,10 +41,9 @@ class BuildOptions:
             raise InputError(f"--opt-level {self.opt_level}: expected {OPT_LEVELS.start}..{OPT_LEVELS.stop - 1}")
         object.__setattr__(self, "compute_capabilities",
                            tuple(dict.fromkeys(normalize_cc(c) for c in self.compute_capabilities)))
+        if self.fp16 and self.bf16:
+            raise InputError("--fp16 and --bf16: choose one type to convert the model to")
 
-    @property
-    def precision(self) -> str:
-        return "+".join(["fp32"] + (["fp16"] if self.fp16 else []) + (["bf16"] if self.bf16 else []))
 
 
 def normalize_cc(text: str) -> str:
@@ -70,9 +70,6 @@ def apply(backend, builder, network, config, options: BuildOptions,
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     if options.opt_level is not None:
         config.builder_optimization_level = options.opt_level
-    for flag, wanted in (("FP16", options.fp16), ("BF16", options.bf16)):
-        if wanted:
-            config.set_flag(getattr(trt.BuilderFlag, flag))
     if options.compute_capabilities:
         config.num_compute_capabilities = len(options.compute_capabilities)
         for i, cc in enumerate(options.compute_capabilities):
@@ -83,11 +80,6 @@ def apply(backend, builder, network, config, options: BuildOptions,
 def check(backend, options: BuildOptions) -> None:
     """Refuse options ``backend`` cannot honour (before any time is spent on the model)."""
     trt = backend.trt
-    for flag, wanted in (("FP16", options.fp16), ("BF16", options.bf16)):
-        if wanted and (backend.is_rtx or not hasattr(trt.BuilderFlag, flag)):
-            raise InputError(f"--{flag.lower()}: {backend.describe()} builds strongly typed networks, whose "
-                             f"precision is the model's own types; convert the model to {flag.lower()} "
-                             f"instead (or build with tensorrt)")
     if options.compute_capabilities:
         if not hasattr(trt.IBuilderConfig, "set_compute_capability"):
             raise InputError(f"--compute-capability: {backend.describe()} builds for the GPU it runs on; "

@@ -67,7 +67,7 @@ def parse(backend, builder, trt_logger, path: Path, domains: dict[str, str] | No
     listing every problem.
     """
     trt = backend.trt
-    network = builder.create_network(0)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, trt_logger)
     ok = parser.parse_from_file(str(path))
     problems = [_problem(error, domains or {}) for error in parser_errors(parser)]
@@ -79,6 +79,14 @@ def parse(backend, builder, trt_logger, path: Path, domains: dict[str, str] | No
                                f"({count} error{'s' if count > 1 else ''})",
                                [p.describe() for p in problems], any(p.unsupported for p in problems))
     return network, parser
+
+
+def network_flags(trt) -> int:
+    """Strongly typed: the graph's types decide every layer's precision. TensorRT 10 has the
+    flag (weakly typed otherwise); TensorRT 11 and tensorrt_rtx removed it, every network
+    being strongly typed there."""
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
 
 
 def _problem(error: ParserError, domains: dict[str, str]) -> ParseProblem:
