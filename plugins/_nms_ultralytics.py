@@ -119,15 +119,19 @@ _SLIMMED_END = """    pads2 = Reshape (pads0, m1_2)
 
 @dataclass(frozen=True)
 class Form:
-    """One form of the tail: slimmed by onnxslim or not, class-aware or agnostic."""
+    """One form of the tail: slimmed by onnxslim or not, class-aware or agnostic, and as
+    fusekit's own cleanup leaves it or not (``cleaned``: remove-noops drops the Slice of a
+    box's four columns, which is the whole box without extras, and flatten-concats merges the
+    pads' two Concats into one)."""
 
     slim: bool
     agnostic: bool
+    cleaned: bool = False
 
     @property
     def name(self) -> str:
         return f"Ultralytics NMSModel ({'agnostic' if self.agnostic else 'class-aware'}, " \
-               f"{'onnxslim' if self.slim else 'as exported'})"
+               f"{'onnxslim' if self.slim else 'as exported'}{', cleaned' if self.cleaned else ''})"
 
     @property
     def text(self) -> str:
@@ -135,13 +139,24 @@ class Form:
         if self.agnostic:
             box_in = "nmsbox"
         else:
-            body += _OFFSET + ("" if self.slim else _OFFSET_REST)
+            offset = _OFFSET
+            if self.cleaned:
+                offset = offset.replace("    box4 = Slice (nmsbox, zero, four, one, one)\n", "") \
+                               .replace("Add (box4, cls_f)", "Add (nmsbox, cls_f)")
+            body += offset + ("" if self.slim else _OFFSET_REST)
             box_in = "offbox" if self.slim else "offall"
-        body += _NMS.format(box_in=box_in) + (_DETS if self.slim else _DETS_EXTRAS) + _PADS
-        return body + (_SLIMMED_END if self.slim else _AS_EXPORTED_END)
+        body += _NMS.format(box_in=box_in) + (_DETS if self.slim else _DETS_EXTRAS)
+        if self.slim:
+            return body + _PADS + _SLIMMED_END
+        if self.cleaned:
+            return body + _PADS.replace("pads0 = Concat <axis = 0> (zero, zero, zero, missing1)",
+                                        "pads1 = Concat <axis = 0> (zero, zero, zero, missing1, empty)") \
+                + _AS_EXPORTED_END.replace("    pads1 = Concat <axis = 0> (pads0, empty)\n", "")
+        return body + _PADS + _AS_EXPORTED_END
 
 
-FORMS = [Form(slim, agnostic) for slim in (False, True) for agnostic in (False, True)]
+FORMS = [Form(slim, agnostic, cleaned) for slim in (False, True) for agnostic in (False, True)
+         for cleaned in (False, True) if not (cleaned and slim and agnostic)]
 
 
 @cache
