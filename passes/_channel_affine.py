@@ -85,12 +85,64 @@ def matrix_weight(tensor: gs.Tensor, missing: str) -> tuple[gs.Tensor, bool, tup
     return missing
 
 
-def cast_once(exact: np.ndarray, dtype: np.dtype) -> np.ndarray | str:
-    """``exact`` (float64) cast to ``dtype``, or why not: a finite value that overflows."""
+def cast_once(exact: np.ndarray, dtype: np.dtype, factor_of: np.ndarray | None = None) -> np.ndarray | str:
+    """``exact`` (float64) cast to ``dtype``, or why not: a finite value that overflows, or a
+    multiplying constant (``factor_of`` given: the values it was scaled from, or ``()`` for a
+    new scale) whose nonzero value falls below the smallest normal of ``dtype``, where
+    precision is lost (a weight that was normal, or any value of a new scale)."""
     cast = np.asarray(exact).astype(dtype)
     if not np.array_equal(np.isfinite(cast), np.isfinite(exact)):
         return f"overflow {dtype}"
+    if factor_of is not None:
+        tiny = np.finfo(dtype).tiny
+        lost = (np.abs(exact) < tiny) & (exact != 0)
+        if np.size(factor_of):
+            lost &= np.abs(np.asarray(factor_of, np.float64)) >= tiny
+        if np.any(lost):
+            return f"underflow {dtype} to subnormal values ({np.abs(exact)[lost].max():g}), losing precision"
     return cast
+
+
+MAX_CANCELLATION = 4.0  # a merged constant may be this much smaller than its largest part (2 bits)
+
+
+def cancellation(parts: list[np.ndarray], total: np.ndarray) -> str | None:
+    """Why adding the constant ``parts`` into ``total`` ahead of time would change results, or None.
+
+    ``(x + a) + b`` rounds ``x + a`` to the precision of ``|a|``; ``x + (a + b)`` to that
+    of ``|a + b|``. When the sum is much smaller than its largest part (``65504 - 65504``)
+    the original lost the small ``x`` and the merged one keeps it: the results differ by
+    far more than a few ulps of what flows. Within :data:`MAX_CANCELLATION` they differ by
+    at most a few ulps of the output.
+    """
+    largest = np.max(np.abs(np.broadcast_arrays(*[np.asarray(p, np.float64) for p in parts])), axis=0)
+    total = np.abs(np.asarray(total, np.float64))
+    bad = np.broadcast_to(total * MAX_CANCELLATION < largest, np.broadcast_shapes(total.shape, largest.shape))
+    if not np.any(bad):
+        return None
+    i = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    big, small = np.broadcast_to(largest, bad.shape)[i], np.broadcast_to(total, bad.shape)[i]
+    return f"its constants cancel ({big:g} merged to {small:g}): merging would change the result"
+
+
+def scale_detour(partials: list[np.ndarray], total: np.ndarray) -> str | None:
+    """Why multiplying the scales ``partials`` lead through (running products) into ``total``
+    ahead of time would change results, or None.
+
+    ``x * a * b`` holds ``x * a`` on the way: when ``|a|`` lies far outside the span from 1
+    to ``|a * b|`` that value can overflow or underflow where ``x`` and ``x * a * b`` do not
+    (``x * 1e30 * 1e-30``). Within :data:`MAX_CANCELLATION` of the span it cannot.
+    """
+    total = np.abs(np.asarray(total, np.float64))
+    low, high = np.minimum(total, 1.0) / MAX_CANCELLATION, np.maximum(total, 1.0) * MAX_CANCELLATION
+    for p in partials:
+        p = np.abs(np.asarray(p, np.float64))
+        outside = (p < low) | (p > high)
+        if np.any(outside):
+            worst, end = (np.broadcast_to(a, outside.shape)[outside].flat[0] for a in (p, total))
+            return f"an intermediate scale {worst:g} lies far outside 1..{end:g}: the value on the way could " \
+                   "overflow or underflow"
+    return None
 
 
 @dataclass(frozen=True)
@@ -211,8 +263,9 @@ class LinearOp:
             weight = self.weight.astype(np.float64)
             weight *= place(scale, weight.shape, axis, groups)  # in place: one float64 copy of a weight
         bias = self.folded_bias(scale, shift)
-        for label, value in (("weights", weight), ("bias", bias)):
-            if value is not None and isinstance(problem := cast_once(value, self.weight_dtype), str):
+        source = None if weight is None else self.weight
+        for label, value, factor_of in (("weights", weight, source), ("bias", bias, None)):
+            if value is not None and isinstance(problem := cast_once(value, self.weight_dtype, factor_of), str):
                 return Decline(f"the folded {label} {problem}")
         return Folded(weight, bias, self.weight_dtype)
 

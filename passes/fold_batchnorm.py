@@ -26,7 +26,8 @@ Must not: fold in training mode (``training_mode=1``, ``is_test=0``) or with ``s
 when the running-statistics outputs are used, when any BN parameter, weight or bias is
 not constant, when the linear op's output has other readers or is a graph output, when
 ``var + epsilon`` is not positive, or when a folded value would overflow the weight's
-type (float16: 65504). Graph output names are kept (a folded op writes
+type (float16: 65504) or push a normal weight below the type's smallest normal (a huge
+variance: subnormals keep fewer bits). Graph output names are kept (a folded op writes
 BN's output). A BN nothing absorbs is left to ``decompose-batchnorm``.
 """
 
@@ -181,7 +182,7 @@ def _fold_input_channels(graph: gs.Graph, op: LinearOp, groups: int, scale: np.n
         constant_values(graph, bias_in).astype(np.float64).reshape(-1)
     bias = bias + (w * place(shift, w.shape, 1, groups)).sum(axis=tuple(range(1, w.ndim)))
     weight = w * place(scale, w.shape, 1, groups)
-    for label, value in (("weights", weight), ("bias", bias)):
-        if isinstance(problem := cast_once(value, op.weight_dtype), str):
+    for label, value, factor_of in (("weights", weight, w), ("bias", bias, None)):
+        if isinstance(problem := cast_once(value, op.weight_dtype, factor_of), str):
             return Decline(f"the folded {label} {problem}")
     return Folded(weight, bias, op.weight_dtype)

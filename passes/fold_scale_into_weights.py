@@ -28,7 +28,12 @@ Must not: rewrite non-float types (integer Div truncates, integer sums wrap), di
 a constant holding a zero, fold a constant that would broadcast the output to a larger
 shape or rank, grow a constant (a chain stops before a link whose constant would make
 the composed one larger than every constant so far), write a value that overflows its
-type (x/300/300 in float16 is not x/90000), or change a graph output's name.
+type (x/300/300 in float16 is not x/90000), or change a graph output's name. Nor merge
+where float rounding of the original differs by more than a few ulps of what flows: shifts
+that cancel (``(x + 65504) - 65504`` is 0 in float32 for a small ``x``, not ``x``; the same
+for a linear op's bias and the shift: ``Gemm(x, W, 65504) - 65504``), running products of scales far outside 1..``S``
+(``x * 1e30 * 1e-30`` overflows on the way), or a new Mul or weight pushed below the
+type's smallest normal (a Div by a huge constant as a Mul by a subnormal).
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ import onnx_graphsurgeon as gs
 
 from fusekit.graph_edit import constant_array, fresh_name, is_graph_io, live_consumers, producer, remove, replace_uses
 from fusekit.pass_infra import Decline, Match, NodeRewritePass, PassContext, Stage
-from fusekit.passes._channel_affine import (FLOAT_TYPES, LinearOp, MatMulOp, cast_once, channel_vector,
-                                            exact_constant, exact_value, linear_op)
+from fusekit.passes._channel_affine import (FLOAT_TYPES, LinearOp, MatMulOp, cancellation, cast_once,
+                                            channel_vector, exact_constant, exact_value, linear_op, scale_detour)
 from fusekit.passes._fusion import is_default_domain
 
 Verdict = Match | Decline
@@ -140,11 +145,17 @@ class FoldScaleIntoWeightsPass(NodeRewritePass):
             return Decline(f"it is part of the chain from {head.node.op} {head.node.name!r}")
         ops = " then ".join(a.node.op for a in chain.links)
         scale, shift = _compose(chain.links)
+        if problem := _reassociation_problem(chain.links, scale, shift):
+            return Decline(f"{ops}: {problem}")
         if chain.linear is not None:
             where = f"{chain.linear.node.op} {chain.linear.node.name!r}"
             layout, channels = chain.linear.output_layout(), chain.linear.channels
-            folded = chain.linear.fold(None if scale is None else channel_vector(scale, layout, channels),
-                                       None if shift is None else channel_vector(shift, layout, channels))
+            scale, shift = (None if v is None else channel_vector(v, layout, channels) for v in (scale, shift))
+            carried = chain.linear.folded_bias(scale, None)  # the bias alone, scaled: (Wx + b) * S + T
+            if carried is not None and shift is not None and (problem := cancellation([carried, shift],
+                                                                                     carried + shift)):
+                return Decline(f"{where}: its bias and the shift: {problem}")
+            folded = chain.linear.fold(scale, shift)
             if isinstance(folded, Decline):
                 return Decline(f"{where}: {folded.reason}")
             return Match(f"{ops} folded into {where}", (chain, folded))
@@ -161,7 +172,7 @@ class FoldScaleIntoWeightsPass(NodeRewritePass):
             emitted.append(("Sub", -shift) if all(a.node.op == "Sub" for a in chain.links if not a.is_scale)
                            else ("Add", shift))
         for op, value in emitted:
-            if isinstance(problem := cast_once(value, head.dtype), str):
+            if isinstance(problem := cast_once(value, head.dtype, () if op == "Mul" else None), str):
                 return Decline(f"the merged {op} constant would {problem}")
         return Match(f"{ops} merged into {' then '.join(op for op, _ in emitted)}", (chain, emitted))
 
@@ -260,6 +271,22 @@ def _compose(links: list[Affine]) -> tuple[np.ndarray | None, np.ndarray | None]
         else:
             shift = f if shift is None else shift + f
     return scale, shift
+
+
+def _reassociation_problem(links: list[Affine], scale: np.ndarray | None, shift: np.ndarray | None) -> str | None:
+    """Why computing the chain as ``x * S + T`` would change its result, or None: its shift
+    terms cancel in ``T``, or a running product of its scales strays far from 1..``S``."""
+    terms, partials = [], []
+    for link in links:
+        f = link.factor()
+        if link.is_scale:
+            terms = [t * f for t in terms]
+            partials.append(f if not partials else partials[-1] * f)
+        else:
+            terms.append(f)
+    if shift is not None and len(terms) > 1 and (problem := cancellation(terms, shift)):
+        return problem
+    return scale_detour(partials[:-1], scale) if scale is not None else None
 
 
 def _product(values: list[np.ndarray]) -> np.ndarray:

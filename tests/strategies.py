@@ -7,7 +7,7 @@ makes, so the declared graph outputs are exact. Steps mix real computation
 the cleanup passes look for: Identity chains, inference Dropout, Mul-by-1 / Add-0 (and
 near misses that broadcast), same-shape Reshape/Expand, identity Transpose, same-type
 Cast, one-input Concat, zero Pad, constant subgraphs, duplicated nodes and dead
-branches (values no output reads).
+branches (values no output reads), and constant shifts/scales that cancel (must not merge).
 """
 
 from __future__ import annotations
@@ -329,8 +329,25 @@ def split(b: Builder) -> None:
     b.node("Split", [v, sizes], shapes, v.constant, axis=axis)
 
 
+def cancelling_constants(b: Builder) -> None:
+    """Near misses of constant-chain merging (issue 15): ``(x + 65504) - 65504`` (0 for a small
+    x in float32, not x), a shift then a nearly equal opposite one, or ``x * 1e38 * 1e-38`` (inf
+    on the way for |x| > 3.4). Merging them changes the result far beyond rounding."""
+    v = b.pick(computed=True)
+    kind = b.draw(st.sampled_from(["exact", "near", "scale"]))
+    if kind == "scale":
+        ops, first, second = ("Mul", "Mul"), 1e38, 1e-38
+    else:
+        first = b.draw(st.sampled_from([65504.0, 4096.0, 1e6]))
+        second = first if kind == "exact" else first * (1 + b.draw(st.sampled_from([-1, 1])) / 64)
+        ops = ("Add", "Sub")
+    (v,) = b.node(ops[0], [v, b.constant(np.array(first, np.float32), "big")], [v.shape], False)
+    b.node(ops[1], [v, b.constant(np.array(second, np.float32), "big")], [v.shape], False)
+
+
 STEPS = [unary, binary_values, binary_constant, neutral, identity_chain, dropout, reshape_same, reshape_real,
-         transpose, conv, matmul, constant_subgraph, duplicate, cast, expand, concat_or_pad, split]
+         transpose, conv, matmul, constant_subgraph, duplicate, cast, expand, concat_or_pad, split,
+         cancelling_constants]
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:

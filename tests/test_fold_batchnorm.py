@@ -363,3 +363,19 @@ def test_fold_that_would_overflow_float16_is_declined():
     assert not finding.applies and finding.message == "its shift would overflow float16"  # -1000 * 1e4
     optimized, _ = optimize_with(model, BOTH)
     assert op_counts(optimized) == op_counts(model)
+
+
+def test_fold_that_would_make_normal_weights_subnormal_is_declined():
+    """A variance of 1e8 scales float16 weights of 0.1 by 1e-4: 1e-5 is below float16's smallest
+    normal (6.1e-5), where fewer bits are kept than ``Conv(x) * s`` keeps (issue 15)."""
+    rng = np.random.default_rng(0)
+    p = Pattern(np.dtype(np.float16), (BATCH, 2, 3, 3))
+    conv = p.node("Conv", ["x", p.const(np.full((2, 2, 1, 1), 0.1), "w")], name="conv")
+    params = [np.ones(2), values(rng, 2), np.zeros(2), np.array([1e8, 1.0])]
+    names = [p.const(v, label, dtype=np.float32) for v, label in zip(params, PARAMS)]
+    p.outputs.append((p.node("BatchNormalization", [conv, *names], name="bn"), (BATCH, 2, 3, 3)))
+    model = p.model()
+    (finding,) = inspect_pass(model, "fold-batchnorm")["bn"]
+    assert not finding.applies and "the folded weights underflow float16" in finding.message, finding.message
+    optimized, _ = optimize_with(model, ["fold-batchnorm", "infer-shapes"])
+    assert op_counts(optimized) == op_counts(model)
