@@ -27,6 +27,7 @@ from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, In
                             PassError, TensorRTError)
 from fusekit.manager import pipeline_key
 from fusekit.model_io import atomic_write
+from fusekit.outputs import reserve, transactional
 from fusekit.shapes import parse_dims, parse_shape
 from fusekit.verify import Tolerance
 from typer.exceptions import TyperException
@@ -79,6 +80,7 @@ PluginsOpt = Annotated[str, typer.Option(
 
 
 @app.command()
+@transactional
 def optimize(
     model: Annotated[Path, typer.Argument(help="The ONNX model to optimize (never modified).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the optimized model.")],
@@ -100,6 +102,8 @@ def optimize(
     """Optimize MODEL and write the result to OUTPUT."""
     if output.resolve() == model.resolve():
         raise InputError(f"{output}: is the input model; fusekit never overwrites its input, choose another path")
+    reserve(output, "--output")
+    reserve(output.with_name(output.name + ".data"), "--output")  # its weights, when written apart
     shapes = dict(parse_shape(s) for s in input_shape or [])
     dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
@@ -174,6 +178,7 @@ def check_trt_cmd(
 
 
 @app.command("lint")
+@transactional
 def lint_cmd(
     models: Annotated[Optional[list[Path]], typer.Argument(help="ONNX models to check (never modified without --in-place).")] = None,
     select: Annotated[Optional[list[str]], typer.Option("--select", help="Only these rule codes or prefixes, e.g. FK1,FK301 (replaces the config's).")] = None,
@@ -214,6 +219,7 @@ CcOpt = Annotated[Optional[list[str]], typer.Option(
 
 
 @app.command()
+@transactional
 def build(
     model: Annotated[Path, typer.Argument(help="The ONNX model (never modified).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the engine (and ENGINE.json).")],
@@ -230,6 +236,11 @@ def build(
     plugins: PluginsOpt = "none",
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
+    from fusekit.builder.sidecar import path_of
+
+    for path, option in ((output, "--output"), (path_of(output), "--output"), (report_json, "--report-json"),
+                         (timing_cache, "--timing-cache")):
+        reserve(path, option)
     with BuildDisplay() as display:
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
