@@ -79,6 +79,11 @@ PluginsOpt = Annotated[str, typer.Option(
                       "NAME,... (those specs) or none. The result no longer runs in onnxruntime.")]
 
 
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Refuse models that need repair (unsorted, unnamed, contradictory value_info, outputs of "
+                     "unknown rank, unknown ops, weightless) instead of repairing them with a warning (exit 2).")]
+
+
 @app.command()
 @transactional
 def optimize(
@@ -98,6 +103,7 @@ def optimize(
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
     external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when over 2 GB).")] = None,
     plugins: PluginsOpt = "none",
+    strict: StrictOpt = False,
 ) -> None:
     """Optimize MODEL and write the result to OUTPUT."""
     if output.resolve() == model.resolve():
@@ -110,7 +116,7 @@ def optimize(
         result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
                          dynamic=dynamic or (), plugins=plugins,
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
-                         debug=debug, trace=trace, progress=lambda text: status.update(text))
+                         debug=debug, trace=trace, progress=lambda text: status.update(text), strict=strict)
         status.update("saving")
         try:
             written = result.save(output, external_data=external_data)
@@ -155,11 +161,12 @@ def check_trt_cmd(
     model: Annotated[Path, typer.Argument(help="The ONNX model to check (never modified).")],
     table: Annotated[Optional[str], typer.Option("--table", help="Use this shipped support table (e.g. tensorrt-10.15) instead of the installed parser.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the unsupported nodes as JSON.")] = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Say which nodes TensorRT cannot parse, why, and what fusekit can replace them with.
 
     Exit 0 when the model parses as is, 1 when any node is unsupported, 2 on bad input."""
-    found = api.check_trt(model, table=table)
+    found = api.check_trt(model, table=table, strict=strict)
     if as_json:
         print(json.dumps({"model": str(model), "parses": not found, "unsupported": [u.to_dict() for u in found]},
                          indent=2))
@@ -191,6 +198,7 @@ def lint_cmd(
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="--fix: folder for the fixed models (same file names).")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="--fix: overwrite each model (atomically).")] = False,
     exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings (input errors still exit 2).")] = False,
+    strict: StrictOpt = False,
 ) -> int:
     """Check MODELs for what will make TensorRT fail or build badly (rules FKnnn; config: the
     tool.fusekit.lint table of the nearest pyproject.toml)."""
@@ -201,7 +209,7 @@ def lint_cmd(
         return 0
     outcome = command.run(models or [], command.LintOptions(
         select=select, ignore=ignore, fail_on=fail_on, fmt=fmt, fix=fix, output=output,
-        output_dir=output_dir, in_place=in_place), out, err)
+        output_dir=output_dir, in_place=in_place, strict=strict), out, err)
     if outcome.input_errors:
         return EXIT_CODES[InputError]
     return EXIT_CODES[FindingsError] if outcome.failing and not exit_zero else 0
@@ -234,6 +242,7 @@ def build(
     report: Annotated[bool, typer.Option("--report", help="Print every engine layer and the ONNX nodes it computes.")] = False,
     report_json: Annotated[Optional[Path], typer.Option("--report-json", help="Write the fused-layer report as JSON ('-': stdout).")] = None,
     plugins: PluginsOpt = "none",
+    strict: StrictOpt = False,
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
     from fusekit.builder.sidecar import path_of
@@ -245,7 +254,7 @@ def build(
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
                            compute_capabilities=_split(compute_capability) or (), plugins=plugins,
-                           progress=display.progress, status=display.status)
+                           progress=display.progress, status=display.status, strict=strict)
     data = result.report.to_dict()
     if report_json is not None:
         _write_json(report_json, data)

@@ -39,6 +39,7 @@ class LintOptions:
     output: Path | None = None
     output_dir: Path | None = None
     in_place: bool = False
+    strict: bool = False  # refuse what loading would repair (see fusekit.model_io.repair)
 
 
 def run(models: Sequence[Path], options: LintOptions, out: Console, err: Console) -> Outcome:
@@ -72,7 +73,7 @@ def run(models: Sequence[Path], options: LintOptions, out: Console, err: Console
     for model in models:
         try:
             config = for_model(model, select=select, ignore=ignore, fail_on=fail_on)
-            result = lint_model(model, config)
+            result = lint_model(model, config, strict=options.strict)
             if options.fix:
                 result = _fix(result, targets[model], err)
         except InputError as exc:

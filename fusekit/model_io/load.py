@@ -19,6 +19,7 @@ from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.errors import InputError
+from fusekit.model_io.repair import repair_loaded
 from fusekit.model_io.spill import WeightSpill
 from fusekit.model_io.values import FileSliceValues, MappedValues, _CopyOnUseValues, _copy, _set_location
 from fusekit.model_io.wire import _strip_model
@@ -37,6 +38,8 @@ class LoadedModel:
     # Moves weights that passes compute to a scratch file when memory runs over the
     # model's size, and holds that file for as long as the graph lives.
     spill: WeightSpill = field(default_factory=WeightSpill)
+    # Safe repairs made while loading: (what is wrong, what was done), see model_io.repair.
+    repairs: list = field(default_factory=list)
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
@@ -61,8 +64,9 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     else:
         size = path.stat().st_size + _map_external_tensors(graph, path.parent, model_name=str(path))
         _inline_own_slices(shell.graph.initializer, path)
+    repairs = repair_loaded(model, graph, str(path) if path is not None else "<ModelProto>")
     name_unnamed_nodes(graph)
-    return LoadedModel(graph=graph, shell=shell, path=path, spill=WeightSpill(budget=size))
+    return LoadedModel(graph=graph, shell=shell, path=path, spill=WeightSpill(budget=size), repairs=repairs)
 
 
 def _keep_overridable_inputs(model: onnx.ModelProto, graph: gs.Graph, shell: onnx.ModelProto) -> None:
