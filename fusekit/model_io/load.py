@@ -19,6 +19,7 @@ from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.errors import InputError
+from fusekit.model_io.limits import check_nesting
 from fusekit.model_io.repair import repair_loaded
 from fusekit.model_io.spill import WeightSpill
 from fusekit.model_io.values import FileSliceValues, MappedValues, _CopyOnUseValues, _copy, _set_location
@@ -54,6 +55,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     else:
         path = Path(source)
         model = read_model_file(path, map_weights=True)
+    check_nesting(model, "<ModelProto>" if path is None else str(path))
     shell = _shell_of(model)
     graph = gs.import_onnx(model)
     _keep_overridable_inputs(model, graph, shell)
