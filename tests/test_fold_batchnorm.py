@@ -379,3 +379,14 @@ def test_fold_that_would_make_normal_weights_subnormal_is_declined():
     assert not finding.applies and "the folded weights underflow float16" in finding.message, finding.message
     optimized, _ = optimize_with(model, ["fold-batchnorm", "infer-shapes"])
     assert op_counts(optimized) == op_counts(model)
+
+
+def test_decompose_with_a_subnormal_scale_is_declined():
+    """A variance of 1e10 gives float16 scales of 1e-5, below its smallest normal: ``x * s``
+    would keep fewer bits than BatchNormalization computes with (issue 15)."""
+    p = Pattern(np.dtype(np.float16), (BATCH, 2, 3, 3))
+    params = [np.ones(2), np.zeros(2), np.zeros(2), np.array([1e10, 1.0])]
+    names = [p.const(v, label, dtype=np.float32) for v, label in zip(params, PARAMS)]
+    p.outputs.append((p.node("BatchNormalization", ["x", *names], name="bn"), (BATCH, 2, 3, 3)))
+    (finding,) = inspect_pass(p.model(), "decompose-batchnorm")["bn"]
+    assert not finding.applies and "its scale would underflow float16" in finding.message, finding.message
