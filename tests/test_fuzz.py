@@ -138,12 +138,45 @@ def test_random_valid_graphs_end_in_success(model):
     assert outcome == "ok"
 
 
+def _corrupted(old: bytes, new: bytes) -> bytes:
+    data = edge_models.unsorted_graph().SerializeToString()
+    assert old in data
+    return data.replace(old, new, 1)
+
+
+# Found by the fuzz profile's first run (each crashed with another exception before the fix):
+# a node name that is not UTF-8 (UnicodeDecodeError on export), a dim_param that is not UTF-8
+# (onnx-graphsurgeon's ValueError), a Constant value of element type 0 (its exception).
+NOT_UTF8_NAME = _corrupted(b"relu", b"r\x80lu")
+NOT_UTF8_DIM = _corrupted(b"\x12\x01N", b"\x12\x01\x80")
+
+
+def _type_zero_constant() -> bytes:
+    from onnx import TensorProto, helper
+
+    value = TensorProto(name="c", dims=[1], data_type=0, raw_data=b"\0\0\0\0")
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=value)], "g", [],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+TYPE_ZERO_CONSTANT = _type_zero_constant()
+
+
 @_examples()
 @given(mutated())
 @example(b"")
 @example(b"\x08")  # an IR version field and nothing else
+@example(NOT_UTF8_NAME)
+@example(NOT_UTF8_DIM)
+@example(TYPE_ZERO_CONSTANT)
 def test_mutated_models_end_in_success_or_a_fusekit_error(data):
     _count("mutated", pipeline(data))
+
+
+@pytest.mark.parametrize("data", [NOT_UTF8_NAME, NOT_UTF8_DIM, TYPE_ZERO_CONSTANT])
+def test_crashes_found_by_fuzzing_are_input_errors(data):
+    assert pipeline(data) == "InputError"
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Limits on untrusted models: nesting that would exhaust the stack is refused up front.
+"""Limits on untrusted models: nesting that would exhaust the stack, or text that is not
+UTF-8, is refused up front.
 
 Subgraphs (If/Loop/Scan bodies) nested deeper than :data:`MAX_NESTING` or more than
 :data:`MAX_SUBGRAPHS` of them in all (a small file whose nested If branches repeat one
@@ -39,6 +40,30 @@ def check_nesting(model: onnx.ModelProto, where: str) -> None:
                                          "bodies, counted as imported); refusing the model")
                     bodies.append((g.node, depth + 1, owner))
     _check_calls(model, where)
+
+
+def check_text(model: onnx.ModelProto, where: str) -> None:
+    """Refuse a model with a string field that is not UTF-8 (protobuf parses it and hands it
+    back as bytes, which fails wherever it is used). Walks every message once, without
+    reading tensor bytes."""
+    pending: list = [model]
+    while pending:
+        message = pending.pop()
+        if isinstance(message, onnx.TensorProto):
+            fields = [(f, getattr(message, f)) for f in ("name", "doc_string")]
+            fields += [("external_data", [*message.external_data])]
+            fields = [(name, v) for name, v in fields if v]
+        else:
+            fields = [(fd.name, value) for fd, value in message.ListFields()
+                      if fd.type in (fd.TYPE_MESSAGE, fd.TYPE_STRING)]
+        for name, value in fields:
+            values = [value] if isinstance(value, (str, bytes)) or hasattr(value, "ListFields") else list(value)
+            for v in values:
+                if isinstance(v, bytes):
+                    raise InputError(f"{where}: not a valid ONNX model (field {name!r} holds text that is not "
+                                     f"UTF-8: {v[:40]!r})")
+                if hasattr(v, "ListFields"):
+                    pending.append(v)
 
 
 def _check_calls(model: onnx.ModelProto, where: str) -> None:

@@ -17,9 +17,10 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from fusekit.errors import InputError
-from fusekit.model_io.limits import check_nesting
+from fusekit.model_io.limits import check_nesting, check_text
 from fusekit.model_io.repair import repair_loaded
 from fusekit.model_io.spill import WeightSpill
 from fusekit.model_io.values import FileSliceValues, MappedValues, _CopyOnUseValues, _copy, _set_location
@@ -55,9 +56,14 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     else:
         path = Path(source)
         model = read_model_file(path, map_weights=True)
-    check_nesting(model, "<ModelProto>" if path is None else str(path))
+    where = "<ModelProto>" if path is None else str(path)
+    check_nesting(model, where)
+    check_text(model, where)
     shell = _shell_of(model)
-    graph = gs.import_onnx(model)
+    try:
+        graph = gs.import_onnx(model)
+    except (ValueError, TypeError, KeyError, IndexError, OnnxGraphSurgeonException) as exc:  # a field it cannot read
+        raise InputError(f"{where}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
     _keep_overridable_inputs(model, graph, shell)
     _complete_import(model.graph, graph, caller_owned=path is None)
     _complete_functions(model, graph, caller_owned=path is None)
