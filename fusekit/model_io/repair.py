@@ -34,6 +34,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.errors import InputError, PassError
+from fusekit.graph_order import sort_topologically
 
 log = logging.getLogger("fusekit.repair")
 
@@ -62,9 +63,14 @@ Repair = tuple[str, str]  # (what is wrong, naming the model; what was done abou
 def repair_loaded(model: onnx.ModelProto, graph: gs.Graph, where: str) -> list[Repair]:
     """Make the safe structural repairs on ``graph`` (imported from ``model``); say what was done."""
     repairs = []
-    if not _is_sorted(graph):
-        graph.toposort()
+    was_sorted = _is_sorted(graph)
+    try:
+        sort_topologically(graph)  # also what finds a cycle (a node writing a graph input, say)
+    except ValueError as exc:
+        raise InputError(f"{where}: not a valid graph: {exc}") from None
+    if not was_sorted:
         repairs.append((f"{where}: the graph's nodes are not in topological order", "sorted them"))
+    _refuse_undefined_inputs(graph, where)
     if not graph.name:
         graph.name = "main"
         repairs.append((f"{where}: the graph has no name", "named it 'main'"))
@@ -75,6 +81,12 @@ def repair_loaded(model: onnx.ModelProto, graph: gs.Graph, where: str) -> list[R
         repairs.append((f"{where}: {len(weightless)} initializer(s) have no data (a weightless model: {names})",
                         "optimized without reading them; a pass that needs their values stops"))
     return repairs
+
+
+# What onnx.checker refuses that a runtime may still run: accepted with a warning (not strict).
+# Anything else it refuses (an empty op_type, a value nobody computes) is a broken graph.
+ACCEPTABLE = ("No Op registered for", "ShapeInferenceError", "should contain one and only one value field",
+              "Field 'shape' of 'type' is required but missing")
 
 
 def check_input(graph: gs.Graph, shell: onnx.ModelProto, where: str, repairs: list[str], strict: bool) -> Acceptance:
@@ -103,6 +115,8 @@ def check_input(graph: gs.Graph, shell: onnx.ModelProto, where: str, repairs: li
         try:
             check_graph(graph, shell, f"{where}: invalid model")
         except InputError as again:
+            if not any(kind in str(again) for kind in ACCEPTABLE):
+                raise
             acceptance.accepted = _complaint(again)
             acceptance.repairs.append(f"{again}; accepted as it is (--strict refuses it)")
     for line in acceptance.repairs:
@@ -126,6 +140,17 @@ def _complaint(exc: Exception) -> str:
     """The checker's message without the prefix naming the model."""
     return str(exc).split(": ", 1)[-1].split("invalid model: ", 1)[-1].split("(rerun with --debug to find the pass): ",
                                                                                1)[-1]
+
+
+def _refuse_undefined_inputs(graph: gs.Graph, where: str) -> None:
+    """A value read in the main graph but computed by nothing (no node, input or initializer)
+    is a broken graph no runtime runs: refused."""
+    inputs = {id(t) for t in graph.inputs}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if t.name and isinstance(t, gs.Variable) and not t.inputs and id(t) not in inputs:
+                raise InputError(f"{where}: input {t.name!r} of node {node.name or node.op!r} is computed by no "
+                                 "node and is neither a graph input nor an initializer")
 
 
 def _is_sorted(graph: gs.Graph) -> bool:
