@@ -42,13 +42,21 @@ def check_nesting(model: onnx.ModelProto, where: str) -> None:
     _check_calls(model, where)
 
 
+_LISTS = frozenset({onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS, onnx.AttributeProto.STRINGS})
+
+
 def check_text(model: onnx.ModelProto, where: str) -> None:
     """Refuse a model with a string field that is not UTF-8 (protobuf parses it and hands it
-    back as bytes, which fails wherever it is used). Walks every message once, without
-    reading tensor bytes."""
+    back as bytes, which fails wherever it is used), or a list attribute with no values
+    (onnx-graphsurgeon cannot write it back: its type is lost). Walks every message once,
+    without reading tensor bytes."""
     pending: list = [model]
     while pending:
         message = pending.pop()
+        if isinstance(message, onnx.AttributeProto) and message.type in _LISTS and not (
+                message.ints or message.floats or message.strings):
+            raise InputError(f"{where}: attribute {message.name!r} is an empty list, which fusekit cannot write "
+                             "back with its type; remove it or give it values")
         if isinstance(message, onnx.TensorProto):
             fields = [(f, getattr(message, f)) for f in ("name", "doc_string")]
             fields += [("external_data", [*message.external_data])]
