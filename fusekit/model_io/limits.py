@@ -42,7 +42,7 @@ def check_nesting(model: onnx.ModelProto, where: str) -> None:
     _check_calls(model, where)
 
 
-_LISTS = frozenset({onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS, onnx.AttributeProto.STRINGS})
+_NOT_VALUES = frozenset({"name", "type", "doc_string", "ref_attr_name"})
 
 
 def check_text(model: onnx.ModelProto, where: str) -> None:
@@ -53,10 +53,10 @@ def check_text(model: onnx.ModelProto, where: str) -> None:
     pending: list = [model]
     while pending:
         message = pending.pop()
-        if isinstance(message, onnx.AttributeProto) and message.type in _LISTS and not (
-                message.ints or message.floats or message.strings):
-            raise InputError(f"{where}: attribute {message.name!r} is an empty list, which fusekit cannot write "
-                             "back with its type; remove it or give it values")
+        if isinstance(message, onnx.AttributeProto) and not message.ref_attr_name and not (
+                {fd.name for fd, _ in message.ListFields()} - _NOT_VALUES):
+            raise InputError(f"{where}: attribute {message.name!r} has no value (an empty list or none), which "
+                             "fusekit cannot write back with its type; remove it or give it values")
         if isinstance(message, onnx.TensorProto):
             fields = [(f, getattr(message, f)) for f in ("name", "doc_string")]
             fields += [("external_data", [*message.external_data])]

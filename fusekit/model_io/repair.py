@@ -105,8 +105,8 @@ def check_input(graph: gs.Graph, shell: onnx.ModelProto, where: str, repairs: li
         acceptance.repairs.append(f"{exc}; kept with an unknown shape")
     try:
         check_graph(graph, shell, f"{where}: invalid model")
-    except InputError:
-        if strict:
+    except InputError as exc:
+        if strict or "cannot be written back" in str(exc):
             raise
         dropped = _drop_contradicted_value_info(graph, shell)
         if dropped:
