@@ -25,9 +25,10 @@ from fusekit.errors import InputError, PassError, VerificationError
 from fusekit.manager import PassManager
 from fusekit.model_io import (LoadedModel, export_weightless, load_model, read_model_file, save_graph,
                                save_model, to_model_proto)
+from fusekit.model_io.repair import check_input, check_output
 from fusekit.pass_infra import Stage
 from fusekit.report import ModelSummary, OptimizeReport
-from fusekit.shapes import (Dim, apply_input_shapes, complete_outputs,
+from fusekit.shapes import (Dim, apply_input_shapes,
                             tensorrt_shape_problems)
 from fusekit.validate import check_graph, first_line
 from fusekit.verify import Tolerance, compare
@@ -100,9 +101,10 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
         tolerance: Tolerance = Tolerance(), max_iterations: int = 10, debug: bool = False,
         options: Mapping[str, Any] | None = None, trace: str | None = None,
         progress: Callable[[str], None] | None = None, dims: Mapping[str, int] | None = None,
-        dynamic: Iterable[str] = (), **pass_options: Any) -> Optimized:
+        dynamic: Iterable[str] = (), strict: bool = False, **pass_options: Any) -> Optimized:
     """Load, run the pass pipeline to a fixed point, validate and optionally verify.
 
+    ``strict``: refuse what loading would repair or accept (see ``fusekit.model_io.repair``).
     Pass options come in ``options`` or as keywords, as :func:`optimize` takes them."""
     start = time.perf_counter()
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
@@ -117,8 +119,7 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
     ranges = profiles.parse_dynamic_args(dynamic)
     loaded = load_model(model)
     graph, shell = loaded.graph, loaded.shell
-    complete_outputs(graph, shell, name)
-    check_graph(graph, shell, f"{name}: invalid model")
+    acceptance = check_input(graph, shell, name, loaded.repairs, strict)
     if input_shapes or dims:
         apply_input_shapes(graph, input_shapes, dims)
     report = OptimizeReport(source=name, before=ModelSummary.of(graph), warnings=list(found.problems))
@@ -131,8 +132,7 @@ def run(model: ModelSource, *, passes: Iterable[str] | None = None, skip: Iterab
 
     manager.check, manager.trace = (check_after if debug else None), trace
     pipeline = manager.run(graph, ctx)
-    check_graph(graph, shell, "the optimized model is invalid (rerun with --debug to find the pass)",
-                error=PassError)
+    check_output(graph, shell, acceptance)
     report.after = ModelSummary.of(graph)
     report.passes, report.iterations, report.converged = pipeline.stats, pipeline.iterations, pipeline.converged
     report.events = pipeline.events
@@ -225,7 +225,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
           compute_capabilities: Iterable[str] = (), passes: Iterable[str] | None = None,
           skip: Iterable[str] = (), progress: Callable[[Any], None] | None = None,
           status: Callable[[str], None] | None = None, force: bool = False,
-          reuse_at: str | os.PathLike | None = None, **pass_options: Any):
+          reuse_at: str | os.PathLike | None = None, strict: bool = False, **pass_options: Any):
     """Build a TensorRT engine from ``model`` (a path or a ``ModelProto``, never modified).
 
     Runs the optimize pipeline first unless ``optimize=False``, resolves the optimization
@@ -273,7 +273,7 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
         say("optimizing" if optimize else f"converting to {precision}")
         start = time.perf_counter()
         optimized = run(source, passes=passes if optimize else [PRECISION_PASS], skip=skip, progress=status,
-                        **({**pass_options, "precision": precision} if precision else pass_options))
+                        strict=strict, **({**pass_options, "precision": precision} if precision else pass_options))
         seconds["optimize"] = time.perf_counter() - start
         header = export_weightless(optimized.loaded.graph, optimized.loaded.shell)
         conversion = optimized.report.precision
@@ -312,7 +312,8 @@ def build(model: ModelSource, output: str | os.PathLike | None = None, *, optimi
     return result
 
 
-def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[str] | None = None):
+def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[str] | None = None,
+              strict: bool = False):
     """The nodes of ``model`` TensorRT cannot parse, each with the reason and the substitution
     fusekit offers, or None: what ``fusekit optimize`` (``passes``, default: the default
     pipeline, plus every plugin substitution, which is opt-in) does about it, found by running
@@ -327,8 +328,7 @@ def check_trt(model: ModelSource, *, table: str | None = None, passes: Iterable[
     """
     name = "<ModelProto>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     loaded = load_model(model)
-    complete_outputs(loaded.graph, loaded.shell, name)
-    check_graph(loaded.graph, loaded.shell, f"{name}: invalid model")
+    check_input(loaded.graph, loaded.shell, name, loaded.repairs, strict)
     with tempfile.TemporaryDirectory(prefix="fusekit-check-") as folder:
         found = _unsupported(loaded, Path(folder), table)
     if not found:

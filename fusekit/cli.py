@@ -36,6 +36,7 @@ from fusekit.errors import (BackendMissingError, FindingsError, FusekitError, In
                             PassError, TensorRTError)
 from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Stage
+from fusekit.outputs import reserve, transactional
 from typer.exceptions import TyperException
 
 EXIT_CODES: dict[type[FusekitError], int] = {
@@ -80,7 +81,13 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Refuse models that need repair (unsorted, unnamed, contradictory value_info, outputs of "
+                     "unknown rank, unknown ops, weightless) instead of repairing them with a warning (exit 2).")]
+
+
 @app.command(cls=PassOptionsCommand)
+@transactional
 def optimize(
     ctx: typer.Context,
     models: Annotated[list[Path], typer.Argument(metavar="MODEL", help="The ONNX model to optimize, or several, or folders of them (never modified).")],
@@ -100,6 +107,7 @@ def optimize(
     debug: Annotated[bool, typer.Option("--debug", help="Check the graph after every pass.")] = False,
     max_iterations: Annotated[int, typer.Option(min=1, help="Rounds of the pipeline at most.")] = 10,
     external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Write weights to OUTPUT.data (default: only when they pass ~1.8 GB).")] = None,
+    strict: StrictOpt = False,
 ) -> int | None:
     """Optimize MODEL and write the result to OUTPUT (or many models into OUTPUT_DIR); pass
     options: see "Pass options"."""
@@ -113,7 +121,7 @@ def optimize(
         return cli_batch.optimize_paths(models, output, output_dir, jobs, trace, as_json, external_data, dict(
             passes=_split(passes), skip=_split(skip) or (), input_shapes=dict(parse_shape(s) for s in input_shape or []),
             dims=parse_dims(dim or []), dynamic=dynamic or (), verify=verify, tolerance=Tolerance(rtol, atol),
-            max_iterations=max_iterations, debug=debug, **pass_options.given(ctx)), out, err)
+            max_iterations=max_iterations, debug=debug, strict=strict, **pass_options.given(ctx)), out, err)
     model = models[0]
     if output is None:
         raise InputError("give -o OUTPUT.onnx (one model) or --output-dir FOLDER (several models or folders)")
@@ -121,13 +129,15 @@ def optimize(
         raise InputError(f"-o {output}: names a folder; give a file name (or --output-dir {output} for several models)")
     if output.resolve() == model.resolve():
         raise InputError(f"{output}: is the input model; fusekit never overwrites its input, choose another path")
+    reserve(output, "--output")
+    reserve(output.with_name(output.name + ".data"), "--output")  # its weights, when written apart
     shapes = dict(parse_shape(s) for s in input_shape or [])
     dims = parse_dims(dim or [])
     with err.status("optimizing", spinner="dots") as status:
         result = api.run(model, passes=_split(passes), skip=_split(skip) or (), input_shapes=shapes, dims=dims,
                          dynamic=dynamic or (), **pass_options.given(ctx),
                          verify=verify, tolerance=Tolerance(rtol, atol), max_iterations=max_iterations,
-                         debug=debug, trace=trace, progress=lambda text: status.update(text))
+                         debug=debug, trace=trace, progress=lambda text: status.update(text), strict=strict)
         status.update("saving")
         try:
             written = result.save(output, external_data=external_data)
@@ -185,13 +195,14 @@ def check_trt_cmd(
     model: Annotated[Path, typer.Argument(help="The ONNX model to check (never modified).")],
     table: Annotated[Optional[str], typer.Option("--table", help="Use this shipped support table (e.g. tensorrt-10.15) instead of the installed parser.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the unsupported nodes as JSON.")] = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Say which nodes TensorRT cannot parse, why, and what fusekit can replace them with.
 
     Exit 0 when the model parses as is, 1 when any node is unsupported, 2 on bad input."""
     from fusekit import api
 
-    found = api.check_trt(model, table=table)
+    found = api.check_trt(model, table=table, strict=strict)
     if as_json:
         print(json.dumps({"model": str(model), "parses": not found, "checked_by": found.checked_by,
                           "unsupported": [u.to_dict() for u in found]}, indent=2))
@@ -210,6 +221,7 @@ def check_trt_cmd(
 
 
 @app.command("lint")
+@transactional
 def lint_cmd(
     models: Annotated[Optional[list[Path]], typer.Argument(help="ONNX models to check (never modified without --in-place).")] = None,
     select: Annotated[Optional[list[str]], typer.Option("--select", help="Only these rule codes or prefixes, e.g. FK1,FK301 (replaces the config's).")] = None,
@@ -222,6 +234,7 @@ def lint_cmd(
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="--fix: folder for the fixed models (same file names).")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="--fix: overwrite each model (atomically).")] = False,
     exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even with findings (input errors still exit 2).")] = False,
+    strict: StrictOpt = False,
 ) -> int:
     """Check MODELs for what will make TensorRT fail or build badly (rules FKnnn; config: the
     tool.fusekit.lint table of the nearest pyproject.toml)."""
@@ -232,7 +245,7 @@ def lint_cmd(
         return 0
     outcome = command.run(models or [], command.LintOptions(
         select=select, ignore=ignore, fail_on=fail_on, fmt=fmt, fix=fix, output=output,
-        output_dir=output_dir, in_place=in_place), out, err)
+        output_dir=output_dir, in_place=in_place, strict=strict), out, err)
     if outcome.input_errors:
         return EXIT_CODES[InputError]
     return EXIT_CODES[FindingsError] if outcome.failing and not exit_zero else 0
@@ -263,6 +276,7 @@ def _check_report_html(path: Path | None) -> None:
 
 
 @app.command(cls=PassOptionsCommand)
+@transactional
 def build(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="The ONNX model (never modified).")],
@@ -281,6 +295,7 @@ def build(
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="--triton-repo: the model's name there (default: MODEL's file stem).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Build even when the engine there was built from the same model, options and backend.")] = False,
     report_html: ReportHtmlOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Optimize MODEL (unless --no-optimize), build a TensorRT engine and say what fused."""
     from fusekit import api
@@ -295,11 +310,21 @@ def build(
         plan = triton.plan_path(triton_repo, model_name or model.stem)  # written after the build
     elif output is None:
         raise InputError("say where the engine goes: -o ENGINE or --triton-repo DIR")
+    else:  # the Triton entry's folders are made after the build, so its files are not reserved here
+        from fusekit.builder.reuse import report_path
+        from fusekit.builder.sidecar import path_of
+
+        for path in (output, path_of(output), report_path(output)):
+            reserve(path, "--output")
+    for path, option in ((report_json, "--report-json"), (timing_cache, "--timing-cache"),
+                         (report_html, "--report-html")):
+        reserve(path, option)
     with BuildDisplay() as display:
         result = api.build(model, output, optimize=not no_optimize, dynamic=dynamic or (), workspace_mib=workspace,
                            opt_level=opt_level, fp16=fp16, bf16=bf16, timing_cache=timing_cache,
                            compute_capabilities=_split(compute_capability) or (), **pass_options.given(ctx),
-                           progress=display.progress, status=display.status, force=force, reuse_at=plan)
+                           progress=display.progress, status=display.status, force=force, reuse_at=plan,
+                           strict=strict)
     reused = set(result.written) if result.reused else set()
     if result.reused:
         err.print(f"reused {result.written[0]}: built from the same model, options and backend (--force rebuilds)",

@@ -14,6 +14,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from fusekit.weightless import WeightlessValues
+
 # Ops whose results are drawn at random: never folded or merged. (Dropout draws a mask
 # only in training mode; in inference it is an Identity, which remove-noops removes.)
 S = TypeVar("S")
@@ -49,13 +51,22 @@ def constant_array(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of a constant tensor (initializer or ``Constant`` node output), else None.
 
     Lazy (file-backed) values are read without being cached on the tensor, so reading a
-    weight does not make the exporter copy it later.
+    weight does not make the exporter copy it later. A tensor stored without data (a
+    weightless model) has no value here.
     """
     const = constant_of(tensor)
     if const is None:
         return None
     values = held_values(const)
+    if isinstance(values, WeightlessValues):
+        return None  # stored without data: its values are unknown, as a computed tensor's are
     return values.load() if isinstance(values, LazyValues) else values
+
+
+def is_weightless(tensor: gs.Tensor | None) -> bool:
+    """Whether ``tensor`` is a constant stored without data (a weightless model's initializer)."""
+    const = constant_of(tensor)
+    return const is not None and isinstance(held_values(const), WeightlessValues)
 
 
 def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:

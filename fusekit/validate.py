@@ -19,7 +19,10 @@ from fusekit.model_io import WEIGHTLESS_PLACEHOLDER, export_weightless
 def check_graph(graph: gs.Graph, shell: onnx.ModelProto, what: str,
                 error: type[Exception] = InputError) -> None:
     """Raise ``error`` naming ``what`` if the graph fails the checker or strict shape inference."""
-    light = export_weightless(graph, shell)
+    try:
+        light = export_weightless(graph, shell)
+    except ValueError as exc:  # e.g. an attribute whose type onnx-graphsurgeon lost (a mistyped list)
+        raise error(f"{what}: cannot be written back as ONNX: {first_line(exc)}") from None
     with tempfile.TemporaryDirectory(prefix="fusekit-check-") as tmp:
         Path(tmp, WEIGHTLESS_PLACEHOLDER).touch()
         path = Path(tmp, "model.onnx")

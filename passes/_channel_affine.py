@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fusekit.graph_edit import (constant_array, constant_of, fresh_name, make_constant, notes, onnx_type, optional_input,
-                                producer)
+from fusekit.graph_edit import (constant_array, constant_of, fresh_name, is_weightless, make_constant, notes, onnx_type,
+                                optional_input, producer)
 from fusekit.onnx_nodes import is_default_domain
 from fusekit.pass_infra import Decline
 
@@ -59,7 +59,7 @@ def constant_info(tensor: gs.Tensor | None) -> tuple[tuple[int, ...], np.dtype |
     """(shape, NumPy dtype or None) of a constant tensor without reading its values; None if
     not constant. Checks stay cheap on large weights: values are read only to rewrite."""
     const = constant_of(tensor)
-    if const is None:
+    if const is None or is_weightless(const):  # no data: its values cannot be folded
         return None
     enum = onnx_type(const.dtype)
     try:

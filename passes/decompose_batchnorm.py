@@ -10,7 +10,8 @@ and linear ops.
 Runs after ``fold-batchnorm`` and must not take a BN that pass folds (folding removes a
 node; this adds one). Must not rewrite in training mode, with ``spatial=0``, with used
 statistics outputs or non-constant parameters (see ``fold-batchnorm``), when the
-input's rank or element type is unknown, or when ``s`` or ``t`` overflows that type. BN's output name is kept.
+input's rank or element type is unknown, or when ``s`` or ``t`` overflows that type, or ``s``
+falls below its smallest normal (subnormals keep fewer bits). BN's output name is kept.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class DecomposeBatchNormPass(NodeRewritePass):
         if dtype not in FLOAT_DTYPES:
             return Decline(f"its input is {type_name(elem)}, not float16/float32/float64")
         for label, value in zip(("scale", "shift"), affine):
-            if isinstance(problem := cast_once(value, dtype), str):
+            if isinstance(problem := cast_once(value, dtype, () if label == "scale" else None), str):
                 return Decline(f"its {label} would {problem}")
         return Match("BatchNormalization decomposed into a per-channel Mul and Add", (affine, len(shape), dtype))
 

@@ -114,6 +114,21 @@ CASES = {
 }
 
 
+# What onnx.checker refuses but a runtime may run (issue 15): a warning unless --strict.
+ACCEPTED_UNLESS_STRICT = {"op unknown at opset", "shape inference fails"}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED_UNLESS_STRICT))
+def test_checker_refusals_are_warnings_without_strict(case, tmp_path, caplog):
+    content, message = CASES[case]
+    model = write(tmp_path, content)
+    with caplog.at_level("WARNING", logger="fusekit"):
+        assert main(["optimize", str(model), "-o", str(tmp_path / "out.onnx")]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "fusekit.repair"]
+    assert message in line and line.endswith("accepted as it is (--strict refuses it)")
+    assert (tmp_path / "out.onnx").is_file()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
     content, message = CASES[case]
@@ -128,7 +143,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
         write(tmp_path, content)
     out = tmp_path / "out.onnx"
     out.write_text("previous result")  # must survive a failed run
-    assert main(["optimize", str(model), "-o", str(out)]) == 2
+    strict = ["--strict"] if case in ACCEPTED_UNLESS_STRICT else []
+    assert main(["optimize", str(model), "-o", str(out), *strict]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fusekit: error:") and message in err[0]
     assert out.read_text() == "previous result"

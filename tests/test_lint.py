@@ -419,7 +419,7 @@ def test_fix_keeps_the_last_lint_of_the_written_file(bn_file, tmp_path, monkeypa
     assert fixed.remaining.findings == lint_model(out, result.config).findings
     calls = []
     real = command.lint_model
-    monkeypatch.setattr(command, "lint_model", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(command, "lint_model", lambda *a, **k: calls.append(a) or real(*a, **k))
     assert main(["lint", str(bn_file), "--ignore", "FK1", "--fix", "-o", str(out)]) == 0
     assert len(calls) == 1  # the input only: --fix hands back the lint of the fixed file
 

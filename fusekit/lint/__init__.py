@@ -30,6 +30,7 @@ from fusekit.lint.checks import CHECK_CODES, CHECKS, LintFinding, Target
 from fusekit.lint.config import LintConfig, for_model
 from fusekit.lint.rules import RULES, Severity, explain
 from fusekit.model_io import load_model, read_model_file
+from fusekit.model_io.repair import check_input
 from fusekit.shapes import annotate_shapes
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,13 @@ class LintResult:
         return [f for f in self.findings if f.severity >= self.config.fail_on]
 
 
-def lint_model(model: str | os.PathLike | onnx.ModelProto, config: LintConfig | None = None) -> LintResult:
+def lint_model(model: str | os.PathLike | onnx.ModelProto, config: LintConfig | None = None,
+               strict: bool = False) -> LintResult:
     """Lint one model (a path or a ``ModelProto``, never modified) and return everything found.
 
     Without ``config``, a path's configuration comes from the nearest pyproject.toml.
-    Raises :class:`~fusekit.errors.InputError` for a missing or corrupt model.
+    Raises :class:`~fusekit.errors.InputError` for a missing or corrupt model; with
+    ``strict``, also for what loading repairs or accepts (see ``fusekit.model_io.repair``).
     """
     start = time.perf_counter()
     if isinstance(model, onnx.ModelProto):
@@ -67,6 +70,8 @@ def lint_model(model: str | os.PathLike | onnx.ModelProto, config: LintConfig | 
         config = config or for_model(path)
         proto = read_model_file(path, map_weights=True)  # large weights stay in the file
     loaded = load_model(path if path is not None else proto)
+    if strict:
+        check_input(loaded.graph, loaded.shell, name, loaded.repairs, strict=True)
     annotate_shapes(loaded.graph, loaded.shell)
     target = Target(name, proto, loaded, path, opset_range=config.opset, trt=config.trt)
     findings: list[LintFinding] = []
@@ -77,7 +82,8 @@ def lint_model(model: str | os.PathLike | onnx.ModelProto, config: LintConfig | 
             if config.enabled(f.code):
                 findings.append(replace(f, severity=config.severity.get(f.code, f.severity)))
     findings.sort(key=lambda f: (f.code, f.node or "", f.key))
-    return LintResult(name, findings, target.notes, config, time.perf_counter() - start)
+    repaired = [f"{problem}; {action}" for problem, action in loaded.repairs]
+    return LintResult(name, findings, repaired + target.notes, config, time.perf_counter() - start)
 
 
 def lint(model: str | os.PathLike | onnx.ModelProto, *, select=None, ignore=(),

@@ -14,9 +14,10 @@ from rich.markup import escape
 from fusekit.errors import InputError
 from fusekit.lint import LintResult, explain, lint_model
 from fusekit.lint.config import for_model, parse_codes
-from fusekit.lint.fix import fix, output_for
+from fusekit.lint.fix import fix, output_for, relint
 from fusekit.lint.output import FORMATS, render
 from fusekit.lint.rules import Severity
+from fusekit.outputs import reserve
 
 
 @dataclass
@@ -39,6 +40,7 @@ class LintOptions:
     output: Path | None = None
     output_dir: Path | None = None
     in_place: bool = False
+    strict: bool = False  # refuse what loading would repair (see fusekit.model_io.repair)
 
 
 def run(models: Sequence[Path], options: LintOptions, out: Console, err: Console) -> Outcome:
@@ -60,11 +62,15 @@ def run(models: Sequence[Path], options: LintOptions, out: Console, err: Console
     if options.fix:
         targets = {m: output_for(m, output=options.output, output_dir=options.output_dir,
                                  in_place=options.in_place, count=len(models)) for m in models}
+        option = "-o" if options.output else "--output-dir" if options.output_dir else "--in-place"
+        for target in targets.values():
+            reserve(target, option)
+            reserve(target.with_name(target.name + ".data"), option)
     outcome = Outcome()
     for model in models:
         try:
             config = for_model(model, select=select, ignore=ignore, fail_on=fail_on)
-            result = lint_model(model, config)
+            result = lint_model(model, config, strict=options.strict)
             if options.fix:
                 result = _fix(result, targets[model], err)
         except InputError as exc:
@@ -87,7 +93,7 @@ def _fix(result: LintResult, target: Path, err: Console) -> LintResult:
         err.print(f"fixed {escape(result.model)} with {', '.join(fixed.passes)} -> {escape(written)}", soft_wrap=True)
     else:
         err.print(f"{escape(result.model)}: nothing to fix; written as it is to {escape(written)}", soft_wrap=True)
-    remaining = fixed.remaining if fixed.remaining is not None else lint_model(target, result.config)
+    remaining = fixed.remaining if fixed.remaining is not None else relint(target, result.config)
     remaining.notes = list(dict.fromkeys(result.notes + remaining.notes
                                          + [f"findings are those left after --fix, in {target}"]))
     return remaining

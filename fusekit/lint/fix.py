@@ -3,7 +3,7 @@ result atomically. The input is never overwritten unless asked (``in_place``).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fusekit import api, registry
@@ -72,9 +72,22 @@ def fix(result: LintResult, target: Path) -> Fixed:
             raise InputError(f"{target}: cannot write the fixed model: {exc.strerror or exc}") from None
         if not passes:
             break
-        remaining = lint_model(target, result.config)
+        remaining = relint(target, result.config)
         wanted = _fixable(remaining)
     return Fixed(source, written, sorted(passes), remaining)
+
+
+def relint(target: Path, config) -> LintResult:
+    """Lint the fixed model just written to ``target`` (read from its temp file until the
+    command's outputs are renamed into place), reported under ``target``'s name."""
+    from fusekit.lint import lint_model
+    from fusekit.outputs import readable
+
+    staged = readable(target)
+    remaining = lint_model(staged, config)
+    remaining.model = str(target)
+    remaining.findings = [replace(f, model=str(target)) if f.model == str(staged) else f for f in remaining.findings]
+    return remaining
 
 
 def _fixable(result: LintResult) -> set[str]:

@@ -17,9 +17,12 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo
 from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from fusekit.errors import InputError
 from fusekit.graph_edit import held_values, notes
+from fusekit.model_io.limits import check_nesting, check_text
+from fusekit.model_io.repair import repair_loaded
 from fusekit.model_io.spill import WeightSpill
 from fusekit.model_io.values import FileSliceValues, MappedValues, _CopyOnUseValues, _copy, _set_location
 from fusekit.model_io.wire import _strip_model
@@ -38,6 +41,8 @@ class LoadedModel:
     # Moves weights that passes compute to a scratch file when memory runs over the
     # model's size, and holds that file for as long as the graph lives.
     spill: WeightSpill = field(default_factory=WeightSpill)
+    # Safe repairs made while loading: (what is wrong, what was done), see model_io.repair.
+    repairs: list = field(default_factory=list)
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
@@ -52,8 +57,14 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     else:
         path = Path(source)
         model = read_model_file(path, map_weights=True)
+    where = "<ModelProto>" if path is None else str(path)
+    check_nesting(model, where)
+    check_text(model, where)
     shell = _shell_of(model)
-    graph = gs.import_onnx(model)
+    try:
+        graph = gs.import_onnx(model)
+    except (ValueError, TypeError, KeyError, IndexError, OnnxGraphSurgeonException) as exc:  # a field it cannot read
+        raise InputError(f"{where}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
     _keep_overridable_inputs(model, graph, shell)
     _complete_import(model.graph, graph, caller_owned=path is None)
     _complete_functions(model, graph, caller_owned=path is None)
@@ -62,8 +73,9 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     else:
         size = path.stat().st_size + _map_external_tensors(graph, path.parent, model_name=str(path))
         _inline_own_slices(shell.graph.initializer, path)
+    repairs = repair_loaded(model, graph, str(path) if path is not None else "<ModelProto>")
     name_unnamed_nodes(graph)
-    return LoadedModel(graph=graph, shell=shell, path=path, spill=WeightSpill(budget=size))
+    return LoadedModel(graph=graph, shell=shell, path=path, spill=WeightSpill(budget=size), repairs=repairs)
 
 
 def _keep_overridable_inputs(model: onnx.ModelProto, graph: gs.Graph, shell: onnx.ModelProto) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
@@ -21,6 +20,7 @@ from fusekit.model_io.export import _export_stubbed
 from fusekit.model_io.values import (WEIGHTLESS_PLACEHOLDER, MappedValues, _copy, _set_location, array_header,
                                      byte_view, inline_header, plain_array)
 from fusekit.model_io.wire import _GRAPH_INITIALIZER, _LEN, _MODEL_GRAPH, _RAW_DATA_KEY, _key, _varint
+from fusekit.outputs import atomic_write
 
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -221,28 +221,3 @@ def _collect(data: Callable[[BinaryIO], None]) -> bytes:
     buffer = io.BytesIO()
     data(buffer)
     return buffer.getvalue()
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temp file beside ``path``, then rename it over ``path``.
-
-    A failure of this process leaves ``path`` as it was. The file gets the usual
-    permissions (umask), not the private ones of a temp file. Like ``onnx.save`` it is
-    not fsync'ed: that would double the time of a save for protection against power loss
-    only, and an output that power loss truncated is refused on load as truncated.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
