@@ -120,6 +120,20 @@ def test_external_data_in_and_out_memory_mapped_and_input_untouched(tmp_path):
     np.testing.assert_allclose(session(onnx.load(single)).run(None, {"x": x})[0], expected, rtol=1e-4, atol=1e-5)  # Gemm fusion reorders float math
 
 
+@pytest.mark.trt
+def test_small_weights_in_external_data_optimize_verify_and_build(tmp_path):
+    """Every initializer external, the small ones too (size_threshold 0): loading gives them an
+    absolute location, which onnx's checker refuses in the weightless export; they are inlined
+    there."""
+    model = big_weight_model(200)  # w 160 KB (stubbed), b 800 bytes (inlined)
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", str(tmp_path / "m.onnx"), "-o", str(out), "--verify"]) == 0
+    assert main(["build", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.engine"), "--dynamic", "N=1:2:4"]) == 0
+    assert (tmp_path / "m.engine").stat().st_size > 0
+
+
 @pytest.mark.parametrize("location, message", [
     ("../outside.bin", "points outside the model folder"),
     ("{outside}", "absolute external data location"),  # any file on the machine, e.g. /etc/passwd

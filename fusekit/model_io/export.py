@@ -6,11 +6,17 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from fusekit.graph_edit import held_values, notes
 from fusekit.model_io.load import _MODEL_FIELDS_GS_DROPS, _inline_file_slices
-from fusekit.model_io.values import WEIGHTLESS_INLINE_MAX_BYTES, FileSliceValues, _StubValues, values_nbytes
+from fusekit.model_io.values import (
+    WEIGHTLESS_INLINE_MAX_BYTES,
+    FileSliceValues,
+    _StubValues,
+    values_nbytes,
+)
 
 
 def _graphs(graph: gs.Graph, functions: bool = True):
@@ -145,18 +151,25 @@ def export_weightless(graph: gs.Graph, shell: onnx.ModelProto) -> onnx.ModelProt
 
 def _export_stubbed(graph: gs.Graph, shell: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, gs.Constant]]:
     """:func:`export_weightless`, and the constants (by name) its stubs stand for."""
-    swapped = []
+    swapped, inlined = [], []
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and held_values(tensor) is not None:
             values = held_values(tensor)
             if values_nbytes(values) > WEIGHTLESS_INLINE_MAX_BYTES:
                 swapped.append((tensor, values))
                 tensor.values = _StubValues(values, tensor.name)
+            elif isinstance(values, LazyValues) and uses_external_data(values.tensor):
+                # a small weight read from an external file: inline (its location is absolute
+                # once loaded, which onnx's checker refuses), so shape inference still sees it
+                inlined.append((tensor, values, tensor.data_location))
+                tensor.values, tensor.data_location = values.load(), None
     try:
         model = to_model_proto(graph, shell)
     finally:
         for tensor, values in swapped:
             tensor.values = values
+        for tensor, values, location in inlined:
+            tensor.values, tensor.data_location = values, location
     return model, {tensor.name: tensor for tensor, _ in swapped}
 
 
