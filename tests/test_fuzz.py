@@ -172,6 +172,14 @@ TYPE_ZERO_CONSTANT = _type_zero_constant()
 # and a Conv whose pads attribute is an empty list (onnx-graphsurgeon could not export it).
 EMPTY_LIST_ATTRIBUTE = _with_empty_list_attribute()
 CYCLE = _corrupted(b"\x12\x01y\x1a\x04relu", b"\x12\x01x\x1a\x04relu")
+# b is float[5] with 16 bytes of raw_data: remove-noops read it and numpy could not reshape it
+SHORT_RAW_DATA = (b'\x08\x08:\xe2\x01\n\x15\n\x01x\n\x01w\x12\x01m\x1a\x02mm"\x06MatMul\n\x13\n\x01m\n\x01b\x12\x01a'
+                  b'\x1a\x03add"\x03Add\n\x14\n\x01a\x12\x01i\x1a\x02id"\x08Identity\n\x12\n\x01i\x12\x01y\x1a\x04relu"'
+                  b'\x04Relu\x12\x01g*K\x08\x04\x08\x04\x10\x01B\x01wJ@-\x0bA>\x02\x19"\xbf\x01P\xc1\xbe\xad\xaa\x8b\xbf'
+                  b'\x06\x8b\xa3\xbf\xa6b!?H\xc7\x14?\x1a\xb4\xa5?\xd8-A\xbf\xac4\xd8?{$\x93\xbe6\x86\xc9?\x1b\x96\xdd'
+                  b'\xbe\xa2H<\xbf\xbd\xc7\x7f>\xa8\x06\x84?*\x19\x08\x05\x10\x01B\x01bJ\x10\xb2\xdf$>8\xe5\x15\xbf\x16'
+                  b'\xad\xab\xbf\x04e\xb3\xbfZ\x14\n\x01x\x12\x0f\n\r\x08\x01\x12\t\n\x03\x12\x01N\n\x02\x08\x04b\t\n'
+                  b'\x01y\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x11')
 
 
 @_examples()
@@ -189,7 +197,8 @@ def test_mutated_models_end_in_success_or_a_fusekit_error(data):
     assert outcome != "PassError"  # a FusekitError, but exit 70: a bug
 
 
-@pytest.mark.parametrize("data", [NOT_UTF8_NAME, NOT_UTF8_DIM, TYPE_ZERO_CONSTANT, CYCLE, EMPTY_LIST_ATTRIBUTE])
+@pytest.mark.parametrize("data", [NOT_UTF8_NAME, NOT_UTF8_DIM, TYPE_ZERO_CONSTANT, CYCLE, EMPTY_LIST_ATTRIBUTE,
+                                  SHORT_RAW_DATA])
 def test_crashes_found_by_fuzzing_are_input_errors(data):
     assert pipeline(data) == "InputError"
 

@@ -58,6 +58,7 @@ def check_text(model: onnx.ModelProto, where: str) -> None:
             raise InputError(f"{where}: attribute {message.name!r} has no value (an empty list or none), which "
                              "fusekit cannot write back with its type; remove it or give it values")
         if isinstance(message, onnx.TensorProto):
+            _check_data_size(message, where)
             fields = [(f, getattr(message, f)) for f in ("name", "doc_string")]
             fields += [("external_data", [*message.external_data])]
             fields = [(name, v) for name, v in fields if v]
@@ -72,6 +73,37 @@ def check_text(model: onnx.ModelProto, where: str) -> None:
                                      f"UTF-8: {v[:40]!r})")
                 if hasattr(v, "ListFields"):
                     pending.append(v)
+
+
+def _check_data_size(tensor: onnx.TensorProto, where: str) -> None:
+    """Refuse a tensor whose raw bytes (inline, or the length of its external data) do not fill
+    its shape: reading it would fail inside a pass. Inline raw_data is small here: a model
+    file's large initializers are mapped, with their length, before this check."""
+    if tensor.data_type in _UNSIZED or not tensor.data_type:
+        return
+    if tensor.HasField("raw_data"):
+        held = len(tensor.raw_data)
+    else:
+        length = next((e.value for e in tensor.external_data if e.key == "length"), None)
+        if length is None or not length.isdigit():
+            return  # no data (a weightless tensor), typed fields, or a length the loader works out
+        held = int(length)
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError):
+        raise InputError(f"{where}: tensor {tensor.name!r} has an unknown data type {tensor.data_type}") from None
+    needed = count * itemsize
+    if held != needed:
+        raise InputError(f"{where}: tensor {tensor.name!r} holds {held} bytes of data, but its shape "
+                         f"{list(tensor.dims)} of {onnx.TensorProto.DataType.Name(tensor.data_type)} needs {needed}")
+
+
+# Types whose bytes are not one fixed size per element (strings; packed 4-bit and 2-bit types).
+_UNSIZED = frozenset(getattr(onnx.TensorProto, name) for name in
+                     ("STRING", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(onnx.TensorProto, name))
 
 
 def _check_calls(model: onnx.ModelProto, where: str) -> None:
